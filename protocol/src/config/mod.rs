@@ -1,0 +1,285 @@
+//! The YAML config: what users write, how it is loaded, and `validate`.
+//!
+//! Loading is one pure pass: text → [`yaml::Document`] (lines, `${VAR}`) → raw serde types
+//! (unknown keys rejected) → [`Config`] (names resolved, rules checked). Every problem found on
+//! the way becomes a [`Diagnostic`] naming file, line and key, and all of them are returned at
+//! once.
+
+mod raw;
+pub mod yaml;
+
+/// The closest known name to a mistyped one, if one is close enough to be a likely typo.
+pub use raw::did_you_mean as suggest;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::merge::ListMerge;
+
+/// One problem in a config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The config file as the user named it.
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// The key path, e.g. `targets.Prod.imports[0]`; empty for the whole file.
+    pub key: String,
+    /// What is wrong, and how to fix it.
+    pub message: String,
+}
+
+impl Diagnostic {
+    /// A diagnostic at a line and key.
+    pub fn at(file: &str, line: Option<usize>, key: String, message: String) -> Self {
+        Self { file: file.to_string(), line, key, message }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path given.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file has one or more problems.
+    #[error("{}", render(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+fn render(diags: &[Diagnostic]) -> String {
+    let mut out = format!(
+        "config has {} error{}:",
+        diags.len(),
+        if diags.len() == 1 { "" } else { "s" }
+    );
+    for d in diags {
+        out.push_str("\n  ");
+        out.push_str(&d.to_string());
+    }
+    out
+}
+
+/// A loaded, validated config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Phase switches and run defaults.
+    pub pipeline: PipelineSettings,
+    /// Where merged results are kept, one folder per target.
+    pub merge_store: Option<StoreSpec>,
+    /// The state ledger: ownership records, hashes, the hash key.
+    pub state: StateSpec,
+    /// The source of every target when the merge phase does not run.
+    pub source: Option<StoreSpec>,
+    /// Named sources that targets import.
+    pub sources: BTreeMap<String, StoreSpec>,
+    /// The targets, by name.
+    pub targets: BTreeMap<String, Target>,
+    /// Logging defaults (`RUST_LOG` and flags take precedence).
+    pub log: LogSettings,
+    /// Where the content-hash key comes from; `None`: generated once, kept in the ledger.
+    pub hash_key: Option<SecretRef>,
+}
+
+/// Phase switches and run defaults (`pipeline:`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PipelineSettings {
+    /// Whether the merge phase runs (default: when a merge store is configured).
+    pub merge_enabled: bool,
+    /// Merge jobs run at once.
+    pub merge_parallel: usize,
+    /// Whether the sync phase runs.
+    pub sync_enabled: bool,
+    /// Sync jobs run at once.
+    pub sync_parallel: usize,
+    /// Delete orphans in every target (reference spelling of per-target `delete: true`).
+    pub delete_orphans: bool,
+    /// The mass-delete guard.
+    pub delete_threshold: DeleteThreshold,
+    /// Plan only, as with `--dry-run`.
+    pub dry_run: bool,
+    /// Keep running other targets after one fails.
+    pub continue_on_error: bool,
+}
+
+/// A run refuses to delete more than `percent`% of a target's secrets when that is also more
+/// than `count` secrets, unless mass deletion is allowed explicitly.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeleteThreshold {
+    /// Largest share of a target's secrets one run may delete, in percent.
+    pub percent: f64,
+    /// Deletions up to this many are always allowed.
+    pub count: u64,
+}
+
+impl Default for DeleteThreshold {
+    fn default() -> Self {
+        Self { percent: 10.0, count: 5 }
+    }
+}
+
+impl DeleteThreshold {
+    /// Whether deleting `deletes` of a target's `existing` secrets exceeds the threshold.
+    pub fn exceeded(&self, deletes: u64, existing: u64) -> bool {
+        deletes > self.count && (deletes as f64) > (existing as f64) * self.percent / 100.0
+    }
+}
+
+/// One target.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    /// Its name.
+    pub name: String,
+    /// What it merges, in order: a parent's merged result or a named source.
+    pub layers: Vec<Layer>,
+    /// Where its secrets are written.
+    pub store: StoreSpec,
+    /// Whether orphans that vss owns are deleted.
+    pub delete: bool,
+    /// How lists from later layers combine.
+    pub list_merge: ListMerge,
+}
+
+impl Target {
+    /// The targets whose merged result this one builds on.
+    pub fn parents(&self) -> impl Iterator<Item = &str> {
+        self.layers.iter().filter_map(|l| match l {
+            Layer::Target(t) => Some(t.as_str()),
+            Layer::Source(_) => None,
+        })
+    }
+}
+
+/// One input of a target's merge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layer {
+    /// A parent target's merged result (`inherits`, or a target named in `imports`).
+    Target(String),
+    /// A named source.
+    Source(String),
+}
+
+/// Where secrets live. One variant per store backend.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreSpec {
+    /// A folder of JSON files: secret `a/b` is `<dir>/a/b.json`.
+    File {
+        /// The folder (absolute once loaded).
+        dir: PathBuf,
+    },
+}
+
+impl fmt::Display for StoreSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreSpec::File { dir } => write!(f, "file:{}", dir.display()),
+        }
+    }
+}
+
+/// Where the state ledger lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateSpec {
+    /// A folder on disk.
+    File {
+        /// The folder (absolute once loaded).
+        path: PathBuf,
+    },
+}
+
+/// A reference to a secret the process reads from its own environment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretRef {
+    /// An environment variable's name.
+    Env(String),
+    /// A file's path.
+    File(PathBuf),
+}
+
+/// Logging defaults from the config.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LogSettings {
+    /// A `RUST_LOG`-style filter, e.g. `info` or `vss=debug`.
+    pub level: Option<String>,
+    /// `text` or `json`.
+    pub format: Option<LogFormat>,
+}
+
+/// The log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    /// Reads and validates a config file; relative paths in it are taken from its folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+        Self::from_yaml(&text, &path.display().to_string(), &base, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates config text. Pure: the environment is passed in as `env`.
+    pub fn from_yaml(
+        text: &str,
+        file: &str,
+        base_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let doc = yaml::parse(text, file, env).map_err(ConfigError::Invalid)?;
+        raw::build(doc, file, base_dir).map_err(ConfigError::Invalid)
+    }
+
+    /// Target names in an order where every parent comes before its children.
+    pub fn topological_order(&self) -> Vec<&str> {
+        let mut order: Vec<&str> = Vec::with_capacity(self.targets.len());
+        let mut placed = std::collections::BTreeSet::new();
+        while order.len() < self.targets.len() {
+            let before = order.len();
+            for (name, target) in &self.targets {
+                if !placed.contains(name.as_str()) && target.parents().all(|p| placed.contains(p)) {
+                    placed.insert(name.as_str());
+                    order.push(name);
+                }
+            }
+            assert!(order.len() > before, "validated configs have no inheritance cycles");
+        }
+        order
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,494 @@
+//! The config as written (serde types, unknown keys rejected) and its resolution into
+//! [`Config`], with every rule of `validate` checked along the way.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::Value;
+
+use super::yaml::{Document, KeyPath, Segment, display_path};
+use super::{
+    Config, DeleteThreshold, Diagnostic, Layer, LogFormat, LogSettings, PipelineSettings,
+    SecretRef, StateSpec, StoreSpec, Target,
+};
+use crate::merge::ListMerge;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    pipeline: RawPipeline,
+    merge_store: Option<RawStore>,
+    state: Option<RawState>,
+    source: Option<RawStore>,
+    #[serde(default)]
+    sources: BTreeMap<String, RawStore>,
+    #[serde(default)]
+    targets: BTreeMap<String, RawTarget>,
+    log: Option<RawLog>,
+    hash_key: Option<RawSecretRef>,
+    // Keys of the reference format that later releases implement: named, so that using one
+    // is a clear "not supported yet" rather than an unknown key or silence.
+    vault: Option<IgnoredAny>,
+    aws: Option<IgnoredAny>,
+    dynamic_targets: Option<IgnoredAny>,
+    execution: Option<IgnoredAny>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    #[serde(default)]
+    merge: RawPhase,
+    #[serde(default)]
+    sync: RawSync,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    continue_on_error: bool,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPhase {
+    enabled: Option<bool>,
+    parallel: Option<usize>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSync {
+    enabled: Option<bool>,
+    parallel: Option<usize>,
+    #[serde(default)]
+    delete_orphans: bool,
+    max_delete_percent: Option<f64>,
+    max_delete_count: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum RawStore {
+    File(RawFileStore),
+    Vault(IgnoredAny),
+    Aws(IgnoredAny),
+    S3(IgnoredAny),
+    Http(IgnoredAny),
+    Gcp(IgnoredAny),
+    Github(IgnoredAny),
+    Kubernetes(IgnoredAny),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFileStore {
+    dir: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum RawState {
+    File { path: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum RawSecretRef {
+    Env(String),
+    File(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    #[serde(default)]
+    imports: Vec<String>,
+    inherits: Option<String>,
+    store: Option<RawStore>,
+    account_id: Option<String>,
+    delete: Option<bool>,
+    list_merge: Option<ListMerge>,
+    region: Option<IgnoredAny>,
+    role_arn: Option<IgnoredAny>,
+    secret_prefix: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<LogFormat>,
+}
+
+fn key(k: &str) -> Segment {
+    Segment::Key(k.to_string())
+}
+
+fn path(parts: &[&str]) -> KeyPath {
+    parts.iter().map(|p| key(p)).collect()
+}
+
+struct Checker<'a> {
+    file: &'a str,
+    doc: &'a Document,
+    diags: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, at: &[Segment], message: String) {
+        self.diags.push(Diagnostic::at(self.file, self.doc.line_of(at), display_path(at), message));
+    }
+
+    fn not_supported(&mut self, at: &[Segment], what: &str) {
+        self.error(at, format!("{what} is not supported yet by this version of vss"));
+    }
+}
+
+/// Accepts the reference format's shorthands before typed deserialization: a target written
+/// as a bare list is its `imports`, and a numeric `account_id` is text.
+fn normalize_shorthands(root: &mut Value) {
+    let Some(Value::Object(targets)) = root.get_mut("targets") else { return };
+    for target in targets.values_mut() {
+        if let Value::Array(imports) = target {
+            *target = serde_json::json!({ "imports": std::mem::take(imports) });
+        }
+        if let Some(id @ Value::Number(_)) = target.get_mut("account_id") {
+            *id = Value::String(id.to_string());
+        }
+    }
+}
+
+/// Deserializes the raw config, collecting every unknown key and type error: each failure is
+/// recorded, its node removed, and deserialization tried again.
+fn deserialize(doc: &mut Document, file: &str) -> Result<RawConfig, Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    let mut removed: Vec<KeyPath> = Vec::new();
+    for _ in 0..64 {
+        let err = match serde_path_to_error::deserialize::<_, RawConfig>(&doc.root) {
+            Ok(raw) if diags.is_empty() => return Ok(raw),
+            Ok(_) => return Err(diags),
+            Err(err) => err,
+        };
+        let at: KeyPath = err
+            .path()
+            .iter()
+            .filter_map(|seg| match seg {
+                serde_path_to_error::Segment::Map { key } => Some(Segment::Key(key.clone())),
+                serde_path_to_error::Segment::Enum { variant } => Some(Segment::Key(variant.clone())),
+                serde_path_to_error::Segment::Seq { index } => Some(Segment::Index(*index)),
+                serde_path_to_error::Segment::Unknown => None,
+            })
+            .collect();
+        let message = err.into_inner().to_string();
+        if let Some(field) = message.strip_prefix("missing field `").and_then(|m| m.split('`').next()) {
+            let mut missing = at.clone();
+            missing.push(key(field));
+            if !removed.contains(&missing) {
+                diags.push(Diagnostic::at(
+                    file,
+                    doc.line_of(&at),
+                    display_path(&at),
+                    format!("missing required key `{field}`"),
+                ));
+            }
+            return Err(diags);
+        }
+        let message = explain(&message, doc.is_from_env(&at));
+        diags.push(Diagnostic::at(file, doc.line_of(&at), display_path(&at), message));
+        if !doc.remove(&at) {
+            return Err(diags);
+        }
+        removed.push(at);
+    }
+    Err(diags)
+}
+
+/// Turns a serde message into one for people: "did you mean", and no quoted values from the
+/// environment.
+fn explain(message: &str, from_env: bool) -> String {
+    for (prefix, what) in [("unknown field `", "unknown key"), ("unknown variant `", "unknown kind")] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            let (name, expected) = rest.split_once('`').unwrap_or((rest, ""));
+            let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+            let mut out = format!("{what} `{name}`");
+            if let Some(best) = did_you_mean(name, known.iter().copied()) {
+                out.push_str(&format!(" (did you mean `{best}`?)"));
+            }
+            if !known.is_empty() {
+                out.push_str(&format!("; expected one of: {}", known.join(", ")));
+            }
+            return out;
+        }
+    }
+    if from_env {
+        if let Some(rest) = message.strip_prefix("invalid type: ") {
+            let expected = rest.split_once(", expected ").map_or("", |(_, e)| e);
+            return format!("wrong type (value from the environment, not shown); expected {expected}");
+        }
+        return "invalid value (value from the environment, not shown)".into();
+    }
+    message.replacen("invalid type: ", "wrong type: ", 1)
+}
+
+/// The closest known name to a mistyped one, if any is close enough to be a likely typo.
+pub fn did_you_mean<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let name = name.to_lowercase();
+    known
+        .map(|k| {
+            let lower = k.to_lowercase();
+            let similarity = strsim::normalized_damerau_levenshtein(&name, &lower);
+            let prefix = name.len() >= 3 && (lower.starts_with(&name) || name.starts_with(&lower));
+            (if prefix { similarity.max(0.8) } else { similarity }, k)
+        })
+        .filter(|(score, _)| *score >= 0.6)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k)
+}
+
+/// Builds the config from a parsed document; all diagnostics at once.
+pub(super) fn build(mut doc: Document, file: &str, base: &Path) -> Result<Config, Vec<Diagnostic>> {
+    normalize_shorthands(&mut doc.root);
+    let raw_result = deserialize(&mut doc, file);
+    let mut ck = Checker { file, doc: &doc, diags: Vec::new() };
+    let raw = match raw_result {
+        Ok(raw) => raw,
+        Err(diags) => return Err(diags),
+    };
+    let resolve = |p: &str| base.join(p);
+
+    for (k, present) in [
+        ("vault", raw.vault.is_some()),
+        ("aws", raw.aws.is_some()),
+        ("dynamic_targets", raw.dynamic_targets.is_some()),
+        ("execution", raw.execution.is_some()),
+    ] {
+        if present {
+            ck.not_supported(&path(&[k]), &format!("the `{k}` section"));
+        }
+    }
+
+    let store = |ck: &mut Checker, at: KeyPath, s: &RawStore| -> Option<StoreSpec> {
+        let kind = match s {
+            RawStore::File(f) => return Some(StoreSpec::File { dir: resolve(&f.dir) }),
+            RawStore::Vault(_) => "vault",
+            RawStore::Aws(_) => "aws",
+            RawStore::S3(_) => "s3",
+            RawStore::Http(_) => "http",
+            RawStore::Gcp(_) => "gcp",
+            RawStore::Github(_) => "github",
+            RawStore::Kubernetes(_) => "kubernetes",
+        };
+        let mut at = at;
+        at.push(key(kind));
+        ck.not_supported(&at, &format!("the `{kind}` store"));
+        None
+    };
+
+    let merge_store = raw.merge_store.as_ref().and_then(|s| store(&mut ck, path(&["merge_store"]), s));
+    let source = raw.source.as_ref().and_then(|s| store(&mut ck, path(&["source"]), s));
+    let mut sources = BTreeMap::new();
+    for (name, s) in &raw.sources {
+        if let Some(spec) = store(&mut ck, path(&["sources", name]), s) {
+            sources.insert(name.clone(), spec);
+        }
+    }
+
+    let p = &raw.pipeline;
+    let merge_enabled = p.merge.enabled.unwrap_or(raw.merge_store.is_some());
+    if merge_enabled && raw.merge_store.is_none() {
+        ck.error(
+            &path(&["pipeline", "merge", "enabled"]),
+            "the merge phase is enabled but no `merge_store` is configured".into(),
+        );
+    }
+    let sync_enabled = p.sync.enabled.unwrap_or(true);
+    if sync_enabled && !merge_enabled && raw.source.is_none() {
+        ck.error(
+            &path(&["pipeline", "sync"]),
+            "the sync phase runs without the merge phase, so it needs a top-level `source`".into(),
+        );
+    }
+    for (phase, parallel) in [("merge", p.merge.parallel), ("sync", p.sync.parallel)] {
+        if parallel == Some(0) {
+            ck.error(&path(&["pipeline", phase, "parallel"]), "must be at least 1".into());
+        }
+    }
+    let mut delete_threshold = DeleteThreshold::default();
+    if let Some(percent) = p.sync.max_delete_percent {
+        if !(0.0..=100.0).contains(&percent) {
+            ck.error(&path(&["pipeline", "sync", "max_delete_percent"]), "must be between 0 and 100".into());
+        }
+        delete_threshold.percent = percent;
+    }
+    if let Some(count) = p.sync.max_delete_count {
+        delete_threshold.count = count;
+    }
+
+    if raw.targets.is_empty() {
+        ck.error(&path(&["targets"]), "at least one target is required".into());
+    }
+    let target_names: BTreeSet<&str> = raw.targets.keys().map(String::as_str).collect();
+    let mut targets = BTreeMap::new();
+    for (name, t) in &raw.targets {
+        let at = path(&["targets", name]);
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+            ck.error(&at, "target names may use only letters, digits, `_`, `-` and `.`".into());
+        }
+        let mut layers = Vec::new();
+        if let Some(parent) = &t.inherits {
+            let mut at = at.clone();
+            at.push(key("inherits"));
+            if target_names.contains(parent.as_str()) {
+                layers.push(Layer::Target(parent.clone()));
+            } else {
+                let hint = did_you_mean(parent, target_names.iter().copied())
+                    .map(|b| format!(" (did you mean `{b}`?)"))
+                    .unwrap_or_default();
+                ck.error(&at, format!("unknown parent target `{parent}`{hint}"));
+            }
+        }
+        for (i, import) in t.imports.iter().enumerate() {
+            let mut at = at.clone();
+            at.extend([key("imports"), Segment::Index(i)]);
+            let is_source = sources.contains_key(import) || raw.sources.contains_key(import);
+            let is_target = target_names.contains(import.as_str());
+            match (is_source, is_target) {
+                (true, true) => ck.error(
+                    &at,
+                    format!("`{import}` names both a source and a target; rename one of them"),
+                ),
+                (true, false) => layers.push(Layer::Source(import.clone())),
+                (false, true) => layers.push(Layer::Target(import.clone())),
+                (false, false) => {
+                    let known = raw.sources.keys().map(String::as_str).chain(target_names.iter().copied());
+                    let hint = did_you_mean(import, known)
+                        .map(|b| format!(" (did you mean `{b}`?)"))
+                        .unwrap_or_default();
+                    ck.error(&at, format!("unknown source or target `{import}`{hint}"));
+                }
+            }
+        }
+        if let Some(id) = &t.account_id {
+            if id.len() != 12 || !id.chars().all(|c| c.is_ascii_digit()) {
+                let mut at = at.clone();
+                at.push(key("account_id"));
+                ck.error(&at, "an AWS account id is exactly 12 digits (quote it to keep leading zeros)".into());
+            }
+        }
+        for (k, present) in [
+            ("region", t.region.is_some()),
+            ("role_arn", t.role_arn.is_some()),
+            ("secret_prefix", t.secret_prefix.is_some()),
+        ] {
+            if present {
+                let mut at = at.clone();
+                at.push(key(k));
+                ck.not_supported(&at, &format!("`{k}` (AWS Secrets Manager targets)"));
+            }
+        }
+        let target_store = match (&t.store, &t.account_id) {
+            (Some(s), _) => {
+                let mut at = at.clone();
+                at.push(key("store"));
+                store(&mut ck, at, s)
+            }
+            (None, Some(_)) => {
+                let mut at = at.clone();
+                at.push(key("account_id"));
+                ck.not_supported(&at, "an AWS Secrets Manager target (`account_id` without `store`)");
+                None
+            }
+            (None, None) if sync_enabled => {
+                ck.error(&at, "the target has no `store` to sync to".into());
+                None
+            }
+            // A merge-only config needs no target store; nothing will ever sync there.
+            (None, None) => Some(StoreSpec::File { dir: base.join(".vss/unsynced").join(name) }),
+        };
+        if let Some(store) = target_store {
+            targets.insert(
+                name.clone(),
+                Target {
+                    name: name.clone(),
+                    layers,
+                    store,
+                    delete: t.delete.unwrap_or(p.sync.delete_orphans),
+                    list_merge: t.list_merge.unwrap_or_default(),
+                },
+            );
+        }
+    }
+    check_cycles(&mut ck, &raw.targets);
+
+    let state = match &raw.state {
+        Some(RawState::File { path }) => StateSpec::File { path: resolve(path) },
+        None => StateSpec::File { path: base.join(".vss/state") },
+    };
+    let hash_key = raw.hash_key.map(|r| match r {
+        RawSecretRef::Env(name) => SecretRef::Env(name),
+        RawSecretRef::File(p) => SecretRef::File(resolve(&p)),
+    });
+    let log = raw.log.map(|l| LogSettings { level: l.level, format: l.format }).unwrap_or_default();
+
+    if !ck.diags.is_empty() {
+        return Err(ck.diags);
+    }
+    Ok(Config {
+        pipeline: PipelineSettings {
+            merge_enabled,
+            merge_parallel: p.merge.parallel.unwrap_or(4),
+            sync_enabled,
+            sync_parallel: p.sync.parallel.unwrap_or(8),
+            delete_orphans: p.sync.delete_orphans,
+            delete_threshold,
+            dry_run: p.dry_run,
+            continue_on_error: p.continue_on_error,
+        },
+        merge_store,
+        state,
+        source,
+        sources,
+        targets,
+        log,
+        hash_key,
+    })
+}
+
+/// Reports each inheritance cycle once, with its chain: `A -> B -> A`.
+fn check_cycles(ck: &mut Checker, targets: &BTreeMap<String, RawTarget>) {
+    let parents = |name: &str| -> Vec<String> {
+        targets.get(name).map_or_else(Vec::new, |t| {
+            t.inherits
+                .iter()
+                .chain(t.imports.iter())
+                .filter(|n| targets.contains_key(*n))
+                .cloned()
+                .collect()
+        })
+    };
+    let mut reported: BTreeSet<BTreeSet<String>> = BTreeSet::new();
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    for start in targets.keys() {
+        let mut stack: Vec<(String, Vec<String>)> = vec![(start.clone(), parents(start))];
+        while let Some((_, pending)) = stack.last_mut() {
+            let Some(next) = pending.pop() else {
+                done.insert(stack.pop().unwrap().0);
+                continue;
+            };
+            if let Some(pos) = stack.iter().position(|(n, _)| *n == next) {
+                let chain: Vec<String> = stack[pos..].iter().map(|(n, _)| n.clone()).collect();
+                if reported.insert(chain.iter().cloned().collect()) {
+                    let mut text = chain.join(" -> ");
+                    text.push_str(&format!(" -> {next}"));
+                    let at = path(&["targets", &chain[0]]);
+                    ck.error(&at, format!("inheritance cycle: {text}"));
+                }
+            } else if !done.contains(&next) {
+                let p = parents(&next);
+                stack.push((next, p));
+            }
+        }
+    }
+}

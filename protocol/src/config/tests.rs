@@ -1,0 +1,173 @@
+use std::path::Path;
+
+use super::*;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn load(text: &str) -> Result<Config, Vec<Diagnostic>> {
+    Config::from_yaml(text, "vss.yaml", Path::new("/base"), &no_env).map_err(|e| match e {
+        ConfigError::Invalid(d) => d,
+        ConfigError::Read { .. } => unreachable!(),
+    })
+}
+
+fn errors(text: &str) -> Vec<String> {
+    load(text).unwrap_err().iter().map(ToString::to_string).collect()
+}
+
+const GOOD: &str = "
+merge_store: { file: { dir: merged } }
+sources:
+  common: { file: { dir: src/common } }
+  prod-only: { file: { dir: src/prod } }
+targets:
+  Base: { imports: [common], store: { file: { dir: out/base } } }
+  Staging: { inherits: Base, store: { file: { dir: out/stg } }, list_merge: append_unique }
+  Production:
+    imports: [Staging, prod-only]
+    store: { file: { dir: out/prod } }
+    delete: true
+";
+
+#[test]
+fn loads_a_full_config_with_defaults() {
+    let cfg = load(GOOD).unwrap();
+    assert!(cfg.pipeline.merge_enabled && cfg.pipeline.sync_enabled);
+    assert_eq!((cfg.pipeline.merge_parallel, cfg.pipeline.sync_parallel), (4, 8));
+    assert_eq!(cfg.merge_store, Some(StoreSpec::File { dir: "/base/merged".into() }));
+    assert_eq!(cfg.state, StateSpec::File { path: "/base/.vss/state".into() });
+    let prod = &cfg.targets["Production"];
+    assert_eq!(
+        prod.layers,
+        vec![Layer::Target("Staging".into()), Layer::Source("prod-only".into())]
+    );
+    assert!(prod.delete);
+    assert_eq!(cfg.targets["Staging"].list_merge, ListMerge::AppendUnique);
+    assert_eq!(cfg.topological_order(), vec!["Base", "Staging", "Production"]);
+}
+
+#[test]
+fn unknown_keys_are_all_reported_with_line_and_suggestion() {
+    let errs = errors(
+        "merge_store: { file: { dir: m } }\nsources: {}\ntargets:\n  A:\n    improts: []\n    store: { file: { dri: x } }\npipline: {}\n",
+    );
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+    assert!(errs.iter().any(|e| e.contains(":6: targets.A.store.file: missing required key `dir`")), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.starts_with("vss.yaml:5: targets.A.improts: unknown key `improts` (did you mean `imports`?)")), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.contains(":6: targets.A.store.file.dri: unknown key `dri` (did you mean `dir`?)")), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.contains(":7: pipline: unknown key `pipline` (did you mean `pipeline`?)")), "{errs:#?}");
+}
+
+#[test]
+fn wrong_types_are_reported() {
+    let errs = errors("source: { file: { dir: s } }\npipeline: { sync: { parallel: many } }\ntargets: { A: { store: { file: { dir: o } } } }\n");
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].starts_with("vss.yaml:2: pipeline.sync.parallel: wrong type"), "{errs:#?}");
+}
+
+#[test]
+fn unknown_imports_and_parents_suggest_names() {
+    let errs = errors(
+        "merge_store: { file: { dir: m } }\nsources: { common: { file: { dir: c } } }\ntargets:\n  Base: { imports: [comon], store: { file: { dir: o } } }\n  Child: { inherits: Bsae, store: { file: { dir: o2 } } }\n",
+    );
+    assert!(errs.iter().any(|e| e.contains(":4: targets.Base.imports[0]: unknown source or target `comon` (did you mean `common`?)")), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.contains(":5: targets.Child.inherits: unknown parent target `Bsae` (did you mean `Base`?)")), "{errs:#?}");
+}
+
+#[test]
+fn cycles_print_their_chain() {
+    let errs = errors(
+        "merge_store: { file: { dir: m } }\ntargets:\n  Production: { imports: [Staging], store: { file: { dir: a } } }\n  Staging: { inherits: Production, store: { file: { dir: b } } }\n  Loop: { imports: [Loop], store: { file: { dir: c } } }\n",
+    );
+    assert!(errs.iter().any(|e| e.contains("inheritance cycle: Loop -> Loop")), "{errs:#?}");
+    assert!(
+        errs.iter().any(|e| e.contains("inheritance cycle: Production -> Staging -> Production")),
+        "{errs:#?}"
+    );
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+}
+
+#[test]
+fn merge_without_store_and_target_without_store() {
+    let errs = errors("pipeline: { merge: { enabled: true } }\ntargets:\n  A: { imports: [] }\n");
+    assert!(errs.iter().any(|e| e.contains(":1: pipeline.merge.enabled: the merge phase is enabled but no `merge_store`")), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.contains(":3: targets.A: the target has no `store`")), "{errs:#?}");
+}
+
+#[test]
+fn sync_only_needs_a_source() {
+    let errs = errors("targets:\n  A: { store: { file: { dir: o } } }\n");
+    assert!(errs.iter().any(|e| e.contains("needs a top-level `source`")), "{errs:#?}");
+}
+
+#[test]
+fn reference_spellings_are_accepted() {
+    let env = |n: &str| (n == "OUT").then(|| "from-env".to_string());
+    let cfg = Config::from_yaml(
+        "log: { level: debug, format: json }\nmerge_store: { file: { dir: \"${OUT}/m\" } }\nsources: { a: { file: { dir: \"${SRC:-src}\" } } }\ntargets:\n  Staging: [a]\n  Production: { imports: [Staging], store: { file: { dir: p } } }\npipeline:\n  merge: { parallel: 2 }\n  sync: { parallel: 3, delete_orphans: true }\n  dry_run: true\n  continue_on_error: true\n",
+        "ref.yaml",
+        Path::new("/base"),
+        &|n| env(n),
+    );
+    let errs = cfg.unwrap_err().to_string();
+    // `Staging: [a]` has no store in a config that syncs; everything else is accepted.
+    assert!(errs.contains("targets.Staging: the target has no `store`"), "{errs}");
+    assert!(!errs.contains("Production"), "{errs}");
+
+    let cfg = Config::from_yaml(
+        "log: { level: debug, format: json }\nmerge_store: { file: { dir: \"${OUT}/m\" } }\nsources: { a: { file: { dir: \"${SRC:-src}\" } } }\ntargets:\n  Staging: [a]\n  Production: { imports: [Staging] }\npipeline:\n  sync: { enabled: false, delete_orphans: true }\n  dry_run: true\n  continue_on_error: true\n",
+        "ref.yaml",
+        Path::new("/base"),
+        &|n| env(n),
+    )
+    .unwrap();
+    assert_eq!(cfg.merge_store, Some(StoreSpec::File { dir: "/base/from-env/m".into() }));
+    assert_eq!(cfg.sources["a"], StoreSpec::File { dir: "/base/src".into() });
+    assert_eq!(cfg.targets["Production"].layers, vec![Layer::Target("Staging".into())]);
+    assert!(cfg.pipeline.dry_run && cfg.pipeline.continue_on_error && cfg.pipeline.delete_orphans);
+    assert!(cfg.targets["Staging"].delete);
+    assert_eq!(cfg.log.format, Some(LogFormat::Json));
+}
+
+#[test]
+fn unimplemented_reference_keys_are_named_not_ignored() {
+    let errs = errors(
+        "aws: { region: us-east-1 }\ndynamic_targets: { x: {} }\nmerge_store: { vault: { mount: merged } }\ntargets:\n  A: { account_id: \"123456789012\" }\n",
+    );
+    assert!(errs.iter().any(|e| e.contains(":1: aws: the `aws` section is not supported yet")), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.contains(":2: dynamic_targets: the `dynamic_targets` section is not supported yet")), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.contains(":3: merge_store.vault: the `vault` store is not supported yet")), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.contains(":5: targets.A.account_id: an AWS Secrets Manager target")), "{errs:#?}");
+}
+
+#[test]
+fn bad_account_ids_are_rejected() {
+    let errs = errors("merge_store: { file: { dir: m } }\ntargets:\n  A: { account_id: 12345, store: { file: { dir: o } } }\n");
+    assert!(errs.iter().any(|e| e.contains("targets.A.account_id: an AWS account id is exactly 12 digits")), "{errs:#?}");
+}
+
+#[test]
+fn values_from_the_environment_are_never_quoted() {
+    let env = |n: &str| (n == "PAR").then(|| "canary-value-77".to_string());
+    let err = Config::from_yaml(
+        "source: { file: { dir: s } }\npipeline: { sync: { parallel: \"${PAR}\" } }\ntargets: { A: { store: { file: { dir: o } } } }\n",
+        "vss.yaml",
+        Path::new("/base"),
+        &|n| env(n),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("pipeline.sync.parallel: wrong type (value from the environment, not shown)"), "{err}");
+    assert!(!err.contains("canary"), "{err}");
+}
+
+#[test]
+fn delete_threshold() {
+    let t = DeleteThreshold::default();
+    assert!(!t.exceeded(5, 10), "up to `count` deletions are always allowed");
+    assert!(!t.exceeded(6, 100), "6 of 100 is under 10%");
+    assert!(t.exceeded(11, 100));
+    assert!(t.exceeded(6, 10));
+}

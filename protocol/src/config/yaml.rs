@@ -1,0 +1,352 @@
+//! YAML text → JSON value, keeping the line of every key and expanding `${VAR}`.
+//!
+//! The config is parsed into a span-annotated tree (saphyr), environment references in string
+//! scalars are expanded, and the tree becomes a `serde_json::Value` plus an index from key path
+//! to line. The typed config is then deserialized from that value, and every error is located
+//! through the index. Paths whose text came from the environment are remembered so that no
+//! message ever quotes them.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+
+use saphyr::{MarkedYamlOwned, Scalar, YamlDataOwned, YamlLoader};
+use serde_json::{Map, Number, Value};
+
+use super::Diagnostic;
+
+/// One step of a key path.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Segment {
+    /// A mapping key.
+    Key(String),
+    /// A sequence index.
+    Index(usize),
+}
+
+/// A key path from the document root.
+pub type KeyPath = Vec<Segment>;
+
+/// Renders a key path the way users write it: `targets.Prod.imports[0]`.
+pub fn display_path(path: &[Segment]) -> String {
+    let mut out = String::new();
+    for seg in path {
+        match seg {
+            Segment::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Segment::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    if out.is_empty() { "(top level)".into() } else { out }
+}
+
+/// A parsed config document.
+#[derive(Debug, Default)]
+pub struct Document {
+    /// The content, environment references expanded.
+    pub root: Value,
+    lines: BTreeMap<KeyPath, usize>,
+    from_env: BTreeSet<KeyPath>,
+}
+
+impl Document {
+    /// The line of the key at `path`, or of its nearest ancestor that has one.
+    pub fn line_of(&self, path: &[Segment]) -> Option<usize> {
+        (0..=path.len()).rev().find_map(|n| self.lines.get(&path[..n]).copied())
+    }
+
+    /// Whether the value at `path` (or inside it) came from an environment variable.
+    pub fn is_from_env(&self, path: &[Segment]) -> bool {
+        self.from_env
+            .range(path.to_vec()..)
+            .next()
+            .is_some_and(|p| p.starts_with(path))
+            || (0..path.len()).any(|n| self.from_env.contains(&path[..n]))
+    }
+
+    /// The value at `path`, if any.
+    pub fn get(&self, path: &[Segment]) -> Option<&Value> {
+        path.iter().try_fold(&self.root, |node, seg| match seg {
+            Segment::Key(k) => node.get(k),
+            Segment::Index(i) => node.get(i),
+        })
+    }
+
+    /// Removes the node at `path` from the content; returns whether something was removed.
+    pub fn remove(&mut self, path: &[Segment]) -> bool {
+        let Some((last, parent)) = path.split_last() else {
+            return false;
+        };
+        let node = parent.iter().try_fold(&mut self.root, |node, seg| match seg {
+            Segment::Key(k) => node.get_mut(k),
+            Segment::Index(i) => node.get_mut(i),
+        });
+        match (node, last) {
+            (Some(Value::Object(map)), Segment::Key(k)) => map.remove(k).is_some(),
+            (Some(Value::Array(items)), Segment::Index(i)) if *i < items.len() => {
+                items.remove(*i);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Parses YAML text. `env` looks up environment variables (injected, so this stays pure).
+pub fn parse(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Document, Vec<Diagnostic>> {
+    let mut loader: YamlLoader<MarkedYamlOwned> = YamlLoader::default();
+    loader.early_parse(false);
+    let mut parser = saphyr_parser::Parser::new_from_str(text);
+    let scan = parser.load(&mut loader, false).err().or_else(|| loader.error().cloned());
+    if let Some(e) = scan {
+        return Err(vec![Diagnostic::at(
+            file,
+            Some(e.marker().line()),
+            String::new(),
+            format!("invalid YAML: {}", e.info()),
+        )]);
+    }
+    let mut docs = loader.into_documents();
+    let mut doc = Document::default();
+    let Some(root) = docs.pop() else {
+        return Err(vec![Diagnostic::at(file, None, String::new(), "the file is empty".into())]);
+    };
+    if !docs.is_empty() {
+        return Err(vec![Diagnostic::at(
+            file,
+            Some(root.span.start.line()),
+            String::new(),
+            "expected one YAML document, found several".into(),
+        )]);
+    }
+    let mut ctx = Converter { file, env, doc: &mut doc, diags: Vec::new() };
+    let root = ctx.convert(root, &mut Vec::new());
+    if !ctx.diags.is_empty() {
+        return Err(ctx.diags);
+    }
+    doc.root = root;
+    if !doc.root.is_object() {
+        return Err(vec![Diagnostic::at(
+            file,
+            Some(1),
+            String::new(),
+            "the config must be a mapping of keys".into(),
+        )]);
+    }
+    Ok(doc)
+}
+
+struct Converter<'a> {
+    file: &'a str,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    doc: &'a mut Document,
+    diags: Vec<Diagnostic>,
+}
+
+impl Converter<'_> {
+    fn error(&mut self, line: usize, path: &[Segment], message: String) {
+        self.diags.push(Diagnostic::at(self.file, Some(line), display_path(path), message));
+    }
+
+    fn convert(&mut self, node: MarkedYamlOwned, path: &mut KeyPath) -> Value {
+        let line = node.span.start.line();
+        match node.data {
+            YamlDataOwned::Representation(text, style, tag) => {
+                let text = if text.contains('$') {
+                    match expand_env(&text, self.env) {
+                        Ok((expanded, used_env)) => {
+                            if used_env {
+                                self.doc.from_env.insert(path.clone());
+                            }
+                            expanded
+                        }
+                        Err(message) => {
+                            self.error(line, path, message);
+                            return Value::Null;
+                        }
+                    }
+                } else {
+                    text
+                };
+                let tag = tag.map(Cow::Owned);
+                match Scalar::parse_from_cow_and_metadata(Cow::Borrowed(&text), style, tag.as_ref()) {
+                    Some(scalar) => self.scalar(scalar, line, path),
+                    None => {
+                        self.error(line, path, "the value does not match its YAML tag".into());
+                        Value::Null
+                    }
+                }
+            }
+            YamlDataOwned::Value(scalar) => {
+                let scalar = match &scalar {
+                    saphyr::ScalarOwned::Null => Scalar::Null,
+                    saphyr::ScalarOwned::Boolean(b) => Scalar::Boolean(*b),
+                    saphyr::ScalarOwned::Integer(i) => Scalar::Integer(*i),
+                    saphyr::ScalarOwned::FloatingPoint(f) => Scalar::FloatingPoint(*f),
+                    saphyr::ScalarOwned::String(s) => Scalar::String(Cow::Borrowed(s.as_str())),
+                };
+                self.scalar(scalar, line, path)
+            }
+            YamlDataOwned::Sequence(items) => Value::Array(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, item)| {
+                        path.push(Segment::Index(i));
+                        self.doc.lines.insert(path.clone(), item.span.start.line());
+                        let v = self.convert(item, path);
+                        path.pop();
+                        v
+                    })
+                    .collect(),
+            ),
+            YamlDataOwned::Mapping(entries) => {
+                let mut map = Map::new();
+                for (key, value) in entries {
+                    let key_line = key.span.start.line();
+                    let name = match key.data {
+                        YamlDataOwned::Representation(text, _, _) => text,
+                        YamlDataOwned::Value(saphyr::ScalarOwned::String(s)) => s,
+                        _ => {
+                            self.error(key_line, path, "mapping keys must be plain text".into());
+                            continue;
+                        }
+                    };
+                    path.push(Segment::Key(name.clone()));
+                    self.doc.lines.insert(path.clone(), key_line);
+                    let v = self.convert(value, path);
+                    path.pop();
+                    map.insert(name, v);
+                }
+                Value::Object(map)
+            }
+            YamlDataOwned::Tagged(_, inner) => self.convert(*inner, path),
+            YamlDataOwned::Alias(_) | YamlDataOwned::BadValue => {
+                self.error(line, path, "this YAML value cannot be read".into());
+                Value::Null
+            }
+        }
+    }
+
+    fn scalar(&mut self, scalar: Scalar, line: usize, path: &[Segment]) -> Value {
+        match scalar {
+            Scalar::Null => Value::Null,
+            Scalar::Boolean(b) => Value::Bool(b),
+            Scalar::Integer(i) => Value::Number(i.into()),
+            Scalar::FloatingPoint(f) => match Number::from_f64(f.into_inner()) {
+                Some(n) => Value::Number(n),
+                None => {
+                    self.error(line, path, "NaN and infinity are not allowed here".into());
+                    Value::Null
+                }
+            },
+            Scalar::String(s) => Value::String(s.into_owned()),
+        }
+    }
+}
+
+/// Expands `${VAR}` and `${VAR:-default}`; `$${` stands for a literal `${`.
+/// Returns the text and whether any variable was substituted. The error names the variable,
+/// never a value.
+pub fn expand_env(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(String, bool), String> {
+    let mut out = String::with_capacity(text.len());
+    let mut used = false;
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let tail = &rest[pos..];
+        if let Some(after) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("${") {
+            let Some(end) = after.find('}') else {
+                return Err("unterminated `${` (write `$${` for a literal `${`)".into());
+            };
+            let inner = &after[..end];
+            let (name, default) = match inner.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (inner, None),
+            };
+            let valid = !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(format!("`${{{name}}}` is not a valid environment variable reference"));
+            }
+            match (env(name).filter(|v| !v.is_empty()), default) {
+                (Some(v), _) => {
+                    out.push_str(&v);
+                    used = true;
+                }
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err(format!(
+                        "environment variable `{name}` is not set (use `${{{name}:-default}}` for a default)"
+                    ));
+                }
+            }
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok((out, used))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "TOKEN" => Some("s3cr3t".into()),
+            "PAR" => Some("6".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn expands_variables_defaults_and_escapes() {
+        assert_eq!(expand_env("a-${TOKEN}-b", &env).unwrap(), ("a-s3cr3t-b".into(), true));
+        assert_eq!(expand_env("${NOPE:-x}", &env).unwrap(), ("x".into(), false));
+        assert_eq!(expand_env("$${TOKEN} $5", &env).unwrap(), ("${TOKEN} $5".into(), false));
+        let err = expand_env("${NOPE}", &env).unwrap_err();
+        assert!(err.contains("`NOPE` is not set"), "{err}");
+        assert!(expand_env("${bad-name}", &env).is_err());
+    }
+
+    #[test]
+    fn keeps_lines_and_types_of_plain_expanded_scalars() {
+        let text = "a:\n  b: ${PAR}\n  c: \"${PAR}\"\n  d: [x, y]\n";
+        let doc = parse(text, "f.yaml", &env).unwrap();
+        assert_eq!(doc.root["a"]["b"], Value::from(6));
+        assert_eq!(doc.root["a"]["c"], Value::from("6"));
+        let key = |k: &str| Segment::Key(k.into());
+        assert_eq!(doc.line_of(&[key("a"), key("d"), Segment::Index(1)]), Some(4));
+        assert_eq!(doc.line_of(&[key("a"), key("c"), key("zzz")]), Some(3));
+        assert!(doc.is_from_env(&[key("a"), key("b")]));
+        assert!(doc.is_from_env(&[key("a")]));
+        assert!(!doc.is_from_env(&[key("a"), key("d")]));
+    }
+
+    #[test]
+    fn reports_syntax_errors_and_missing_variables_with_lines() {
+        let errs = parse("a: [1, 2\nb: 3\n", "f.yaml", &env).unwrap_err();
+        assert!(errs[0].to_string().starts_with("f.yaml:"), "{}", errs[0]);
+        let errs = parse("a: 1\nb: ${MISSING}\n", "f.yaml", &env).unwrap_err();
+        assert_eq!(errs[0].line, Some(2));
+        assert!(errs[0].to_string().contains("MISSING"));
+    }
+}

@@ -1,0 +1,212 @@
+//! Jobs and their results: the unit of work that executors hand to workers.
+//!
+//! A job carries references (where to read, where to write) and never a secret value or a
+//! credential; a result carries names, key names, hashes and counts. Both travel as
+//! MessagePack.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{DeleteThreshold, SecretRef, StateSpec, StoreSpec};
+use crate::diff::{SecretChange, Summary};
+use crate::merge::ListMerge;
+
+/// A job's id within its run: `merge:<target>` or `sync:<target>`.
+pub type JobId = String;
+
+/// Which phase a job belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Sources → merge store.
+    Merge,
+    /// Desired state → target store.
+    Sync,
+}
+
+/// One unit of work.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// The run it belongs to.
+    pub run_id: String,
+    /// Its id within the run.
+    pub id: JobId,
+    /// The target it works for.
+    pub target: String,
+    /// What to do.
+    pub spec: JobSpec,
+    /// Run-wide options.
+    pub options: RunOptions,
+    /// Jobs that must succeed before this one starts.
+    pub depends_on: Vec<JobId>,
+}
+
+impl Job {
+    /// The job's phase.
+    pub fn phase(&self) -> Phase {
+        match self.spec {
+            JobSpec::Merge(_) => Phase::Merge,
+            JobSpec::Sync(_) => Phase::Sync,
+        }
+    }
+
+    /// The job as MessagePack.
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec_named(self).expect("jobs always serialize")
+    }
+
+    /// A job from MessagePack.
+    pub fn decode(bytes: &[u8]) -> Result<Self, rmp_serde::decode::Error> {
+        rmp_serde::from_slice(bytes)
+    }
+}
+
+/// What a job does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobSpec {
+    /// Merge a target's layers into the merge store.
+    Merge(MergeSpec),
+    /// Bring a target's store to the desired state.
+    Sync(SyncSpec),
+}
+
+/// A merge job: fold the layers, write the result and its manifest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MergeSpec {
+    /// Inputs, in priority order (later wins).
+    pub layers: Vec<LayerSpec>,
+    /// Where merged results live.
+    pub merge_store: StoreSpec,
+    /// How lists combine.
+    pub list_merge: ListMerge,
+}
+
+/// One input of a merge job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerSpec {
+    /// Every secret of a named source.
+    Source {
+        /// The source's name in the config.
+        name: String,
+        /// Where it lives.
+        store: StoreSpec,
+    },
+    /// A parent target's merged result, read from the merge store.
+    Target {
+        /// The parent's name.
+        name: String,
+    },
+}
+
+/// A sync job: diff desired state against the target store and apply the difference.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SyncSpec {
+    /// Where the desired state comes from.
+    pub desired: DesiredState,
+    /// The target's store.
+    pub store: StoreSpec,
+    /// `Some`: orphans owned by vss are deleted, within this threshold.
+    pub delete: Option<DeleteThreshold>,
+}
+
+/// Where a sync job reads the desired state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DesiredState {
+    /// The target's merged result in the merge store.
+    Merged {
+        /// The merge store.
+        merge_store: StoreSpec,
+    },
+    /// Every secret of a store (sync-only runs).
+    Source {
+        /// The source store.
+        store: StoreSpec,
+    },
+}
+
+/// Options shared by every job of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunOptions {
+    /// Compute everything, write nothing (merge store and ledger included).
+    pub dry_run: bool,
+    /// Lift the mass-delete guard.
+    pub allow_mass_delete: bool,
+    /// The state ledger.
+    pub state: StateSpec,
+    /// Where the hash key comes from (a reference, resolved by the worker).
+    pub hash_key: Option<SecretRef>,
+}
+
+/// How a job ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub enum Outcome {
+    /// Done.
+    Succeeded,
+    /// Failed; the message names target, store and secret, never a value.
+    Failed {
+        /// What went wrong.
+        error: String,
+        /// Whether trying again may help.
+        retryable: bool,
+    },
+    /// Not run.
+    Skipped {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What a job did, without values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    /// The run.
+    pub run_id: String,
+    /// The job.
+    pub job_id: JobId,
+    /// The job's target.
+    pub target: String,
+    /// The job's phase.
+    pub phase: Phase,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Secrets created, changed or deleted (or that would be, in a dry run).
+    pub changes: Vec<SecretChange>,
+    /// Secrets already as desired.
+    pub unchanged: u64,
+    /// Things the user should know that did not fail the job (e.g. deletes withheld).
+    pub warnings: Vec<String>,
+}
+
+impl JobResult {
+    /// A result with no changes yet.
+    pub fn new(job: &Job, outcome: Outcome) -> Self {
+        Self {
+            run_id: job.run_id.clone(),
+            job_id: job.id.clone(),
+            target: job.target.clone(),
+            phase: job.phase(),
+            outcome,
+            changes: Vec::new(),
+            unchanged: 0,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Counts of the changes.
+    pub fn summary(&self) -> Summary {
+        Summary::of(&self.changes, self.unchanged)
+    }
+
+    /// The result as MessagePack.
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec_named(self).expect("results always serialize")
+    }
+
+    /// A result from MessagePack.
+    pub fn decode(bytes: &[u8]) -> Result<Self, rmp_serde::decode::Error> {
+        rmp_serde::from_slice(bytes)
+    }
+}

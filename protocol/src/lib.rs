@@ -1,0 +1,18 @@
+//! Pure data and logic of vss: no I/O, no async.
+//!
+//! - [`secret`]: [`SecretValue`](secret::SecretValue) (redacted, zeroized) and keyed
+//!   [`ContentHash`](secret::ContentHash)es.
+//! - [`config`]: the YAML config, its loader (line numbers, `${VAR}` expansion) and `validate`.
+//! - [`merge`]: the deep-merge rules of the merge phase.
+//! - [`diff`]: per-target change sets and their summaries (names, key names, hashes; never values).
+//! - [`plan`]: a run as a DAG of [`Job`](job::Job)s, and its drawings (dot, mermaid).
+//! - [`job`]: the job and result wire types shared by executors and workers (MessagePack).
+
+pub mod config;
+pub mod diff;
+pub mod job;
+pub mod merge;
+pub mod plan;
+pub mod secret;
+
+pub use secret::{ContentHash, HashKey, SecretValue};

@@ -1,0 +1,267 @@
+//! A run as a DAG of jobs: `merge:<target>` after its parents' merges, `sync:<target>` after
+//! its own merge.
+
+use std::collections::BTreeSet;
+
+use crate::config::{Config, Layer};
+use crate::job::{
+    DesiredState, Job, JobId, JobSpec, LayerSpec, MergeSpec, Phase, RunOptions, SyncSpec,
+};
+
+/// What the user asked of a run.
+#[derive(Clone, Debug, Default)]
+pub struct PlanRequest {
+    /// `--merge-only`.
+    pub merge_only: bool,
+    /// `--sync-only`.
+    pub sync_only: bool,
+    /// `--targets`: only these (their parents' merges still run).
+    pub targets: Option<Vec<String>>,
+    /// `--dry-run` (or `pipeline.dry_run`).
+    pub dry_run: bool,
+    /// `--allow-mass-delete`.
+    pub allow_mass_delete: bool,
+}
+
+/// A run's jobs in an order where every job comes after its dependencies.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The run's id.
+    pub run_id: String,
+    /// The jobs.
+    pub jobs: Vec<Job>,
+}
+
+/// The request cannot be planned with this config.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// `--targets` names a target the config lacks.
+    #[error("unknown target `{name}` in --targets{hint}")]
+    UnknownTarget {
+        /// The name given.
+        name: String,
+        /// A suggestion, if one is close.
+        hint: String,
+    },
+    /// The phases asked for cannot run with this config.
+    #[error("{0}")]
+    Phase(String),
+}
+
+/// Turns a config and a request into a plan.
+pub fn plan_run(cfg: &Config, run_id: &str, req: &PlanRequest) -> Result<Plan, PlanError> {
+    if let Some(names) = &req.targets {
+        for name in names {
+            if !cfg.targets.contains_key(name) {
+                let hint = crate::config::suggest(name, cfg.targets.keys().map(String::as_str))
+                    .map(|b| format!(" (did you mean `{b}`?)"))
+                    .unwrap_or_default();
+                return Err(PlanError::UnknownTarget { name: name.clone(), hint });
+            }
+        }
+    }
+    let run_merge = !req.sync_only && (req.merge_only || cfg.pipeline.merge_enabled);
+    let run_sync = !req.merge_only && (req.sync_only || cfg.pipeline.sync_enabled);
+    if !run_merge && !run_sync {
+        return Err(PlanError::Phase("both phases are disabled: nothing to run".into()));
+    }
+    if run_merge && cfg.merge_store.is_none() {
+        return Err(PlanError::Phase("the merge phase needs a `merge_store`".into()));
+    }
+    let desired = if run_merge {
+        DesiredState::Merged { merge_store: cfg.merge_store.clone().expect("checked above") }
+    } else if let Some(store) = &cfg.source {
+        DesiredState::Source { store: store.clone() }
+    } else if let Some(store) = &cfg.merge_store {
+        DesiredState::Merged { merge_store: store.clone() }
+    } else {
+        return Err(PlanError::Phase(
+            "a sync-only run needs a top-level `source` or an existing `merge_store`".into(),
+        ));
+    };
+
+    let selected: BTreeSet<&str> = match &req.targets {
+        Some(names) => names.iter().map(String::as_str).collect(),
+        None => cfg.targets.keys().map(String::as_str).collect(),
+    };
+    // Merging a selected target needs its ancestors merged first.
+    let mut to_merge = BTreeSet::new();
+    let mut pending: Vec<&str> = selected.iter().copied().collect();
+    while let Some(name) = pending.pop() {
+        if to_merge.insert(name) {
+            pending.extend(cfg.targets[name].parents());
+        }
+    }
+
+    let options = RunOptions {
+        dry_run: req.dry_run,
+        allow_mass_delete: req.allow_mass_delete,
+        state: cfg.state.clone(),
+        hash_key: cfg.hash_key.clone(),
+    };
+    let mut jobs = Vec::new();
+    let order = cfg.topological_order();
+    if run_merge {
+        for name in order.iter().filter(|n| to_merge.contains(*n)) {
+            let target = &cfg.targets[*name];
+            let layers = target
+                .layers
+                .iter()
+                .map(|l| match l {
+                    Layer::Source(s) => {
+                        LayerSpec::Source { name: s.clone(), store: cfg.sources[s].clone() }
+                    }
+                    Layer::Target(t) => LayerSpec::Target { name: t.clone() },
+                })
+                .collect();
+            jobs.push(Job {
+                run_id: run_id.to_string(),
+                id: job_id(Phase::Merge, name),
+                target: name.to_string(),
+                spec: JobSpec::Merge(MergeSpec {
+                    layers,
+                    merge_store: cfg.merge_store.clone().expect("checked above"),
+                    list_merge: target.list_merge,
+                }),
+                options: options.clone(),
+                depends_on: target.parents().map(|p| job_id(Phase::Merge, p)).collect(),
+            });
+        }
+    }
+    if run_sync {
+        for name in order.iter().filter(|n| selected.contains(*n)) {
+            let target = &cfg.targets[*name];
+            jobs.push(Job {
+                run_id: run_id.to_string(),
+                id: job_id(Phase::Sync, name),
+                target: name.to_string(),
+                spec: JobSpec::Sync(SyncSpec {
+                    desired: desired.clone(),
+                    store: target.store.clone(),
+                    delete: target.delete.then_some(cfg.pipeline.delete_threshold),
+                }),
+                options: options.clone(),
+                depends_on: if run_merge { vec![job_id(Phase::Merge, name)] } else { Vec::new() },
+            });
+        }
+    }
+    Ok(Plan { run_id: run_id.to_string(), jobs })
+}
+
+/// The id of a target's job in a phase.
+pub fn job_id(phase: Phase, target: &str) -> JobId {
+    match phase {
+        Phase::Merge => format!("merge:{target}"),
+        Phase::Sync => format!("sync:{target}"),
+    }
+}
+
+impl Plan {
+    /// The DAG in Graphviz dot.
+    pub fn to_dot(&self) -> String {
+        let mut out = String::from("digraph vss {\n  rankdir=LR;\n  node [shape=box];\n");
+        for job in &self.jobs {
+            let shape = if job.phase() == Phase::Merge { "box" } else { "ellipse" };
+            out.push_str(&format!("  \"{}\" [shape={shape}];\n", job.id));
+        }
+        for job in &self.jobs {
+            for dep in &job.depends_on {
+                out.push_str(&format!("  \"{dep}\" -> \"{}\";\n", job.id));
+            }
+        }
+        out.push_str("}\n");
+        out
+    }
+
+    /// The DAG as a mermaid flowchart.
+    pub fn to_mermaid(&self) -> String {
+        let node = |id: &str| id.replace([':', '.', '-'], "_");
+        let mut out = String::from("flowchart LR\n");
+        for job in &self.jobs {
+            let (open, close) = if job.phase() == Phase::Merge { ("[", "]") } else { ("([", "])") };
+            out.push_str(&format!("  {}{open}\"{}\"{close}\n", node(&job.id), job.id));
+        }
+        for job in &self.jobs {
+            for dep in &job.depends_on {
+                out.push_str(&format!("  {} --> {}\n", node(dep), node(&job.id)));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config() -> Config {
+        Config::from_yaml(
+            "merge_store: { file: { dir: m } }\nsources: { s: { file: { dir: s } } }\ntargets:\n  Base: { imports: [s], store: { file: { dir: a } } }\n  Staging: { inherits: Base, store: { file: { dir: b } } }\n  Production: { imports: [Staging, s], store: { file: { dir: c } } }\n  Other: { imports: [s], store: { file: { dir: d } } }\n",
+            "f.yaml",
+            Path::new("/x"),
+            &|_| None,
+        )
+        .unwrap()
+    }
+
+    fn ids(plan: &Plan) -> Vec<&str> {
+        plan.jobs.iter().map(|j| j.id.as_str()).collect()
+    }
+
+    #[test]
+    fn full_run_orders_merges_by_inheritance_then_syncs() {
+        let plan = plan_run(&config(), "r1", &PlanRequest::default()).unwrap();
+        assert_eq!(
+            ids(&plan),
+            vec![
+                "merge:Base", "merge:Other", "merge:Staging", "merge:Production",
+                "sync:Base", "sync:Other", "sync:Staging", "sync:Production",
+            ]
+        );
+        let prod = plan.jobs.iter().find(|j| j.id == "merge:Production").unwrap();
+        assert_eq!(prod.depends_on, vec!["merge:Staging"]);
+        let sync = plan.jobs.iter().find(|j| j.id == "sync:Production").unwrap();
+        assert_eq!(sync.depends_on, vec!["merge:Production"]);
+    }
+
+    #[test]
+    fn selected_targets_bring_their_ancestors_merges() {
+        let req = PlanRequest { targets: Some(vec!["Production".into()]), ..Default::default() };
+        let plan = plan_run(&config(), "r1", &req).unwrap();
+        assert_eq!(
+            ids(&plan),
+            vec!["merge:Base", "merge:Staging", "merge:Production", "sync:Production"]
+        );
+        let req = PlanRequest { targets: Some(vec!["Prod".into()]), ..Default::default() };
+        let err = plan_run(&config(), "r1", &req).unwrap_err().to_string();
+        assert!(err.contains("did you mean `Production`"), "{err}");
+    }
+
+    #[test]
+    fn phase_flags_select_jobs() {
+        let cfg = config();
+        let merge = plan_run(&cfg, "r", &PlanRequest { merge_only: true, ..Default::default() });
+        assert!(merge.unwrap().jobs.iter().all(|j| j.phase() == Phase::Merge));
+        let sync = plan_run(&cfg, "r", &PlanRequest { sync_only: true, ..Default::default() }).unwrap();
+        assert!(sync.jobs.iter().all(|j| j.phase() == Phase::Sync && j.depends_on.is_empty()));
+    }
+
+    #[test]
+    fn jobs_round_trip_through_messagepack() {
+        let plan = plan_run(&config(), "r1", &PlanRequest::default()).unwrap();
+        for job in &plan.jobs {
+            assert_eq!(&Job::decode(&job.encode()).unwrap(), job);
+        }
+    }
+
+    #[test]
+    fn graphs_name_every_edge() {
+        let plan = plan_run(&config(), "r1", &PlanRequest::default()).unwrap();
+        let dot = plan.to_dot();
+        assert!(dot.contains("\"merge:Staging\" -> \"merge:Production\""), "{dot}");
+        let mermaid = plan.to_mermaid();
+        assert!(mermaid.contains("merge_Staging --> merge_Production"), "{mermaid}");
+    }
+}
