@@ -1,1 +1,240 @@
+//! Where secrets live: the [`SecretStore`] trait, one module per backend, and the state ledger.
+//!
+//! - [`file`]: a folder of JSON files (source, merge store and target).
+//! - [`overlay`]: an in-memory layer over a store, so a dry run computes everything and writes
+//!   nothing.
+//! - [`ledger`]: the state ledger (ownership records, content hashes, the hash key).
+//!
+//! Every backend counts its API calls by operation ([`ApiCalls`]); tests and benchmarks read
+//! these counts.
 
+pub mod file;
+pub mod ledger;
+pub mod overlay;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use vss_protocol::SecretValue;
+use vss_protocol::config::StoreSpec;
+
+/// A store's cheap version of one secret, compared to tell whether it moved since vss wrote
+/// it (file: mtime and size; later backends: KV version, etag, resourceVersion …).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Version(pub String);
+
+/// One listed secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The secret's name relative to the store's root.
+    pub name: String,
+    /// Its current version.
+    pub version: Version,
+}
+
+/// A value with the version it was read at.
+#[derive(Debug)]
+pub struct Versioned<T> {
+    /// The value.
+    pub value: T,
+    /// Its version.
+    pub version: Version,
+}
+
+/// A condition a write or delete must meet, so a concurrent writer is never overwritten
+/// blindly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Precondition {
+    /// Unconditional.
+    None,
+    /// The secret must not exist yet.
+    Absent,
+    /// The secret must still be at this version.
+    Matches(Version),
+}
+
+/// What a store can do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Values can be read back (false for write-only stores such as GitHub).
+    pub read_values: bool,
+    /// Writes can carry metadata (hash and ownership marker) beside the value.
+    pub metadata: bool,
+    /// Writes and deletes honour [`Precondition`]s atomically.
+    pub conditional_writes: bool,
+}
+
+/// The class of a store failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The secret does not exist.
+    NotFound,
+    /// A precondition failed: someone else wrote first.
+    Conflict,
+    /// The store asked us to slow down.
+    Throttled,
+    /// Credentials missing or refused.
+    Unauthorized,
+    /// The store is down or unreachable.
+    Unavailable,
+    /// The request or the stored data is invalid.
+    Invalid,
+    /// A local I/O failure.
+    Io,
+}
+
+/// A store operation failed. Names the store and the secret, never a value.
+#[derive(Debug, thiserror::Error)]
+pub struct StoreError {
+    /// The class of failure.
+    pub kind: ErrorKind,
+    /// The store, e.g. `file:/srv/out`.
+    pub store: String,
+    /// The secret, if the failure concerns one.
+    pub secret: Option<String>,
+    /// What happened.
+    pub message: String,
+}
+
+impl StoreError {
+    /// A new error.
+    pub fn new(
+        kind: ErrorKind,
+        store: &str,
+        secret: Option<&str>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            kind,
+            store: store.to_string(),
+            secret: secret.map(str::to_string),
+            message: message.into(),
+        }
+    }
+
+    /// Whether trying again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Throttled | ErrorKind::Unavailable | ErrorKind::Conflict
+        )
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "store {}", self.store)?;
+        if let Some(secret) = &self.secret {
+            write!(f, ", secret `{secret}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// A place secrets live. Names are relative to the store's root and may contain `/`.
+#[async_trait::async_trait]
+pub trait SecretStore: Send + Sync {
+    /// A short description for messages, e.g. `file:/srv/out`.
+    fn describe(&self) -> String;
+
+    /// What the store can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Every secret whose name starts with `prefix` (empty, or ending in `/`), with versions.
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError>;
+
+    /// One secret's value, or `None` if it does not exist.
+    async fn read(&self, name: &str) -> Result<Option<Versioned<SecretValue>>, StoreError>;
+
+    /// Creates or replaces a secret; returns its new version. Writing the value a secret
+    /// already holds changes nothing.
+    async fn write(
+        &self,
+        name: &str,
+        value: &SecretValue,
+        pre: Precondition,
+    ) -> Result<Version, StoreError>;
+
+    /// Deletes a secret; deleting a missing secret is not an error.
+    async fn delete(&self, name: &str, pre: Precondition) -> Result<(), StoreError>;
+
+    /// API calls made so far, by operation.
+    fn api_calls(&self) -> BTreeMap<String, u64>;
+}
+
+/// Counts a store's API calls by operation.
+#[derive(Debug, Default)]
+pub struct ApiCalls(Mutex<BTreeMap<&'static str, u64>>);
+
+impl ApiCalls {
+    /// Counts one call of `operation`.
+    pub fn record(&self, operation: &'static str) {
+        *self
+            .0
+            .lock()
+            .expect("counter lock")
+            .entry(operation)
+            .or_default() += 1;
+    }
+
+    /// The counts so far.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.0
+            .lock()
+            .expect("counter lock")
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect()
+    }
+}
+
+/// Opens a store from its spec.
+pub fn open(spec: &StoreSpec) -> Result<Arc<dyn SecretStore>, StoreError> {
+    match spec {
+        StoreSpec::File { dir } => Ok(Arc::new(file::FileStore::new(dir.clone()))),
+    }
+}
+
+/// Opens each store once and hands out shared handles. In a dry run every store is wrapped
+/// in an [`overlay::OverlayStore`], so later jobs of the run see what earlier ones would have
+/// written, and nothing reaches the real store.
+pub struct StoreCache {
+    dry_run: bool,
+    stores: Mutex<HashMap<StoreSpec, Arc<dyn SecretStore>>>,
+}
+
+impl StoreCache {
+    /// An empty cache; `dry_run` wraps every store in an overlay.
+    pub fn new(dry_run: bool) -> Self {
+        Self {
+            dry_run,
+            stores: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The shared handle of the store at `spec`.
+    pub fn get(&self, spec: &StoreSpec) -> Result<Arc<dyn SecretStore>, StoreError> {
+        let mut stores = self.stores.lock().expect("store cache lock");
+        if let Some(store) = stores.get(spec) {
+            return Ok(store.clone());
+        }
+        let mut store = open(spec)?;
+        if self.dry_run {
+            store = Arc::new(overlay::OverlayStore::new(store));
+        }
+        stores.insert(spec.clone(), store.clone());
+        Ok(store)
+    }
+
+    /// API calls of every store opened so far, by store then operation.
+    pub fn api_calls(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        let stores = self.stores.lock().expect("store cache lock");
+        stores
+            .values()
+            .map(|s| (s.describe(), s.api_calls()))
+            .collect()
+    }
+}

@@ -1,1 +1,233 @@
+//! Executes one job: a target's merge ([`merge`]) or sync ([`sync`]).
+//!
+//! [`execute`] is the whole contract: a [`Job`] in, a [`JobResult`] out. Workers keep nothing
+//! between jobs except open store handles and the hash key; the in-process executor and (later)
+//! the JetStream consumer both call it.
 
+mod merge;
+mod sync;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use futures_util::{StreamExt, TryStreamExt, stream};
+use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+use vss_protocol::job::{Job, JobResult, JobSpec, Outcome, RunOptions};
+use vss_protocol::{ContentHash, HashKey, SecretValue};
+use vss_stores::ledger::{LedgerError, StateLedger};
+use vss_stores::{ErrorKind, SecretStore, StoreCache, StoreError, Version};
+
+/// Store calls a job keeps in flight at once.
+const CONCURRENT_CALLS: usize = 16;
+
+/// Why a job failed. Messages name target, store and secret, never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// A store call failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The state ledger could not be used.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// A safety rule stopped the job before it changed anything.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl JobError {
+    /// Whether running the job again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, JobError::Store(e) if e.is_retryable())
+    }
+}
+
+/// What a worker keeps while it runs jobs: open stores and the hash key.
+pub struct WorkerContext {
+    stores: StoreCache,
+    hash_key: Mutex<Option<HashKey>>,
+}
+
+impl WorkerContext {
+    /// A context for jobs of one kind of run; `dry_run` keeps every write in memory.
+    pub fn new(dry_run: bool) -> Self {
+        Self {
+            stores: StoreCache::new(dry_run),
+            hash_key: Mutex::new(None),
+        }
+    }
+
+    /// The stores opened so far.
+    pub fn stores(&self) -> &StoreCache {
+        &self.stores
+    }
+
+    fn store(
+        &self,
+        spec: &vss_protocol::config::StoreSpec,
+    ) -> Result<Arc<dyn SecretStore>, JobError> {
+        Ok(self.stores.get(spec)?)
+    }
+
+    /// The content-hash key of the run's ledger, resolved once.
+    pub fn hash_key(&self, options: &RunOptions) -> Result<HashKey, JobError> {
+        let mut slot = self.hash_key.lock().expect("hash key lock");
+        if let Some(key) = slot.as_ref() {
+            return Ok(key.clone());
+        }
+        let key = ledger(options).hash_key(options.hash_key.as_ref())?;
+        *slot = Some(key.clone());
+        Ok(key)
+    }
+}
+
+fn ledger(options: &RunOptions) -> StateLedger {
+    StateLedger::open(&options.state, options.dry_run)
+}
+
+/// Runs one job to completion and reports what it did (or, in a dry run, would do).
+pub async fn execute(job: &Job, ctx: &WorkerContext) -> JobResult {
+    let span = tracing::info_span!("job", run = %job.run_id, job = %job.id);
+    async {
+        let mut result = JobResult::new(job, Outcome::Succeeded);
+        let run = match &job.spec {
+            JobSpec::Merge(spec) => merge::run(job, spec, ctx, &mut result).await,
+            JobSpec::Sync(spec) => sync::run(job, spec, ctx, &mut result).await,
+        };
+        result.changes.sort_by(|a, b| a.path.cmp(&b.path));
+        let summary = result.summary();
+        match run {
+            Ok(()) => tracing::info!(
+                added = summary.added,
+                modified = summary.modified,
+                removed = summary.removed,
+                unchanged = summary.unchanged,
+                dry_run = job.options.dry_run,
+                "job finished"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "job failed");
+                result.outcome = Outcome::Failed {
+                    error: format!("target `{}`: {e}", job.target),
+                    retryable: e.is_retryable(),
+                };
+            }
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// Reads every secret under `prefix`, keyed by name relative to it. A failed read fails the
+/// whole read: a partial source must never look like a smaller one.
+async fn read_all(
+    store: &Arc<dyn SecretStore>,
+    prefix: &str,
+) -> Result<BTreeMap<String, SecretValue>, StoreError> {
+    let entries = store.list(prefix).await?;
+    stream::iter(entries)
+        .map(|entry| async move {
+            let value = store.read(&entry.name).await?;
+            Ok::<_, StoreError>(value.map(|v| (entry.name[prefix.len()..].to_string(), v.value)))
+        })
+        .buffer_unordered(CONCURRENT_CALLS)
+        .try_filter_map(|found| async move { Ok(found) })
+        .try_collect()
+        .await
+}
+
+/// Lists `prefix`, keyed by name relative to it.
+async fn list_versions(
+    store: &Arc<dyn SecretStore>,
+    prefix: &str,
+) -> Result<BTreeMap<String, Version>, StoreError> {
+    Ok(store
+        .list(prefix)
+        .await?
+        .into_iter()
+        .map(|e| (e.name[prefix.len()..].to_string(), e.version))
+        .collect())
+}
+
+/// Reads one secret that a listing just showed; its disappearance is a conflict.
+async fn read_listed(store: &Arc<dyn SecretStore>, name: &str) -> Result<SecretValue, StoreError> {
+    match store.read(name).await? {
+        Some(v) => Ok(v.value),
+        None => Err(StoreError::new(
+            ErrorKind::Conflict,
+            &store.describe(),
+            Some(name),
+            "disappeared while the run was reading it",
+        )),
+    }
+}
+
+/// The hashes and versions of a target's merged secrets, kept beside them in the merge store
+/// (`manifests/<target>`), so a sync learns the desired hashes without reading values.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Manifest {
+    /// Secret name → (hash, version in the merge store).
+    secrets: BTreeMap<String, ManifestEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct ManifestEntry {
+    hash: ContentHash,
+    version: Version,
+}
+
+impl Manifest {
+    fn name(target: &str) -> String {
+        format!("manifests/{target}")
+    }
+
+    /// The manifest of `target`, if the merge phase ever ran for it.
+    async fn read(
+        store: &Arc<dyn SecretStore>,
+        target: &str,
+    ) -> Result<Option<Manifest>, StoreError> {
+        let name = Self::name(target);
+        let Some(found) = store.read(&name).await? else {
+            return Ok(None);
+        };
+        let value = serde_json::Value::Object(found.value.expose().clone());
+        serde_json::from_value(value).map(Some).map_err(|e| {
+            StoreError::new(
+                ErrorKind::Invalid,
+                &store.describe(),
+                Some(&name),
+                format!("corrupt manifest: {e}"),
+            )
+        })
+    }
+
+    async fn write(&self, store: &Arc<dyn SecretStore>, target: &str) -> Result<(), StoreError> {
+        let serde_json::Value::Object(map) =
+            serde_json::to_value(self).expect("manifests serialize")
+        else {
+            unreachable!("a struct serializes to an object")
+        };
+        store
+            .write(
+                &Self::name(target),
+                &SecretValue::new(map),
+                vss_stores::Precondition::None,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The recorded hash of `name`, if its listed version is still the one recorded.
+    fn hash_if_current(&self, name: &str, listed: &Version) -> Option<ContentHash> {
+        self.secrets
+            .get(name)
+            .filter(|e| &e.version == listed)
+            .map(|e| e.hash.clone())
+    }
+}
+
+/// The merge store's folder of a target's merged secrets.
+fn merged_prefix(target: &str) -> String {
+    format!("targets/{target}/")
+}

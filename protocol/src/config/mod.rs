@@ -35,7 +35,12 @@ pub struct Diagnostic {
 impl Diagnostic {
     /// A diagnostic at a line and key.
     pub fn at(file: &str, line: Option<usize>, key: String, message: String) -> Self {
-        Self { file: file.to_string(), line, key, message }
+        Self {
+            file: file.to_string(),
+            line,
+            key,
+            message,
+        }
     }
 }
 
@@ -135,7 +140,10 @@ pub struct DeleteThreshold {
 
 impl Default for DeleteThreshold {
     fn default() -> Self {
-        Self { percent: 10.0, count: 5 }
+        Self {
+            percent: 10.0,
+            count: 5,
+        }
     }
 }
 
@@ -247,9 +255,14 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
-        Self::from_yaml(&text, &path.display().to_string(), &base, &|name| std::env::var(name).ok())
+        Self::from_yaml(&text, &path.display().to_string(), &base, &|name| {
+            std::env::var(name).ok()
+        })
     }
 
     /// Parses and validates config text. Pure: the environment is passed in as `env`.
@@ -275,7 +288,10 @@ impl Config {
                     order.push(name);
                 }
             }
-            assert!(order.len() > before, "validated configs have no inheritance cycles");
+            assert!(
+                order.len() > before,
+                "validated configs have no inheritance cycles"
+            );
         }
         order
     }

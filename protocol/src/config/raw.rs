@@ -138,18 +138,28 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn error(&mut self, at: &[Segment], message: String) {
-        self.diags.push(Diagnostic::at(self.file, self.doc.line_of(at), display_path(at), message));
+        self.diags.push(Diagnostic::at(
+            self.file,
+            self.doc.line_of(at),
+            display_path(at),
+            message,
+        ));
     }
 
     fn not_supported(&mut self, at: &[Segment], what: &str) {
-        self.error(at, format!("{what} is not supported yet by this version of vss"));
+        self.error(
+            at,
+            format!("{what} is not supported yet by this version of vss"),
+        );
     }
 }
 
 /// Accepts the reference format's shorthands before typed deserialization: a target written
 /// as a bare list is its `imports`, and a numeric `account_id` is text.
 fn normalize_shorthands(root: &mut Value) {
-    let Some(Value::Object(targets)) = root.get_mut("targets") else { return };
+    let Some(Value::Object(targets)) = root.get_mut("targets") else {
+        return;
+    };
     for target in targets.values_mut() {
         if let Value::Array(imports) = target {
             *target = serde_json::json!({ "imports": std::mem::take(imports) });
@@ -176,13 +186,18 @@ fn deserialize(doc: &mut Document, file: &str) -> Result<RawConfig, Vec<Diagnost
             .iter()
             .filter_map(|seg| match seg {
                 serde_path_to_error::Segment::Map { key } => Some(Segment::Key(key.clone())),
-                serde_path_to_error::Segment::Enum { variant } => Some(Segment::Key(variant.clone())),
+                serde_path_to_error::Segment::Enum { variant } => {
+                    Some(Segment::Key(variant.clone()))
+                }
                 serde_path_to_error::Segment::Seq { index } => Some(Segment::Index(*index)),
                 serde_path_to_error::Segment::Unknown => None,
             })
             .collect();
         let message = err.into_inner().to_string();
-        if let Some(field) = message.strip_prefix("missing field `").and_then(|m| m.split('`').next()) {
+        if let Some(field) = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next())
+        {
             let mut missing = at.clone();
             missing.push(key(field));
             if !removed.contains(&missing) {
@@ -196,7 +211,12 @@ fn deserialize(doc: &mut Document, file: &str) -> Result<RawConfig, Vec<Diagnost
             return Err(diags);
         }
         let message = explain(&message, doc.is_from_env(&at));
-        diags.push(Diagnostic::at(file, doc.line_of(&at), display_path(&at), message));
+        diags.push(Diagnostic::at(
+            file,
+            doc.line_of(&at),
+            display_path(&at),
+            message,
+        ));
         if !doc.remove(&at) {
             return Err(diags);
         }
@@ -208,7 +228,10 @@ fn deserialize(doc: &mut Document, file: &str) -> Result<RawConfig, Vec<Diagnost
 /// Turns a serde message into one for people: "did you mean", and no quoted values from the
 /// environment.
 fn explain(message: &str, from_env: bool) -> String {
-    for (prefix, what) in [("unknown field `", "unknown key"), ("unknown variant `", "unknown kind")] {
+    for (prefix, what) in [
+        ("unknown field `", "unknown key"),
+        ("unknown variant `", "unknown kind"),
+    ] {
         if let Some(rest) = message.strip_prefix(prefix) {
             let (name, expected) = rest.split_once('`').unwrap_or((rest, ""));
             let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
@@ -225,7 +248,9 @@ fn explain(message: &str, from_env: bool) -> String {
     if from_env {
         if let Some(rest) = message.strip_prefix("invalid type: ") {
             let expected = rest.split_once(", expected ").map_or("", |(_, e)| e);
-            return format!("wrong type (value from the environment, not shown); expected {expected}");
+            return format!(
+                "wrong type (value from the environment, not shown); expected {expected}"
+            );
         }
         return "invalid value (value from the environment, not shown)".into();
     }
@@ -240,7 +265,14 @@ pub fn did_you_mean<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Opt
             let lower = k.to_lowercase();
             let similarity = strsim::normalized_damerau_levenshtein(&name, &lower);
             let prefix = name.len() >= 3 && (lower.starts_with(&name) || name.starts_with(&lower));
-            (if prefix { similarity.max(0.8) } else { similarity }, k)
+            (
+                if prefix {
+                    similarity.max(0.8)
+                } else {
+                    similarity
+                },
+                k,
+            )
         })
         .filter(|(score, _)| *score >= 0.6)
         .max_by(|a, b| a.0.total_cmp(&b.0))
@@ -251,7 +283,11 @@ pub fn did_you_mean<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Opt
 pub(super) fn build(mut doc: Document, file: &str, base: &Path) -> Result<Config, Vec<Diagnostic>> {
     normalize_shorthands(&mut doc.root);
     let raw_result = deserialize(&mut doc, file);
-    let mut ck = Checker { file, doc: &doc, diags: Vec::new() };
+    let mut ck = Checker {
+        file,
+        doc: &doc,
+        diags: Vec::new(),
+    };
     let raw = match raw_result {
         Ok(raw) => raw,
         Err(diags) => return Err(diags),
@@ -271,7 +307,11 @@ pub(super) fn build(mut doc: Document, file: &str, base: &Path) -> Result<Config
 
     let store = |ck: &mut Checker, at: KeyPath, s: &RawStore| -> Option<StoreSpec> {
         let kind = match s {
-            RawStore::File(f) => return Some(StoreSpec::File { dir: resolve(&f.dir) }),
+            RawStore::File(f) => {
+                return Some(StoreSpec::File {
+                    dir: resolve(&f.dir),
+                });
+            }
             RawStore::Vault(_) => "vault",
             RawStore::Aws(_) => "aws",
             RawStore::S3(_) => "s3",
@@ -286,8 +326,14 @@ pub(super) fn build(mut doc: Document, file: &str, base: &Path) -> Result<Config
         None
     };
 
-    let merge_store = raw.merge_store.as_ref().and_then(|s| store(&mut ck, path(&["merge_store"]), s));
-    let source = raw.source.as_ref().and_then(|s| store(&mut ck, path(&["source"]), s));
+    let merge_store = raw
+        .merge_store
+        .as_ref()
+        .and_then(|s| store(&mut ck, path(&["merge_store"]), s));
+    let source = raw
+        .source
+        .as_ref()
+        .and_then(|s| store(&mut ck, path(&["source"]), s));
     let mut sources = BTreeMap::new();
     for (name, s) in &raw.sources {
         if let Some(spec) = store(&mut ck, path(&["sources", name]), s) {
@@ -312,13 +358,19 @@ pub(super) fn build(mut doc: Document, file: &str, base: &Path) -> Result<Config
     }
     for (phase, parallel) in [("merge", p.merge.parallel), ("sync", p.sync.parallel)] {
         if parallel == Some(0) {
-            ck.error(&path(&["pipeline", phase, "parallel"]), "must be at least 1".into());
+            ck.error(
+                &path(&["pipeline", phase, "parallel"]),
+                "must be at least 1".into(),
+            );
         }
     }
     let mut delete_threshold = DeleteThreshold::default();
     if let Some(percent) = p.sync.max_delete_percent {
         if !(0.0..=100.0).contains(&percent) {
-            ck.error(&path(&["pipeline", "sync", "max_delete_percent"]), "must be between 0 and 100".into());
+            ck.error(
+                &path(&["pipeline", "sync", "max_delete_percent"]),
+                "must be between 0 and 100".into(),
+            );
         }
         delete_threshold.percent = percent;
     }
@@ -327,14 +379,24 @@ pub(super) fn build(mut doc: Document, file: &str, base: &Path) -> Result<Config
     }
 
     if raw.targets.is_empty() {
-        ck.error(&path(&["targets"]), "at least one target is required".into());
+        ck.error(
+            &path(&["targets"]),
+            "at least one target is required".into(),
+        );
     }
     let target_names: BTreeSet<&str> = raw.targets.keys().map(String::as_str).collect();
     let mut targets = BTreeMap::new();
     for (name, t) in &raw.targets {
         let at = path(&["targets", name]);
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
-            ck.error(&at, "target names may use only letters, digits, `_`, `-` and `.`".into());
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        {
+            ck.error(
+                &at,
+                "target names may use only letters, digits, `_`, `-` and `.`".into(),
+            );
         }
         let mut layers = Vec::new();
         if let Some(parent) = &t.inherits {
@@ -362,7 +424,11 @@ pub(super) fn build(mut doc: Document, file: &str, base: &Path) -> Result<Config
                 (true, false) => layers.push(Layer::Source(import.clone())),
                 (false, true) => layers.push(Layer::Target(import.clone())),
                 (false, false) => {
-                    let known = raw.sources.keys().map(String::as_str).chain(target_names.iter().copied());
+                    let known = raw
+                        .sources
+                        .keys()
+                        .map(String::as_str)
+                        .chain(target_names.iter().copied());
                     let hint = did_you_mean(import, known)
                         .map(|b| format!(" (did you mean `{b}`?)"))
                         .unwrap_or_default();
@@ -374,7 +440,11 @@ pub(super) fn build(mut doc: Document, file: &str, base: &Path) -> Result<Config
             if id.len() != 12 || !id.chars().all(|c| c.is_ascii_digit()) {
                 let mut at = at.clone();
                 at.push(key("account_id"));
-                ck.error(&at, "an AWS account id is exactly 12 digits (quote it to keep leading zeros)".into());
+                ck.error(
+                    &at,
+                    "an AWS account id is exactly 12 digits (quote it to keep leading zeros)"
+                        .into(),
+                );
             }
         }
         for (k, present) in [
@@ -397,7 +467,10 @@ pub(super) fn build(mut doc: Document, file: &str, base: &Path) -> Result<Config
             (None, Some(_)) => {
                 let mut at = at.clone();
                 at.push(key("account_id"));
-                ck.not_supported(&at, "an AWS Secrets Manager target (`account_id` without `store`)");
+                ck.not_supported(
+                    &at,
+                    "an AWS Secrets Manager target (`account_id` without `store`)",
+                );
                 None
             }
             (None, None) if sync_enabled => {
@@ -405,7 +478,9 @@ pub(super) fn build(mut doc: Document, file: &str, base: &Path) -> Result<Config
                 None
             }
             // A merge-only config needs no target store; nothing will ever sync there.
-            (None, None) => Some(StoreSpec::File { dir: base.join(".vss/unsynced").join(name) }),
+            (None, None) => Some(StoreSpec::File {
+                dir: base.join(".vss/unsynced").join(name),
+            }),
         };
         if let Some(store) = target_store {
             targets.insert(
@@ -423,14 +498,24 @@ pub(super) fn build(mut doc: Document, file: &str, base: &Path) -> Result<Config
     check_cycles(&mut ck, &raw.targets);
 
     let state = match &raw.state {
-        Some(RawState::File { path }) => StateSpec::File { path: resolve(path) },
-        None => StateSpec::File { path: base.join(".vss/state") },
+        Some(RawState::File { path }) => StateSpec::File {
+            path: resolve(path),
+        },
+        None => StateSpec::File {
+            path: base.join(".vss/state"),
+        },
     };
     let hash_key = raw.hash_key.map(|r| match r {
         RawSecretRef::Env(name) => SecretRef::Env(name),
         RawSecretRef::File(p) => SecretRef::File(resolve(&p)),
     });
-    let log = raw.log.map(|l| LogSettings { level: l.level, format: l.format }).unwrap_or_default();
+    let log = raw
+        .log
+        .map(|l| LogSettings {
+            level: l.level,
+            format: l.format,
+        })
+        .unwrap_or_default();
 
     if !ck.diags.is_empty() {
         return Err(ck.diags);

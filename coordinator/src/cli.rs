@@ -1,0 +1,261 @@
+//! The `vss` command line.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use vss_protocol::config::{Config, ConfigError, LogFormat};
+use vss_protocol::job::JobResult;
+use vss_protocol::plan::{Plan, PlanRequest, plan_run};
+use vss_worker::WorkerContext;
+
+use crate::executor::{Executor, InProcess, Limits};
+use crate::report::{self, Report};
+
+/// Keeps secrets in sync across stores.
+#[derive(Debug, Parser)]
+#[command(name = "vss", version, about)]
+pub struct Cli {
+    /// Log line format on stderr (default: the config's `log.format`, else text).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the pipeline: merge sources into the merge store, then sync targets.
+    Pipeline(PipelineArgs),
+    /// Check a config and print every problem at once.
+    Validate {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print the job DAG of a run.
+    Graph {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Drawing format.
+        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+        format: GraphFormat,
+        /// Only the merge phase.
+        #[arg(long, conflicts_with = "sync_only")]
+        merge_only: bool,
+        /// Only the sync phase.
+        #[arg(long)]
+        sync_only: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct PipelineArgs {
+    /// The config file.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Compute and report every change, write nothing (merge store and state included).
+    #[arg(long)]
+    dry_run: bool,
+    /// Only the merge phase.
+    #[arg(long, conflicts_with = "sync_only")]
+    merge_only: bool,
+    /// Only the sync phase (from `source`, or from the merge store's last result).
+    #[arg(long)]
+    sync_only: bool,
+    /// Only these targets (comma-separated); their parents' merges run too.
+    #[arg(long, value_delimiter = ',')]
+    targets: Option<Vec<String>>,
+    /// Jobs run at once in each phase (default: the config's `parallel` settings).
+    #[arg(long)]
+    parallelism: Option<usize>,
+    /// Keep running other targets after one fails.
+    #[arg(long)]
+    continue_on_error: bool,
+    /// Allow deleting more than the configured share of a target's secrets.
+    #[arg(long)]
+    allow_mass_delete: bool,
+    /// Exit 0 when nothing changes, 1 when something does, 2 on errors.
+    #[arg(long)]
+    exit_code: bool,
+    /// Report format on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    output: OutputFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum OutputFormat {
+    Human,
+    Json,
+    Github,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+/// Runs the command line; returns the process exit code.
+pub async fn run(cli: Cli) -> u8 {
+    match dispatch(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    let log_format = cli.log_format.map(|f| match f {
+        LogFormatArg::Text => LogFormat::Text,
+        LogFormatArg::Json => LogFormat::Json,
+    });
+    match cli.command {
+        Command::Validate { config } => {
+            let cfg = match Config::load(&config) {
+                Ok(cfg) => cfg,
+                Err(e) => return Ok(config_error(e)),
+            };
+            println!(
+                "{}: ok ({} sources, {} targets; merge {}, sync {})",
+                config.display(),
+                cfg.sources.len(),
+                cfg.targets.len(),
+                on_off(cfg.pipeline.merge_enabled),
+                on_off(cfg.pipeline.sync_enabled)
+            );
+            Ok(0)
+        }
+        Command::Graph {
+            config,
+            format,
+            merge_only,
+            sync_only,
+        } => {
+            let cfg = match Config::load(&config) {
+                Ok(cfg) => cfg,
+                Err(e) => return Ok(config_error(e)),
+            };
+            let req = PlanRequest {
+                merge_only,
+                sync_only,
+                ..Default::default()
+            };
+            let plan = plan_run(&cfg, "graph", &req)?;
+            print!(
+                "{}",
+                match format {
+                    GraphFormat::Dot => plan.to_dot(),
+                    GraphFormat::Mermaid => plan.to_mermaid(),
+                }
+            );
+            Ok(0)
+        }
+        Command::Pipeline(args) => pipeline(args, log_format).await,
+    }
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
+}
+
+fn config_error(e: ConfigError) -> u8 {
+    eprintln!("error: {e}");
+    2
+}
+
+async fn pipeline(args: PipelineArgs, log_format: Option<LogFormat>) -> anyhow::Result<u8> {
+    let cfg = match Config::load(&args.config) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            crate::logging::init(None, log_format);
+            return Ok(config_error(e));
+        }
+    };
+    crate::logging::init(cfg.log.level.as_deref(), log_format.or(cfg.log.format));
+
+    let dry_run = args.dry_run || cfg.pipeline.dry_run;
+    let run_id = uuid::Uuid::now_v7().to_string();
+    let req = PlanRequest {
+        merge_only: args.merge_only,
+        sync_only: args.sync_only,
+        targets: args.targets.clone(),
+        dry_run,
+        allow_mass_delete: args.allow_mass_delete,
+    };
+    let plan = plan_run(&cfg, &run_id, &req)?;
+    tracing::info!(run = %run_id, jobs = plan.jobs.len(), dry_run, "run planned");
+
+    let ctx = Arc::new(WorkerContext::new(dry_run));
+    // Resolve the hash key before jobs run in parallel, so only one is ever generated.
+    if let Some(job) = plan.jobs.first() {
+        ctx.hash_key(&job.options)
+            .context("cannot resolve the content-hash key")?;
+    }
+    let limits = Limits {
+        merge_parallel: args.parallelism.unwrap_or(cfg.pipeline.merge_parallel),
+        sync_parallel: args.parallelism.unwrap_or(cfg.pipeline.sync_parallel),
+        continue_on_error: args.continue_on_error || cfg.pipeline.continue_on_error,
+    };
+    let results = run_with_progress(&InProcess::new(ctx.clone(), limits), &plan).await;
+    tracing::debug!(api_calls = ?ctx.stores().api_calls(), "store calls");
+
+    let report = Report::build(&plan, &results, dry_run);
+    let mut stdout = std::io::stdout().lock();
+    match args.output {
+        OutputFormat::Json => stdout.write_all(report.json().as_bytes())?,
+        OutputFormat::Human => {
+            let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            stdout.write_all(report::human(&report, colour).as_bytes())?;
+        }
+        OutputFormat::Github => {
+            let (commands, summary) = report::github(&report);
+            stdout.write_all(commands.as_bytes())?;
+            if let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY") {
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .with_context(|| {
+                        format!("cannot open GITHUB_STEP_SUMMARY file {}", path.display())
+                    })?;
+                file.write_all(summary.as_bytes())?;
+            }
+        }
+    }
+    stdout.flush()?;
+    Ok(report.exit_code(args.exit_code))
+}
+
+/// Executes the plan with a progress bar on stderr when it is a terminal.
+async fn run_with_progress(executor: &dyn Executor, plan: &Plan) -> Vec<JobResult> {
+    let bar = if std::io::stderr().is_terminal() && plan.jobs.len() > 1 {
+        ProgressBar::with_draw_target(Some(plan.jobs.len() as u64), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} jobs {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let on_result = |r: &JobResult| {
+        bar.set_message(r.job_id.clone());
+        bar.inc(1);
+    };
+    let results = executor.execute(plan, &on_result).await;
+    bar.finish_and_clear();
+    results
+}

@@ -1,0 +1,134 @@
+//! The run report: one document built from job results, rendered as human text, JSON or
+//! GitHub workflow commands. Holds names, key names, hashes and counts; never a value.
+
+mod github;
+mod human;
+
+use serde::Serialize;
+use vss_protocol::diff::{SecretChange, Summary};
+use vss_protocol::job::{JobResult, Outcome, Phase};
+use vss_protocol::plan::Plan;
+
+pub use github::render as github;
+pub use human::render as human;
+
+/// What a run did (or, in a dry run, would do).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Report {
+    /// Whether nothing was written.
+    pub dry_run: bool,
+    /// The phase whose changes are reported: `sync`, or `merge` for merge-only runs.
+    pub phase: Phase,
+    /// Totals over all targets.
+    pub summary: Summary,
+    /// One entry per target, in plan order.
+    pub targets: Vec<TargetReport>,
+    /// Every failure of the run, including jobs of targets not reported (e.g. a parent's merge).
+    pub errors: Vec<String>,
+}
+
+/// One target's part of the report.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TargetReport {
+    /// The target.
+    pub target: String,
+    /// `ok`, `failed` or `skipped`.
+    pub status: Status,
+    /// Counts of its changes.
+    pub summary: Summary,
+    /// Created, changed and deleted secrets; unchanged ones are only counted.
+    pub changes: Vec<SecretChange>,
+    /// Things worth knowing that did not fail the target.
+    pub warnings: Vec<String>,
+    /// Why it failed or was skipped.
+    pub error: Option<String>,
+}
+
+/// How a target fared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Every job succeeded.
+    Ok,
+    /// A job failed.
+    Failed,
+    /// A job did not run.
+    Skipped,
+}
+
+impl Report {
+    /// Aggregates results into the report; independent of the order results arrived in.
+    pub fn build(plan: &Plan, results: &[JobResult], dry_run: bool) -> Self {
+        let phase = if plan.jobs.iter().any(|j| j.phase() == Phase::Sync) {
+            Phase::Sync
+        } else {
+            Phase::Merge
+        };
+        let mut targets = Vec::new();
+        let mut summary = Summary::default();
+        let mut errors = Vec::new();
+        for result in results {
+            if let Outcome::Failed { error, .. } = &result.outcome {
+                errors.push(format!("{}: {error}", result.job_id));
+            }
+        }
+        for job in plan.jobs.iter().filter(|j| j.phase() == phase) {
+            let own: Vec<&JobResult> = results.iter().filter(|r| r.target == job.target).collect();
+            let Some(main) = own.iter().find(|r| r.phase == phase) else {
+                continue;
+            };
+            let failure = own.iter().find_map(|r| match &r.outcome {
+                Outcome::Failed { error, .. } => Some(error.clone()),
+                _ => None,
+            });
+            let (status, error) = match (failure, &main.outcome) {
+                (Some(e), _) => (Status::Failed, Some(e)),
+                (None, Outcome::Skipped { reason }) => (Status::Skipped, Some(reason.clone())),
+                (None, _) => (Status::Ok, None),
+            };
+            let target_summary = main.summary();
+            summary.add(&target_summary);
+            targets.push(TargetReport {
+                target: job.target.clone(),
+                status,
+                summary: target_summary,
+                changes: main.changes.clone(),
+                warnings: own
+                    .iter()
+                    .flat_map(|r| r.warnings.iter().cloned())
+                    .collect(),
+                error,
+            });
+        }
+        Self {
+            dry_run,
+            phase,
+            summary,
+            targets,
+            errors,
+        }
+    }
+
+    /// Whether any job failed or was skipped.
+    pub fn has_errors(&self) -> bool {
+        !self.errors.is_empty() || self.targets.iter().any(|t| t.status != Status::Ok)
+    }
+
+    /// The exit code: 2 on errors; with `exit_code`, 1 when anything changes; else 0.
+    pub fn exit_code(&self, exit_code: bool) -> u8 {
+        if self.has_errors() {
+            2
+        } else if exit_code && self.summary.has_changes() {
+            1
+        } else {
+            0
+        }
+    }
+
+    /// The JSON document.
+    pub fn json(&self) -> String {
+        let mut out = serde_json::to_string_pretty(self).expect("reports serialize");
+        out.push('\n');
+        out
+    }
+}

@@ -1,0 +1,236 @@
+//! The state ledger: what vss wrote where, and the key of its content hashes.
+//!
+//! Per target it records, for each secret vss manages there, the content hash it wrote and the
+//! store's version right after the write. A listing whose version still matches needs no read
+//! (the speed core), and only recorded secrets may ever be deleted (ownership). The records are
+//! bound to the target's store: pointing a target at another store starts a fresh ledger, so
+//! nothing there counts as owned.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{ErrorKind as IoKind, Write};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use vss_protocol::config::{SecretRef, StateSpec};
+use vss_protocol::{ContentHash, HashKey};
+use zeroize::Zeroize;
+
+use crate::Version;
+
+/// The ledger could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("state ledger {path}: {message}")]
+pub struct LedgerError {
+    /// The file concerned.
+    pub path: String,
+    /// What happened.
+    pub message: String,
+}
+
+/// What vss knows about one secret it wrote.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The content hash written.
+    pub hash: ContentHash,
+    /// The store's version right after the write.
+    pub version: Version,
+}
+
+/// The records of one target.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetLedger {
+    /// The store these records describe.
+    pub store: String,
+    /// Secret name → record.
+    pub secrets: BTreeMap<String, Record>,
+}
+
+/// The ledger on disk: `<path>/targets/<target>.json` and `<path>/hash-key`.
+pub struct StateLedger {
+    dir: PathBuf,
+    read_only: bool,
+}
+
+impl StateLedger {
+    /// The ledger at `spec`; `read_only` (dry runs) never writes.
+    pub fn open(spec: &StateSpec, read_only: bool) -> Self {
+        match spec {
+            StateSpec::File { path } => Self {
+                dir: path.clone(),
+                read_only,
+            },
+        }
+    }
+
+    fn err(&self, path: &std::path::Path, message: impl Into<String>) -> LedgerError {
+        LedgerError {
+            path: path.display().to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn target_path(&self, target: &str) -> PathBuf {
+        self.dir.join("targets").join(format!("{target}.json"))
+    }
+
+    /// The records of `target` for `store`; empty when none exist or they describe another store.
+    pub fn load(&self, target: &str, store: &str) -> Result<TargetLedger, LedgerError> {
+        let path = self.target_path(target);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == IoKind::NotFound => {
+                return Ok(TargetLedger {
+                    store: store.to_string(),
+                    ..Default::default()
+                });
+            }
+            Err(e) => return Err(self.err(&path, e.to_string())),
+        };
+        let ledger: TargetLedger =
+            serde_json::from_slice(&bytes).map_err(|e| self.err(&path, format!("corrupt: {e}")))?;
+        if ledger.store == store {
+            Ok(ledger)
+        } else {
+            Ok(TargetLedger {
+                store: store.to_string(),
+                ..Default::default()
+            })
+        }
+    }
+
+    /// Saves the records of `target` (atomically; unchanged records are not rewritten).
+    pub fn save(&self, target: &str, ledger: &TargetLedger) -> Result<(), LedgerError> {
+        if self.read_only {
+            return Ok(());
+        }
+        let path = self.target_path(target);
+        let bytes = serde_json::to_vec(ledger).expect("ledgers always serialize");
+        if fs::read(&path).is_ok_and(|old| old == bytes) {
+            return Ok(());
+        }
+        self.write_atomic(&path, &bytes)
+    }
+
+    fn write_atomic(&self, path: &std::path::Path, bytes: &[u8]) -> Result<(), LedgerError> {
+        let parent = path.parent().expect("ledger files live in a folder");
+        fs::create_dir_all(parent).map_err(|e| self.err(parent, e.to_string()))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".vss-")
+            .tempfile_in(parent)
+            .map_err(|e| self.err(parent, e.to_string()))?;
+        tmp.write_all(bytes)
+            .map_err(|e| self.err(path, e.to_string()))?;
+        tmp.as_file()
+            .sync_data()
+            .map_err(|e| self.err(path, e.to_string()))?;
+        tmp.persist(path)
+            .map_err(|e| self.err(path, e.error.to_string()))?;
+        Ok(())
+    }
+
+    /// The content-hash key: from `reference` when given, else the ledger's own, generated
+    /// once (in a dry run a missing key is generated for this run only).
+    pub fn hash_key(&self, reference: Option<&SecretRef>) -> Result<HashKey, LedgerError> {
+        match reference {
+            Some(SecretRef::Env(name)) => {
+                let mut text = std::env::var(name).map_err(|_| LedgerError {
+                    path: format!("env:{name}"),
+                    message: "hash_key environment variable is not set".into(),
+                })?;
+                let key = key_from_text(&text);
+                text.zeroize();
+                Ok(key)
+            }
+            Some(SecretRef::File(path)) => {
+                let mut text =
+                    fs::read_to_string(path).map_err(|e| self.err(path, e.to_string()))?;
+                let key = key_from_text(&text);
+                text.zeroize();
+                Ok(key)
+            }
+            None => self.ledger_key(),
+        }
+    }
+
+    fn ledger_key(&self) -> Result<HashKey, LedgerError> {
+        let path = self.dir.join("hash-key");
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                HashKey::from_hex(&text).ok_or_else(|| self.err(&path, "not a 64-hex-digit key"))
+            }
+            Err(e) if e.kind() == IoKind::NotFound => {
+                let mut bytes = [0u8; 32];
+                getrandom::fill(&mut bytes).map_err(|e| self.err(&path, e.to_string()))?;
+                let key = HashKey::from_bytes(bytes);
+                bytes.zeroize();
+                if !self.read_only {
+                    let mut hex = key.to_hex();
+                    let written = self.write_atomic(&path, hex.as_bytes());
+                    hex.zeroize();
+                    written?;
+                }
+                Ok(key)
+            }
+            Err(e) => Err(self.err(&path, e.to_string())),
+        }
+    }
+}
+
+/// A key given as 64 hex digits is used as is; any other text is stretched into one.
+fn key_from_text(text: &str) -> HashKey {
+    HashKey::from_hex(text).unwrap_or_else(|| {
+        HashKey::from_bytes(blake3::derive_key(
+            "vss content hash key v1",
+            text.trim().as_bytes(),
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_are_bound_to_their_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = StateLedger::open(
+            &StateSpec::File {
+                path: dir.path().into(),
+            },
+            false,
+        );
+        let mut records = ledger.load("Prod", "file:/a").unwrap();
+        let key = ledger.hash_key(None).unwrap();
+        let hash = key.hash(&vss_protocol::SecretValue::default());
+        records.secrets.insert(
+            "s".into(),
+            Record {
+                hash,
+                version: Version("1".into()),
+            },
+        );
+        ledger.save("Prod", &records).unwrap();
+        assert_eq!(ledger.load("Prod", "file:/a").unwrap(), records);
+        assert!(ledger.load("Prod", "file:/b").unwrap().secrets.is_empty());
+        assert_eq!(
+            ledger.hash_key(None).unwrap().to_hex(),
+            key.to_hex(),
+            "the key is kept"
+        );
+    }
+
+    #[test]
+    fn read_only_ledgers_write_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = StateLedger::open(
+            &StateSpec::File {
+                path: dir.path().join("s"),
+            },
+            true,
+        );
+        ledger.hash_key(None).unwrap();
+        ledger.save("T", &TargetLedger::default()).unwrap();
+        assert!(!dir.path().join("s").exists());
+    }
+}
