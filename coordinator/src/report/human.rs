@@ -40,7 +40,7 @@ pub fn render(report: &Report, use_colour: bool) -> String {
     };
     for target in &report.targets {
         let s = &target.summary;
-        let _ = write!(out, "{}", paint(BOLD, &format!("{}", target.target)));
+        let _ = write!(out, "{}", paint(BOLD, &target.target));
         match target.status {
             Status::Ok if !s.has_changes() => {
                 let _ = writeln!(out, ": no changes ({} unchanged)", s.unchanged);

@@ -282,15 +282,11 @@ pub fn did_you_mean<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Opt
 /// Builds the config from a parsed document; all diagnostics at once.
 pub(super) fn build(mut doc: Document, file: &str, base: &Path) -> Result<Config, Vec<Diagnostic>> {
     normalize_shorthands(&mut doc.root);
-    let raw_result = deserialize(&mut doc, file);
+    let raw = deserialize(&mut doc, file)?;
     let mut ck = Checker {
         file,
         doc: &doc,
         diags: Vec::new(),
-    };
-    let raw = match raw_result {
-        Ok(raw) => raw,
-        Err(diags) => return Err(diags),
     };
     let resolve = |p: &str| base.join(p);
 
@@ -436,16 +432,15 @@ pub(super) fn build(mut doc: Document, file: &str, base: &Path) -> Result<Config
                 }
             }
         }
-        if let Some(id) = &t.account_id {
-            if id.len() != 12 || !id.chars().all(|c| c.is_ascii_digit()) {
-                let mut at = at.clone();
-                at.push(key("account_id"));
-                ck.error(
-                    &at,
-                    "an AWS account id is exactly 12 digits (quote it to keep leading zeros)"
-                        .into(),
-                );
-            }
+        if let Some(id) = &t.account_id
+            && (id.len() != 12 || !id.chars().all(|c| c.is_ascii_digit()))
+        {
+            let mut at = at.clone();
+            at.push(key("account_id"));
+            ck.error(
+                &at,
+                "an AWS account id is exactly 12 digits (quote it to keep leading zeros)".into(),
+            );
         }
         for (k, present) in [
             ("region", t.region.is_some()),
