@@ -25,6 +25,7 @@ pub(crate) async fn run(
 
     let mut merged = BTreeMap::new();
     for layer in &spec.layers {
+        tracing::trace!(?layer, "reading layer");
         let secrets = match layer {
             LayerSpec::Source { store, .. } => read_all(&ctx.store(store)?, "").await?,
             LayerSpec::Target { name } => read_all(&merge_store, &merged_prefix(name)).await?,

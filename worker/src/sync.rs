@@ -125,6 +125,7 @@ pub(crate) async fn run(
     for name in names {
         let hash = desired.hashes[&name].clone();
         let Some(version) = listed.get(&name) else {
+            tracing::debug!(secret = %name, "create");
             let value = desired.value(&name).await?;
             result.changes.push(SecretChange::between(
                 name.clone(),
@@ -153,6 +154,7 @@ pub(crate) async fn run(
             }
         };
         if current_hash == hash {
+            tracing::trace!(secret = %name, read = current_value.is_some(), "unchanged");
             result.unchanged += 1;
             records.secrets.insert(
                 name,
@@ -163,6 +165,7 @@ pub(crate) async fn run(
             );
             continue;
         }
+        tracing::debug!(secret = %name, "update");
         if current_value.is_none() {
             current_value = Some(read_listed(&target, &name).await?);
         }
@@ -208,6 +211,7 @@ pub(crate) async fn run(
             )));
         } else {
             for (name, version) in orphans {
+                tracing::debug!(secret = %name, "delete");
                 let current = read_listed(&target, name).await?;
                 let current_hash = key.hash(&current);
                 result.changes.push(SecretChange::between(
