@@ -151,6 +151,11 @@ impl HashKey {
         bytes.zeroize();
         ContentHash(hash.to_hex().to_string())
     }
+
+    /// A keyed hash of arbitrary bookkeeping bytes (e.g. the fingerprint of a merge's inputs).
+    pub fn fingerprint(&self, bytes: &[u8]) -> ContentHash {
+        ContentHash(blake3::keyed_hash(&self.0, bytes).to_hex().to_string())
+    }
 }
 
 impl fmt::Debug for HashKey {

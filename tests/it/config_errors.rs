@@ -26,7 +26,11 @@ targets:
         "vss.yaml:7: targets.Loop: inheritance cycle: Loop -> Loop",
         "vss.yaml:8: targets.Bare: the target has no `store` to sync to",
     ] {
-        assert!(run.stderr.contains(expected), "missing {expected:?} in:\n{}", run.stderr);
+        assert!(
+            run.stderr.contains(expected),
+            "missing {expected:?} in:\n{}",
+            run.stderr
+        );
     }
 }
 
@@ -36,8 +40,19 @@ fn unknown_keys_and_wrong_types() {
     ws.config("merge_store: { file: { dir: m } }\npipeline:\n  sync: { parallel: lots }\ntargets:\n  A: { improts: [], store: { file: { dir: o } } }\n");
     let run = ws.run(&["validate", "--config", "vss.yaml"]);
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("vss.yaml:3: pipeline.sync.parallel: wrong type"), "{}", run.stderr);
-    assert!(run.stderr.contains("vss.yaml:5: targets.A.improts: unknown key `improts` (did you mean `imports`?)"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("vss.yaml:3: pipeline.sync.parallel: wrong type"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(
+            "vss.yaml:5: targets.A.improts: unknown key `improts` (did you mean `imports`?)"
+        ),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -45,7 +60,12 @@ fn cycles_through_several_targets_print_the_chain() {
     let ws = Workspace::new();
     ws.config("merge_store: { file: { dir: m } }\ntargets:\n  Production: { imports: [Staging], store: { file: { dir: a } } }\n  Staging: { imports: [Production], store: { file: { dir: b } } }\n");
     let run = ws.run(&["validate", "--config", "vss.yaml"]);
-    assert!(run.stderr.contains("inheritance cycle: Production -> Staging -> Production"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("inheritance cycle: Production -> Staging -> Production"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -62,10 +82,18 @@ fn invalid_yaml_and_missing_files() {
     ws.config("targets:\n  A: { store: [\n");
     let run = ws.run(&["validate", "--config", "vss.yaml"]);
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("vss.yaml:") && run.stderr.contains("invalid YAML"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("vss.yaml:") && run.stderr.contains("invalid YAML"),
+        "{}",
+        run.stderr
+    );
     let run = ws.run(&["validate", "--config", "nope.yaml"]);
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("cannot read config file nope.yaml"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("cannot read config file nope.yaml"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -74,7 +102,13 @@ fn not_yet_supported_reference_keys_are_named() {
     ws.config("dynamic_targets: { sandboxes: { imports: [a] } }\nsource: { file: { dir: s } }\ntargets:\n  A: { store: { file: { dir: o } } }\n");
     let run = ws.run(&["validate", "--config", "vss.yaml"]);
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("vss.yaml:1: dynamic_targets: the `dynamic_targets` section is not supported yet"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "vss.yaml:1: dynamic_targets: the `dynamic_targets` section is not supported yet"
+        ),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -101,28 +135,62 @@ pipeline:
     let env = [("MERGE_DIR", "merged")];
     let run = ws.run_env(&["pipeline", "--config", "vss.yaml"], &env);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(ws.read_secret("out/prod", "db").unwrap(), json!({"user": "a", "pass": "b"}));
+    assert_eq!(
+        ws.read_secret("out/prod", "db").unwrap(),
+        json!({"user": "a", "pass": "b"})
+    );
     // The migration check: the same config, dry run, exit code 0 = zero-sum.
-    let run = ws.run_env(&["pipeline", "--config", "vss.yaml", "--dry-run", "--exit-code"], &env);
+    let run = ws.run_env(
+        &[
+            "pipeline",
+            "--config",
+            "vss.yaml",
+            "--dry-run",
+            "--exit-code",
+        ],
+        &env,
+    );
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     // `log.format: json` from the config applies to stderr.
-    let run = ws.run_env(&["pipeline", "--config", "vss.yaml"], &[("MERGE_DIR", "merged"), ("RUST_LOG", "info")]);
+    let run = ws.run_env(
+        &["pipeline", "--config", "vss.yaml"],
+        &[("MERGE_DIR", "merged"), ("RUST_LOG", "info")],
+    );
     let first = run.stderr.lines().next().expect("log lines");
-    assert!(serde_json::from_str::<serde_json::Value>(first).is_ok(), "{first}");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(first).is_ok(),
+        "{first}"
+    );
 
     let run = ws.run(&["validate", "--config", "vss.yaml"]);
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("vss.yaml:2: merge_store.file.dir: environment variable `MERGE_DIR` is not set"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "vss.yaml:2: merge_store.file.dir: environment variable `MERGE_DIR` is not set"
+        ),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
 fn a_bad_config_changes_nothing() {
     let ws = crate::three_levels();
-    ws.config(&format!("{}  Extra: {{ imports: [nope], store: {{ file: {{ dir: x }} }} }}\n", crate::THREE_LEVELS));
+    ws.config(&format!(
+        "{}  Extra: {{ imports: [nope], store: {{ file: {{ dir: x }} }} }}\n",
+        crate::THREE_LEVELS
+    ));
     let before = ws.contents();
     let run = ws.pipeline(&[]);
     assert_eq!(run.code, 2);
-    assert!(run.stdout.is_empty(), "no report for a config that does not load");
-    assert!(run.stderr.contains("unknown source or target `nope`"), "{}", run.stderr);
+    assert!(
+        run.stdout.is_empty(),
+        "no report for a config that does not load"
+    );
+    assert!(
+        run.stderr.contains("unknown source or target `nope`"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(ws.contents(), before);
 }

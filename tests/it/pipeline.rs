@@ -14,10 +14,16 @@ fn deep_merge_rules_through_three_levels_of_inheritance() {
     let report = run.json();
     assert_eq!(counts(&target(&report, "Base")["summary"]), (2, 0, 0, 0));
     assert_eq!(counts(&target(&report, "Staging")["summary"]), (2, 0, 0, 0));
-    assert_eq!(counts(&target(&report, "Production")["summary"]), (3, 0, 0, 0));
+    assert_eq!(
+        counts(&target(&report, "Production")["summary"]),
+        (3, 0, 0, 0)
+    );
     assert_eq!(counts(&report["summary"]), (7, 0, 0, 0));
 
-    assert_eq!(ws.read_secret("out/base", "app/db").unwrap(), json!({"host": "db", "port": 5432, "opts": {"ssl": true}, "tags": ["a"]}));
+    assert_eq!(
+        ws.read_secret("out/base", "app/db").unwrap(),
+        json!({"host": "db", "port": 5432, "opts": {"ssl": true}, "tags": ["a"]})
+    );
     // Maps merge recursively, lists append in layer order, scalars override.
     assert_eq!(
         ws.read_secret("out/stg", "app/db").unwrap(),
@@ -28,9 +34,18 @@ fn deep_merge_rules_through_three_levels_of_inheritance() {
         ws.read_secret("out/prod", "app/db").unwrap(),
         json!({"host": "db-prod", "port": 5432, "opts": {"ssl": true, "pool": 5}, "tags": ["a", "b", "c"]})
     );
-    assert_eq!(ws.read_secret("out/prod", "shared/flags").unwrap(), json!({"beta": false}));
-    assert_eq!(ws.read_secret("out/prod", "payments/key").unwrap(), json!({"key": "k1"}));
-    assert!(ws.read_secret("out/stg", "payments/key").is_none(), "children do not leak into parents");
+    assert_eq!(
+        ws.read_secret("out/prod", "shared/flags").unwrap(),
+        json!({"beta": false})
+    );
+    assert_eq!(
+        ws.read_secret("out/prod", "payments/key").unwrap(),
+        json!({"key": "k1"})
+    );
+    assert!(
+        ws.read_secret("out/stg", "payments/key").is_none(),
+        "children do not leak into parents"
+    );
 }
 
 #[test]
@@ -50,9 +65,18 @@ targets:
     ws.secret("a", "s", json!({"l": [1, 2], "t": {"x": 1}, "keep": "a"}));
     ws.secret("b", "s", json!({"l": [2, 3], "t": "flat"}));
     assert_eq!(ws.pipeline(&[]).code, 0);
-    assert_eq!(ws.read_secret("o1", "s").unwrap(), json!({"l": [1, 2, 2, 3], "t": "flat", "keep": "a"}));
-    assert_eq!(ws.read_secret("o2", "s").unwrap(), json!({"l": [1, 2, 3], "t": "flat", "keep": "a"}));
-    assert_eq!(ws.read_secret("o3", "s").unwrap(), json!({"l": [2, 3], "t": "flat", "keep": "a"}));
+    assert_eq!(
+        ws.read_secret("o1", "s").unwrap(),
+        json!({"l": [1, 2, 2, 3], "t": "flat", "keep": "a"})
+    );
+    assert_eq!(
+        ws.read_secret("o2", "s").unwrap(),
+        json!({"l": [1, 2, 3], "t": "flat", "keep": "a"})
+    );
+    assert_eq!(
+        ws.read_secret("o3", "s").unwrap(),
+        json!({"l": [2, 3], "t": "flat", "keep": "a"})
+    );
 }
 
 #[test]
@@ -62,18 +86,29 @@ fn a_second_run_changes_nothing_and_rewrites_no_file() {
     let before = ws.mtimes();
     std::thread::sleep(std::time::Duration::from_millis(20));
     let run = ws.pipeline(&["--exit-code"]);
-    assert_eq!(run.code, 0, "no changes → exit 0 with --exit-code\n{}", run.stderr);
+    assert_eq!(
+        run.code, 0,
+        "no changes → exit 0 with --exit-code\n{}",
+        run.stderr
+    );
     assert_eq!(counts(&run.json()["summary"]), (0, 0, 0, 7));
     assert_eq!(ws.mtimes(), before, "an unchanged resync writes nothing");
     // Lists never grow on re-runs.
-    assert_eq!(ws.read_secret("out/prod", "app/db").unwrap()["tags"], json!(["a", "b", "c"]));
+    assert_eq!(
+        ws.read_secret("out/prod", "app/db").unwrap()["tags"],
+        json!(["a", "b", "c"])
+    );
 }
 
 #[test]
 fn a_source_change_flows_to_every_descendant() {
     let ws = three_levels();
     assert_eq!(ws.pipeline(&[]).code, 0);
-    ws.secret("src/common", "shared/flags", json!({"beta": true, "new": 1}));
+    ws.secret(
+        "src/common",
+        "shared/flags",
+        json!({"beta": true, "new": 1}),
+    );
     let run = ws.pipeline(&["--exit-code"]);
     assert_eq!(run.code, 1, "changes → exit 1 with --exit-code");
     let report = run.json();
@@ -87,7 +122,10 @@ fn a_source_change_flows_to_every_descendant() {
         assert_eq!(change["keys_modified"], json!(["beta"]));
         assert_ne!(change["current_hash"], change["desired_hash"]);
     }
-    assert_eq!(ws.read_secret("out/prod", "shared/flags").unwrap(), json!({"beta": true, "new": 1}));
+    assert_eq!(
+        ws.read_secret("out/prod", "shared/flags").unwrap(),
+        json!({"beta": true, "new": 1})
+    );
 }
 
 #[test]
@@ -99,7 +137,10 @@ fn drift_in_a_target_is_detected_and_repaired() {
     assert_eq!(run.code, 1);
     let stg = target(&run.json(), "Staging").clone();
     assert_eq!(counts(&stg["summary"]), (0, 1, 0, 1));
-    assert_eq!(ws.read_secret("out/stg", "app/db").unwrap()["host"], "db-stg");
+    assert_eq!(
+        ws.read_secret("out/stg", "app/db").unwrap()["host"],
+        "db-stg"
+    );
 }
 
 #[test]
@@ -112,22 +153,35 @@ fn dry_run_writes_nothing_anywhere() {
     assert_eq!(report["dry_run"], true);
     // The plan is complete: children see what their parents' merges would produce.
     assert_eq!(counts(&report["summary"]), (7, 0, 0, 0));
-    assert_eq!(ws.contents(), before, "no merge store, target or state file appeared");
+    assert_eq!(
+        ws.contents(),
+        before,
+        "no merge store, target or state file appeared"
+    );
 
     // After a real run, a dry run with a pending change reports it and still writes nothing.
     assert_eq!(ws.pipeline(&[]).code, 0);
     ws.secret("src/prod", "payments/key", json!({"key": "k2"}));
     let before = ws.mtimes();
     let run = ws.pipeline(&["--dry-run"]);
-    assert_eq!(run.code, 0, "without --exit-code a successful dry run exits 0");
-    assert_eq!(counts(&target(&run.json(), "Production")["summary"]), (0, 1, 0, 2));
+    assert_eq!(
+        run.code, 0,
+        "without --exit-code a successful dry run exits 0"
+    );
+    assert_eq!(
+        counts(&target(&run.json(), "Production")["summary"]),
+        (0, 1, 0, 2)
+    );
     assert_eq!(ws.mtimes(), before);
 }
 
 #[test]
 fn pipeline_dry_run_in_the_config_is_honoured() {
     let ws = three_levels();
-    ws.config(&format!("{}\npipeline: {{ dry_run: true }}\n", crate::THREE_LEVELS));
+    ws.config(&format!(
+        "{}\npipeline: {{ dry_run: true }}\n",
+        crate::THREE_LEVELS
+    ));
     let before = ws.contents();
     let run = ws.pipeline(&[]);
     assert_eq!(run.json()["dry_run"], true);
@@ -141,16 +195,28 @@ fn merge_only_then_sync_only() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report = run.json();
     assert_eq!(report["phase"], "merge");
-    assert_eq!(counts(&target(&report, "Production")["summary"]), (3, 0, 0, 0));
-    assert!(ws.read_secret("merged", "targets/Production/app/db").is_some());
-    assert!(!ws.path().join("out").exists(), "merge-only never touches targets");
+    assert_eq!(
+        counts(&target(&report, "Production")["summary"]),
+        (3, 0, 0, 0)
+    );
+    assert!(
+        ws.read_secret("merged", "targets/Production/app/db")
+            .is_some()
+    );
+    assert!(
+        !ws.path().join("out").exists(),
+        "merge-only never touches targets"
+    );
 
     let run = ws.pipeline(&["--sync-only"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report = run.json();
     assert_eq!(report["phase"], "sync");
     assert_eq!(counts(&report["summary"]), (7, 0, 0, 0));
-    assert_eq!(ws.read_secret("out/prod", "app/db").unwrap()["host"], "db-prod");
+    assert_eq!(
+        ws.read_secret("out/prod", "app/db").unwrap()["host"],
+        "db-prod"
+    );
 }
 
 #[test]
@@ -160,7 +226,13 @@ fn sync_only_before_any_merge_is_a_clear_error() {
     assert_eq!(run.code, 2);
     let base = target(&run.json(), "Base").clone();
     assert_eq!(base["status"], "failed");
-    assert!(base["error"].as_str().unwrap().contains("run the merge phase first"), "{base}");
+    assert!(
+        base["error"]
+            .as_str()
+            .unwrap()
+            .contains("run the merge phase first"),
+        "{base}"
+    );
 }
 
 #[test]
@@ -182,13 +254,24 @@ fn selected_targets_run_with_their_parents_merges() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report = run.json();
     assert_eq!(report["targets"].as_array().unwrap().len(), 1);
-    assert_eq!(counts(&target(&report, "Production")["summary"]), (3, 0, 0, 0));
+    assert_eq!(
+        counts(&target(&report, "Production")["summary"]),
+        (3, 0, 0, 0)
+    );
     assert!(!ws.path().join("out/base").exists() && !ws.path().join("out/stg").exists());
-    assert!(ws.read_secret("merged", "targets/Staging/app/db").is_some(), "parents were merged");
+    assert!(
+        ws.read_secret("merged", "targets/Staging/app/db").is_some(),
+        "parents were merged"
+    );
 
     let run = ws.pipeline(&["--targets", "Prod"]);
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("unknown target `Prod`") && run.stderr.contains("did you mean `Production`"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("unknown target `Prod`")
+            && run.stderr.contains("did you mean `Production`"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -208,15 +291,30 @@ targets:
     ws.secret("good", "s", json!({"k": 1}));
     ws.write("bad/s.json", "{ not json");
 
-    let run = ws.run(&["pipeline", "--config", "vss.yaml", "--output", "json", "--parallelism", "1"]);
+    let run = ws.run(&[
+        "pipeline",
+        "--config",
+        "vss.yaml",
+        "--output",
+        "json",
+        "--parallelism",
+        "1",
+    ]);
     assert_eq!(run.code, 2);
     let report = run.json();
     let broken = target(&report, "Broken");
     assert_eq!(broken["status"], "failed");
     let error = broken["error"].as_str().unwrap();
-    assert!(error.contains("target `Broken`") && error.contains("secret `s`") && error.contains("bad"), "{error}");
+    assert!(
+        error.contains("target `Broken`") && error.contains("secret `s`") && error.contains("bad"),
+        "{error}"
+    );
     assert_eq!(target(&report, "Child")["status"], "skipped");
-    assert_eq!(target(&report, "Fine")["status"], "skipped", "the run stopped at the first error");
+    assert_eq!(
+        target(&report, "Fine")["status"],
+        "skipped",
+        "the run stopped at the first error"
+    );
     assert!(ws.read_secret("o3", "s").is_none());
 
     let run = ws.pipeline(&["--continue-on-error", "--parallelism", "1"]);

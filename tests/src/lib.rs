@@ -21,7 +21,11 @@ pub fn vss_bin() -> &'static Path {
         assert!(status.success(), "building vss failed");
         // The test binary lives in <target>/<profile>/deps/; vss in <target>/<profile>/.
         let exe = std::env::current_exe().expect("test binary path");
-        let bin = exe.parent().and_then(Path::parent).expect("target dir").join("vss");
+        let bin = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .join("vss");
         assert!(bin.exists(), "vss binary not found at {}", bin.display());
         bin
     })
@@ -49,8 +53,12 @@ impl Run {
 
     /// Stdout parsed as the JSON report.
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
 }
 
@@ -68,7 +76,9 @@ impl Default for Workspace {
 impl Workspace {
     /// A new, empty workspace (removed on drop).
     pub fn new() -> Self {
-        Self { dir: tempfile::tempdir().expect("temp dir") }
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
     }
 
     /// The workspace's root.
@@ -91,7 +101,8 @@ impl Workspace {
 
     /// Reads secret `name` of the file store at `store`, if it exists.
     pub fn read_secret(&self, store: &str, name: &str) -> Option<Value> {
-        let text = std::fs::read_to_string(self.dir.path().join(format!("{store}/{name}.json"))).ok()?;
+        let text =
+            std::fs::read_to_string(self.dir.path().join(format!("{store}/{name}.json"))).ok()?;
         Some(serde_json::from_str(&text).expect("secret files hold JSON"))
     }
 
@@ -103,7 +114,10 @@ impl Workspace {
     /// Runs `vss <args>` in the workspace with a clean environment plus `env`.
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut cmd = Command::new(vss_bin());
-        cmd.current_dir(self.dir.path()).args(args).env_remove("RUST_LOG").env_remove("GITHUB_STEP_SUMMARY");
+        cmd.current_dir(self.dir.path())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("GITHUB_STEP_SUMMARY");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -164,6 +178,10 @@ pub fn target<'a>(report: &'a Value, name: &str) -> &'a Value {
 
 /// `(added, modified, removed, unchanged)` of a summary.
 pub fn counts(summary: &Value) -> (u64, u64, u64, u64) {
-    let n = |k: &str| summary[k].as_u64().unwrap_or_else(|| panic!("summary.{k} in {summary}"));
+    let n = |k: &str| {
+        summary[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("summary.{k} in {summary}"))
+    };
     (n("added"), n("modified"), n("removed"), n("unchanged"))
 }

@@ -16,7 +16,7 @@ use tracing::Instrument;
 use vss_protocol::job::{Job, JobResult, JobSpec, Outcome, RunOptions};
 use vss_protocol::{ContentHash, HashKey, SecretValue};
 use vss_stores::ledger::{LedgerError, StateLedger};
-use vss_stores::{ErrorKind, SecretStore, StoreCache, StoreError, Version};
+use vss_stores::{ErrorKind, Precondition, SecretStore, StoreCache, StoreError, Version};
 
 /// Store calls a job keeps in flight at once.
 const CONCURRENT_CALLS: usize = 16;
@@ -119,20 +119,29 @@ pub async fn execute(job: &Job, ctx: &WorkerContext) -> JobResult {
     .await
 }
 
-/// Reads every secret under `prefix`, keyed by name relative to it. A failed read fails the
-/// whole read: a partial source must never look like a smaller one.
-async fn read_all(
+/// Reads every listed secret under `prefix`, keyed by name relative to it. A failed read fails
+/// the whole read: a partial source must never look like a smaller one.
+async fn read_listing(
     store: &Arc<dyn SecretStore>,
     prefix: &str,
+    listed: &BTreeMap<String, Version>,
 ) -> Result<BTreeMap<String, SecretValue>, StoreError> {
-    let entries = store.list(prefix).await?;
-    stream::iter(entries)
-        .map(|entry| async move {
-            let value = store.read(&entry.name).await?;
-            Ok::<_, StoreError>(value.map(|v| (entry.name[prefix.len()..].to_string(), v.value)))
+    read_many(store, prefix, listed.keys().cloned().collect()).await
+}
+
+/// Reads `names` (relative to `prefix`) concurrently. A secret that disappeared since it was
+/// listed is a conflict, not an absence.
+async fn read_many(
+    store: &Arc<dyn SecretStore>,
+    prefix: &str,
+    names: Vec<String>,
+) -> Result<BTreeMap<String, SecretValue>, StoreError> {
+    stream::iter(names)
+        .map(|name| async move {
+            let value = read_listed(store, &format!("{prefix}{name}")).await?;
+            Ok::<_, StoreError>((name, value))
         })
         .buffer_unordered(CONCURRENT_CALLS)
-        .try_filter_map(|found| async move { Ok(found) })
         .try_collect()
         .await
 }
@@ -163,10 +172,77 @@ async fn read_listed(store: &Arc<dyn SecretStore>, name: &str) -> Result<SecretV
     }
 }
 
+/// One planned write (`value: Some`) or delete (`value: None`) of `prefix + name`.
+struct Write {
+    name: String,
+    pre: Precondition,
+    value: Option<(SecretValue, ContentHash)>,
+}
+
+/// What [`apply`] did to each secret: its new hash and version, `None` when deleted, or the
+/// error.
+type Outcomes = Vec<(String, Result<Option<(ContentHash, Version)>, StoreError>)>;
+
+/// Applies writes and deletes concurrently. Returns, per secret, its new record (`None` for a
+/// delete) or the error; one failure does not stop the others.
+async fn apply(store: &Arc<dyn SecretStore>, prefix: &str, writes: Vec<Write>) -> Outcomes {
+    stream::iter(writes)
+        .map(|w| async move {
+            let full = format!("{prefix}{}", w.name);
+            let done = match w.value {
+                Some((value, hash)) => store
+                    .write(&full, &value, w.pre)
+                    .await
+                    .map(|v| Some((hash, v))),
+                None => store.delete(&full, w.pre).await.map(|()| None),
+            };
+            (w.name, done)
+        })
+        .buffer_unordered(CONCURRENT_CALLS)
+        .collect()
+        .await
+}
+
+/// Folds the outcomes of [`apply`] into `records` (name → hash and version); returns the
+/// first error, counting the rest.
+fn record_outcomes<R>(
+    outcomes: Outcomes,
+    records: &mut BTreeMap<String, R>,
+    record: impl Fn(ContentHash, Version) -> R,
+) -> Result<(), JobError> {
+    let mut first_error = None;
+    let mut failed = 0;
+    for (name, done) in outcomes {
+        match done {
+            Ok(Some((hash, version))) => {
+                records.insert(name, record(hash, version));
+            }
+            Ok(None) => {
+                records.remove(&name);
+            }
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        None => Ok(()),
+        Some(e) if failed == 1 => Err(e.into()),
+        Some(e) => Err(JobError::Refused(format!(
+            "{failed} changes failed; the first: {e}"
+        ))),
+    }
+}
+
 /// The hashes and versions of a target's merged secrets, kept beside them in the merge store
 /// (`manifests/<target>`), so a sync learns the desired hashes without reading values.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Manifest {
+    /// Fingerprint of everything the merge read (layer listings, spec, hash key): equal
+    /// fingerprints mean the merge would produce the same result, so it is skipped.
+    #[serde(default)]
+    inputs: Option<ContentHash>,
     /// Secret name → (hash, version in the merge store).
     secrets: BTreeMap<String, ManifestEntry>,
 }
@@ -216,6 +292,15 @@ impl Manifest {
             )
             .await?;
         Ok(())
+    }
+
+    /// Whether the merged folder still holds exactly the secrets and versions recorded.
+    fn matches(&self, listed: &BTreeMap<String, Version>) -> bool {
+        self.secrets.len() == listed.len()
+            && self
+                .secrets
+                .iter()
+                .all(|(name, e)| listed.get(name) == Some(&e.version))
     }
 
     /// The recorded hash of `name`, if its listed version is still the one recorded.

@@ -8,16 +8,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use futures_util::{StreamExt, stream};
-use vss_protocol::diff::{ChangeType, SecretChange};
+use vss_protocol::diff::SecretChange;
 use vss_protocol::job::{DesiredState, Job, JobResult, SyncSpec};
 use vss_protocol::{ContentHash, HashKey, SecretValue};
 use vss_stores::ledger::Record;
-use vss_stores::{Precondition, SecretStore, StoreError, Version};
+use vss_stores::{Precondition, SecretStore};
 
 use crate::{
-    CONCURRENT_CALLS, JobError, Manifest, WorkerContext, ledger, list_versions, merged_prefix,
-    read_all, read_listed,
+    JobError, Manifest, WorkerContext, Write, apply, ledger, list_versions, merged_prefix,
+    read_listing, read_many, record_outcomes,
 };
 
 /// The desired state of a target: hashes for every secret, values fetched on demand.
@@ -35,21 +34,8 @@ impl Desired {
         ctx: &WorkerContext,
         key: &HashKey,
     ) -> Result<Self, JobError> {
-        match &spec.desired {
-            DesiredState::Source { store } => {
-                let store = ctx.store(store)?;
-                let values = read_all(&store, "").await?;
-                let hashes = values
-                    .iter()
-                    .map(|(n, v)| (n.clone(), key.hash(v)))
-                    .collect();
-                Ok(Self {
-                    store,
-                    prefix: String::new(),
-                    hashes,
-                    values,
-                })
-            }
+        let (store, prefix, manifest) = match &spec.desired {
+            DesiredState::Source { store } => (ctx.store(store)?, String::new(), None),
             DesiredState::Merged { merge_store } => {
                 let store = ctx.store(merge_store)?;
                 let Some(manifest) = Manifest::read(&store, &job.target).await? else {
@@ -59,50 +45,52 @@ impl Desired {
                         store.describe()
                     )));
                 };
-                let prefix = merged_prefix(&job.target);
-                let mut desired = Self {
-                    store,
-                    prefix,
-                    hashes: BTreeMap::new(),
-                    values: BTreeMap::new(),
-                };
-                for (name, version) in list_versions(&desired.store, &desired.prefix).await? {
-                    let hash = match manifest.hash_if_current(&name, &version) {
-                        Some(hash) => hash,
-                        None => {
-                            // Changed behind vss's back since the merge: trust the content.
-                            let value = read_listed(&desired.store, &desired.full(&name)).await?;
-                            let hash = key.hash(&value);
-                            desired.values.insert(name.clone(), value);
-                            hash
-                        }
-                    };
-                    desired.hashes.insert(name, hash);
+                (store, merged_prefix(&job.target), Some(manifest))
+            }
+        };
+        let listed = list_versions(&store, &prefix).await?;
+        // Hashes the manifest vouches for need no read; anything else (a plain source, or a
+        // merged secret changed behind vss's back) is read and hashed.
+        let mut hashes = BTreeMap::new();
+        let mut unknown = BTreeMap::new();
+        for (name, version) in listed {
+            match manifest
+                .as_ref()
+                .and_then(|m| m.hash_if_current(&name, &version))
+            {
+                Some(hash) => {
+                    hashes.insert(name, hash);
                 }
-                Ok(desired)
+                None => {
+                    unknown.insert(name, version);
+                }
             }
         }
+        let values = read_listing(&store, &prefix, &unknown).await?;
+        hashes.extend(values.iter().map(|(n, v)| (n.clone(), key.hash(v))));
+        Ok(Self {
+            store,
+            prefix,
+            hashes,
+            values,
+        })
     }
 
-    fn full(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
-    }
-
-    async fn value(&mut self, name: &str) -> Result<SecretValue, StoreError> {
-        match self.values.remove(name) {
-            Some(v) => Ok(v),
-            None => read_listed(&self.store, &self.full(name)).await,
+    /// The values of `names`, from memory or the store.
+    async fn take(&mut self, names: &[String]) -> Result<BTreeMap<String, SecretValue>, JobError> {
+        let mut out = BTreeMap::new();
+        let mut missing = Vec::new();
+        for name in names {
+            match self.values.remove(name) {
+                Some(v) => {
+                    out.insert(name.clone(), v);
+                }
+                None => missing.push(name.clone()),
+            }
         }
+        out.extend(read_many(&self.store, &self.prefix, missing).await?);
+        Ok(out)
     }
-}
-
-/// One planned write or delete.
-struct Planned {
-    name: String,
-    change: ChangeType,
-    pre: Precondition,
-    hash: Option<ContentHash>,
-    value: Option<SecretValue>,
 }
 
 pub(crate) async fn run(
@@ -120,161 +108,154 @@ pub(crate) async fn run(
     // Records of secrets that no longer exist are dropped.
     records.secrets.retain(|name, _| listed.contains_key(name));
 
-    let mut planned = Vec::new();
-    let names: Vec<_> = desired.hashes.keys().cloned().collect();
-    for name in names {
-        let hash = desired.hashes[&name].clone();
-        let Some(version) = listed.get(&name) else {
-            tracing::debug!(secret = %name, "create");
-            let value = desired.value(&name).await?;
-            result.changes.push(SecretChange::between(
-                name.clone(),
-                None,
-                Some((&value, hash.clone())),
-            ));
-            planned.push(Planned {
-                name,
-                change: ChangeType::Added,
-                pre: Precondition::Absent,
-                hash: Some(hash),
-                value: Some(value),
-            });
-            continue;
-        };
-        let recorded = records
-            .secrets
-            .get(&name)
-            .filter(|r| &r.version == version)
-            .map(|r| r.hash.clone());
-        let (current_hash, mut current_value) = match recorded {
-            Some(h) => (h, None),
-            None => {
-                let value = read_listed(&target, &name).await?;
-                (key.hash(&value), Some(value))
+    // Classify without reading: created, known unchanged, or needing the current value.
+    let mut added = Vec::new();
+    let mut to_read = Vec::new();
+    for (name, hash) in &desired.hashes {
+        match listed.get(name) {
+            None => added.push(name.clone()),
+            Some(version) => {
+                let recorded = records.secrets.get(name).filter(|r| &r.version == version);
+                if recorded.is_some_and(|r| r.hash == *hash) {
+                    tracing::trace!(secret = %name, "unchanged");
+                    result.unchanged += 1;
+                } else {
+                    to_read.push(name.clone());
+                }
             }
-        };
-        if current_hash == hash {
-            tracing::trace!(secret = %name, read = current_value.is_some(), "unchanged");
-            result.unchanged += 1;
-            records.secrets.insert(
-                name,
-                Record {
-                    hash,
-                    version: version.clone(),
-                },
-            );
-            continue;
         }
-        tracing::debug!(secret = %name, "update");
-        if current_value.is_none() {
-            current_value = Some(read_listed(&target, &name).await?);
-        }
-        let value = desired.value(&name).await?;
-        result.changes.push(SecretChange::between(
-            name.clone(),
-            current_value.as_ref().map(|v| (v, current_hash)),
-            Some((&value, hash.clone())),
-        ));
-        planned.push(Planned {
-            name,
-            change: ChangeType::Modified,
-            pre: Precondition::Matches(version.clone()),
-            hash: Some(hash),
-            value: Some(value),
-        });
     }
-
-    let orphans: Vec<(&String, &Version)> = listed
-        .iter()
-        .filter(|(name, _)| {
-            !desired.hashes.contains_key(*name) && records.secrets.contains_key(*name)
-        })
+    let orphans: Vec<String> = listed
+        .keys()
+        .filter(|n| !desired.hashes.contains_key(*n) && records.secrets.contains_key(*n))
+        .cloned()
         .collect();
-    if let (Some(threshold), false) = (spec.delete, orphans.is_empty()) {
-        if desired.hashes.is_empty() {
+    let deleting = match spec.delete {
+        Some(_) if orphans.is_empty() => false,
+        Some(_) if desired.hashes.is_empty() => {
             result.warnings.push(format!(
                 "target `{}`: the desired state is empty, so its {} owned secrets are kept (deletes skipped)",
                 job.target,
                 orphans.len()
             ));
-        } else if threshold.exceeded(orphans.len() as u64, listed.len() as u64)
-            && !job.options.allow_mass_delete
+            false
+        }
+        Some(threshold)
+            if threshold.exceeded(orphans.len() as u64, listed.len() as u64)
+                && !job.options.allow_mass_delete =>
         {
             return Err(JobError::Refused(format!(
-                "refusing to delete {} of {} secrets in {} (more than {}% and more than {}); nothing was changed. \
-                 Check the sources, or rerun with --allow-mass-delete",
+                "refusing to delete {} of {} secrets in {} (more than {}% and more than {}); \
+                 nothing was changed. Check the sources, or rerun with --allow-mass-delete",
                 orphans.len(),
                 listed.len(),
                 target.describe(),
                 threshold.percent,
                 threshold.count
             )));
+        }
+        Some(_) => true,
+        None => false,
+    };
+    if deleting {
+        to_read.extend(orphans.iter().cloned());
+    }
+
+    // Current values of everything that may differ (drift checks, key diffs, deletes).
+    let mut current = read_many(&target, "", to_read).await?;
+    let mut modified = Vec::new();
+    let current_hashes: BTreeMap<String, ContentHash> = current
+        .iter()
+        .map(|(n, v)| (n.clone(), key.hash(v)))
+        .collect();
+    for (name, current_hash) in &current_hashes {
+        let Some(hash) = desired.hashes.get(name) else {
+            continue;
+        };
+        if current_hash == hash {
+            tracing::trace!(secret = %name, "unchanged after reading");
+            result.unchanged += 1;
+            let version = listed[name].clone();
+            records.secrets.insert(
+                name.clone(),
+                Record {
+                    hash: hash.clone(),
+                    version,
+                },
+            );
         } else {
-            for (name, version) in orphans {
-                tracing::debug!(secret = %name, "delete");
-                let current = read_listed(&target, name).await?;
-                let current_hash = key.hash(&current);
-                result.changes.push(SecretChange::between(
-                    name.clone(),
-                    Some((&current, current_hash)),
-                    None,
-                ));
-                planned.push(Planned {
-                    name: name.clone(),
-                    change: ChangeType::Removed,
-                    pre: Precondition::Matches(version.clone()),
-                    hash: None,
-                    value: None,
-                });
-            }
+            modified.push(name.clone());
+        }
+    }
+
+    let mut wanted = added.clone();
+    wanted.extend(modified.iter().cloned());
+    let mut values = desired.take(&wanted).await?;
+    let mut writes = Vec::new();
+    for name in added {
+        tracing::debug!(secret = %name, "create");
+        let (value, hash) = (
+            values.remove(&name).expect("read above"),
+            desired.hashes[&name].clone(),
+        );
+        result.changes.push(SecretChange::between(
+            name.clone(),
+            None,
+            Some((&value, hash.clone())),
+        ));
+        writes.push(Write {
+            name,
+            pre: Precondition::Absent,
+            value: Some((value, hash)),
+        });
+    }
+    for name in modified {
+        tracing::debug!(secret = %name, "update");
+        let (value, hash) = (
+            values.remove(&name).expect("read above"),
+            desired.hashes[&name].clone(),
+        );
+        let old = current.remove(&name).expect("read above");
+        result.changes.push(SecretChange::between(
+            name.clone(),
+            Some((&old, current_hashes[&name].clone())),
+            Some((&value, hash.clone())),
+        ));
+        let pre = Precondition::Matches(listed[&name].clone());
+        writes.push(Write {
+            name,
+            pre,
+            value: Some((value, hash)),
+        });
+    }
+    if deleting {
+        for name in orphans {
+            tracing::debug!(secret = %name, "delete");
+            let old = current.remove(&name).expect("read above");
+            let old_hash = current_hashes[&name].clone();
+            result.changes.push(SecretChange::between(
+                name.clone(),
+                Some((&old, old_hash)),
+                None,
+            ));
+            let pre = Precondition::Matches(listed[&name].clone());
+            writes.push(Write {
+                name,
+                pre,
+                value: None,
+            });
         }
     }
 
     if job.options.dry_run {
         return Ok(());
     }
-    let outcomes: Vec<(Planned, Result<Option<Version>, StoreError>)> = stream::iter(planned)
-        .map(|p| {
-            let target = &target;
-            async move {
-                let done = match p.change {
-                    ChangeType::Removed => {
-                        target.delete(&p.name, p.pre.clone()).await.map(|()| None)
-                    }
-                    _ => {
-                        let value = p.value.as_ref().expect("writes carry their value");
-                        target.write(&p.name, value, p.pre.clone()).await.map(Some)
-                    }
-                };
-                (p, done)
-            }
-        })
-        .buffer_unordered(CONCURRENT_CALLS)
-        .collect()
-        .await;
-    let mut first_error = None;
-    let mut failed = 0;
-    for (p, done) in outcomes {
-        match done {
-            Ok(Some(version)) => {
-                let hash = p.hash.expect("writes carry their hash");
-                records.secrets.insert(p.name, Record { hash, version });
-            }
-            Ok(None) => {
-                records.secrets.remove(&p.name);
-            }
-            Err(e) => {
-                failed += 1;
-                first_error.get_or_insert(e);
-            }
-        }
-    }
+    let outcomes = apply(&target, "", writes).await;
+    let applied = record_outcomes(outcomes, &mut records.secrets, |hash, version| Record {
+        hash,
+        version,
+    });
+    // Whatever succeeded is recorded, even when something else failed.
     ledger_store.save(&job.target, &records)?;
-    match first_error {
-        None => Ok(()),
-        Some(e) if failed == 1 => Err(e.into()),
-        Some(e) => Err(JobError::Refused(format!(
-            "{failed} changes failed; the first: {e}"
-        ))),
-    }
+    applied
 }
