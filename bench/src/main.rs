@@ -45,23 +45,12 @@ fn main() -> anyhow::Result<()> {
 fn build_vss() -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "vss-coordinator",
-            "--bin",
-            "vss",
-        ])
+        .args(["build", "--release", "--quiet", "-p", "vss-coordinator", "--bin", "vss"])
         .status()?;
     if !status.success() {
         bail!("building vss failed");
     }
-    let bin = std::env::current_exe()?
-        .parent()
-        .context("exe dir")?
-        .join("vss");
+    let bin = std::env::current_exe()?.parent().context("exe dir")?.join("vss");
     if !bin.exists() {
         bail!("vss not found at {}", bin.display());
     }
@@ -146,9 +135,7 @@ fn row(
     floor: Duration,
 ) -> anyhow::Result<()> {
     let per_sec = (3 * n) as f64 / wall.as_secs_f64();
-    let rss = rss_kb.map_or("-".to_string(), |kb| {
-        format!("{:.0} MiB", kb as f64 / 1024.0)
-    });
+    let rss = rss_kb.map_or("-".to_string(), |kb| format!("{:.0} MiB", kb as f64 / 1024.0));
     println!(
         "{n:>8}  {label:<16} {:>8.2}s {per_sec:>12.0} {rss:>10} {:>8.1}x",
         wall.as_secs_f64(),

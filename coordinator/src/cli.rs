@@ -138,21 +138,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             );
             Ok(0)
         }
-        Command::Graph {
-            config,
-            format,
-            merge_only,
-            sync_only,
-        } => {
+        Command::Graph { config, format, merge_only, sync_only } => {
             let cfg = match Config::load(&config) {
                 Ok(cfg) => cfg,
                 Err(e) => return Ok(config_error(e)),
             };
-            let req = PlanRequest {
-                merge_only,
-                sync_only,
-                ..Default::default()
-            };
+            let req = PlanRequest { merge_only, sync_only, ..Default::default() };
             let plan = plan_run(&cfg, "graph", &req)?;
             print!(
                 "{}",
@@ -201,8 +192,7 @@ async fn pipeline(args: PipelineArgs, log_format: Option<LogFormat>) -> anyhow::
     let ctx = Arc::new(WorkerContext::new(dry_run));
     // Resolve the hash key before jobs run in parallel, so only one is ever generated.
     if let Some(job) = plan.jobs.first() {
-        ctx.hash_key(&job.options)
-            .context("cannot resolve the content-hash key")?;
+        ctx.hash_key(&job.options).context("cannot resolve the content-hash key")?;
     }
     let limits = Limits {
         merge_parallel: args.parallelism.unwrap_or(cfg.pipeline.merge_parallel),

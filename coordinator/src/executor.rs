@@ -69,9 +69,7 @@ impl Executor for InProcess {
                     continue;
                 }
                 let blocked_by = job.depends_on.iter().find(|d| {
-                    results
-                        .get(*d)
-                        .is_some_and(|r| r.outcome != Outcome::Succeeded)
+                    results.get(*d).is_some_and(|r| r.outcome != Outcome::Succeeded)
                         || !jobs.contains_key(d.as_str())
                 });
                 let reason = if let Some(dep) = blocked_by {
@@ -115,9 +113,6 @@ impl Executor for InProcess {
             on_result(&result);
             results.insert(result.job_id.clone(), result);
         }
-        plan.jobs
-            .iter()
-            .filter_map(|j| results.remove(&j.id))
-            .collect()
+        plan.jobs.iter().filter_map(|j| results.remove(&j.id)).collect()
     }
 }

@@ -11,9 +11,7 @@ pub fn init(level: Option<&str>, format: Option<LogFormat>) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level.unwrap_or("warn")))
         .unwrap_or_else(|_| EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let installed = match format.unwrap_or(LogFormat::Text) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder

@@ -61,16 +61,8 @@ impl SecretChange {
         let empty = SecretValue::default();
         let cur = current.as_ref().map_or(&empty, |(v, _)| *v).expose();
         let des = desired.as_ref().map_or(&empty, |(v, _)| *v).expose();
-        let keys_added = des
-            .keys()
-            .filter(|k| !cur.contains_key(*k))
-            .cloned()
-            .collect();
-        let keys_removed = cur
-            .keys()
-            .filter(|k| !des.contains_key(*k))
-            .cloned()
-            .collect();
+        let keys_added = des.keys().filter(|k| !cur.contains_key(*k)).cloned().collect();
+        let keys_removed = cur.keys().filter(|k| !des.contains_key(*k)).cloned().collect();
         let keys_modified = des
             .iter()
             .filter(|(k, v)| cur.get(*k).is_some_and(|c| c != *v))
@@ -107,18 +99,9 @@ impl Summary {
     /// Counts `changes` plus `unchanged` secrets that need nothing.
     pub fn of(changes: &[SecretChange], unchanged: u64) -> Self {
         let count = |t| changes.iter().filter(|c| c.change_type == t).count() as u64;
-        let (added, modified, removed) = (
-            count(ChangeType::Added),
-            count(ChangeType::Modified),
-            count(ChangeType::Removed),
-        );
-        Self {
-            added,
-            modified,
-            removed,
-            unchanged,
-            total: added + modified + removed + unchanged,
-        }
+        let (added, modified, removed) =
+            (count(ChangeType::Added), count(ChangeType::Modified), count(ChangeType::Removed));
+        Self { added, modified, removed, unchanged, total: added + modified + removed + unchanged }
     }
 
     /// Adds another summary's counts to this one.
@@ -145,18 +128,10 @@ mod tests {
     #[test]
     fn key_level_diff_names_keys_only() {
         let key = HashKey::from_bytes([7; 32]);
-        let cur = SecretValue::new(
-            json!({"a": "canary-1", "b": 1, "c": 3})
-                .as_object()
-                .unwrap()
-                .clone(),
-        );
-        let des = SecretValue::new(
-            json!({"a": "canary-2", "b": 1, "d": 4})
-                .as_object()
-                .unwrap()
-                .clone(),
-        );
+        let cur =
+            SecretValue::new(json!({"a": "canary-1", "b": 1, "c": 3}).as_object().unwrap().clone());
+        let des =
+            SecretValue::new(json!({"a": "canary-2", "b": 1, "d": 4}).as_object().unwrap().clone());
         let change = SecretChange::between(
             "app/db".into(),
             Some((&cur, key.hash(&cur))),
@@ -179,10 +154,7 @@ mod tests {
             SecretChange::between("b".into(), Some((&v, key.hash(&v))), None),
         ];
         let s = Summary::of(&changes, 3);
-        assert_eq!(
-            (s.added, s.modified, s.removed, s.unchanged, s.total),
-            (1, 0, 1, 3, 5)
-        );
+        assert_eq!((s.added, s.modified, s.removed, s.unchanged, s.total), (1, 0, 1, 3, 5));
         assert!(s.has_changes());
         assert!(!Summary::of(&[], 3).has_changes());
     }

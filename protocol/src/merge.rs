@@ -102,21 +102,13 @@ mod tests {
 
     #[test]
     fn lists_append_and_keep_duplicates() {
-        let out = merged(
-            json!({"l": [1, 2]}),
-            json!({"l": [2, 3]}),
-            ListMerge::Append,
-        );
+        let out = merged(json!({"l": [1, 2]}), json!({"l": [2, 3]}), ListMerge::Append);
         assert_eq!(out, json!({"l": [1, 2, 2, 3]}));
     }
 
     #[test]
     fn lists_append_unique_and_replace() {
-        let unique = merged(
-            json!({"l": [1, 2]}),
-            json!({"l": [2, 3]}),
-            ListMerge::AppendUnique,
-        );
+        let unique = merged(json!({"l": [1, 2]}), json!({"l": [2, 3]}), ListMerge::AppendUnique);
         assert_eq!(unique, json!({"l": [1, 2, 3]}));
         let replace = merged(json!({"l": [1, 2]}), json!({"l": [3]}), ListMerge::Replace);
         assert_eq!(replace, json!({"l": [3]}));
@@ -153,10 +145,7 @@ mod tests {
             ("other".to_string(), secret(json!({"c": 3}))),
         ]);
         merge_layer(&mut acc, layer, ListMerge::Append);
-        assert_eq!(
-            acc["app"].expose(),
-            secret(json!({"a": 1, "b": 2, "l": ["x", "y"]})).expose()
-        );
+        assert_eq!(acc["app"].expose(), secret(json!({"a": 1, "b": 2, "l": ["x", "y"]})).expose());
         assert_eq!(acc["other"].expose(), secret(json!({"c": 3})).expose());
     }
 }

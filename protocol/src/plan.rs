@@ -56,37 +56,24 @@ pub fn plan_run(cfg: &Config, run_id: &str, req: &PlanRequest) -> Result<Plan, P
                 let hint = crate::config::suggest(name, cfg.targets.keys().map(String::as_str))
                     .map(|b| format!(" (did you mean `{b}`?)"))
                     .unwrap_or_default();
-                return Err(PlanError::UnknownTarget {
-                    name: name.clone(),
-                    hint,
-                });
+                return Err(PlanError::UnknownTarget { name: name.clone(), hint });
             }
         }
     }
     let run_merge = !req.sync_only && (req.merge_only || cfg.pipeline.merge_enabled);
     let run_sync = !req.merge_only && (req.sync_only || cfg.pipeline.sync_enabled);
     if !run_merge && !run_sync {
-        return Err(PlanError::Phase(
-            "both phases are disabled: nothing to run".into(),
-        ));
+        return Err(PlanError::Phase("both phases are disabled: nothing to run".into()));
     }
     if run_merge && cfg.merge_store.is_none() {
-        return Err(PlanError::Phase(
-            "the merge phase needs a `merge_store`".into(),
-        ));
+        return Err(PlanError::Phase("the merge phase needs a `merge_store`".into()));
     }
     let desired = if run_merge {
-        DesiredState::Merged {
-            merge_store: cfg.merge_store.clone().expect("checked above"),
-        }
+        DesiredState::Merged { merge_store: cfg.merge_store.clone().expect("checked above") }
     } else if let Some(store) = &cfg.source {
-        DesiredState::Source {
-            store: store.clone(),
-        }
+        DesiredState::Source { store: store.clone() }
     } else if let Some(store) = &cfg.merge_store {
-        DesiredState::Merged {
-            merge_store: store.clone(),
-        }
+        DesiredState::Merged { merge_store: store.clone() }
     } else {
         return Err(PlanError::Phase(
             "a sync-only run needs a top-level `source` or an existing `merge_store`".into(),
@@ -121,10 +108,9 @@ pub fn plan_run(cfg: &Config, run_id: &str, req: &PlanRequest) -> Result<Plan, P
                 .layers
                 .iter()
                 .map(|l| match l {
-                    Layer::Source(s) => LayerSpec::Source {
-                        name: s.clone(),
-                        store: cfg.sources[s].clone(),
-                    },
+                    Layer::Source(s) => {
+                        LayerSpec::Source { name: s.clone(), store: cfg.sources[s].clone() }
+                    }
                     Layer::Target(t) => LayerSpec::Target { name: t.clone() },
                 })
                 .collect();
@@ -155,18 +141,11 @@ pub fn plan_run(cfg: &Config, run_id: &str, req: &PlanRequest) -> Result<Plan, P
                     delete: target.delete.then_some(cfg.pipeline.delete_threshold),
                 }),
                 options: options.clone(),
-                depends_on: if run_merge {
-                    vec![job_id(Phase::Merge, name)]
-                } else {
-                    Vec::new()
-                },
+                depends_on: if run_merge { vec![job_id(Phase::Merge, name)] } else { Vec::new() },
             });
         }
     }
-    Ok(Plan {
-        run_id: run_id.to_string(),
-        jobs,
-    })
+    Ok(Plan { run_id: run_id.to_string(), jobs })
 }
 
 /// The id of a target's job in a phase.
@@ -182,11 +161,7 @@ impl Plan {
     pub fn to_dot(&self) -> String {
         let mut out = String::from("digraph vss {\n  rankdir=LR;\n  node [shape=box];\n");
         for job in &self.jobs {
-            let shape = if job.phase() == Phase::Merge {
-                "box"
-            } else {
-                "ellipse"
-            };
+            let shape = if job.phase() == Phase::Merge { "box" } else { "ellipse" };
             out.push_str(&format!("  \"{}\" [shape={shape}];\n", job.id));
         }
         for job in &self.jobs {
@@ -203,11 +178,7 @@ impl Plan {
         let node = |id: &str| id.replace([':', '.', '-'], "_");
         let mut out = String::from("flowchart LR\n");
         for job in &self.jobs {
-            let (open, close) = if job.phase() == Phase::Merge {
-                ("[", "]")
-            } else {
-                ("([", "])")
-            };
+            let (open, close) = if job.phase() == Phase::Merge { ("[", "]") } else { ("([", "])") };
             out.push_str(&format!("  {}{open}\"{}\"{close}\n", node(&job.id), job.id));
         }
         for job in &self.jobs {
@@ -255,40 +226,21 @@ mod tests {
                 "sync:Production",
             ]
         );
-        let prod = plan
-            .jobs
-            .iter()
-            .find(|j| j.id == "merge:Production")
-            .unwrap();
+        let prod = plan.jobs.iter().find(|j| j.id == "merge:Production").unwrap();
         assert_eq!(prod.depends_on, vec!["merge:Staging"]);
-        let sync = plan
-            .jobs
-            .iter()
-            .find(|j| j.id == "sync:Production")
-            .unwrap();
+        let sync = plan.jobs.iter().find(|j| j.id == "sync:Production").unwrap();
         assert_eq!(sync.depends_on, vec!["merge:Production"]);
     }
 
     #[test]
     fn selected_targets_bring_their_ancestors_merges() {
-        let req = PlanRequest {
-            targets: Some(vec!["Production".into()]),
-            ..Default::default()
-        };
+        let req = PlanRequest { targets: Some(vec!["Production".into()]), ..Default::default() };
         let plan = plan_run(&config(), "r1", &req).unwrap();
         assert_eq!(
             ids(&plan),
-            vec![
-                "merge:Base",
-                "merge:Staging",
-                "merge:Production",
-                "sync:Production"
-            ]
+            vec!["merge:Base", "merge:Staging", "merge:Production", "sync:Production"]
         );
-        let req = PlanRequest {
-            targets: Some(vec!["Prod".into()]),
-            ..Default::default()
-        };
+        let req = PlanRequest { targets: Some(vec!["Prod".into()]), ..Default::default() };
         let err = plan_run(&config(), "r1", &req).unwrap_err().to_string();
         assert!(err.contains("did you mean `Production`"), "{err}");
     }
@@ -296,35 +248,11 @@ mod tests {
     #[test]
     fn phase_flags_select_jobs() {
         let cfg = config();
-        let merge = plan_run(
-            &cfg,
-            "r",
-            &PlanRequest {
-                merge_only: true,
-                ..Default::default()
-            },
-        );
-        assert!(
-            merge
-                .unwrap()
-                .jobs
-                .iter()
-                .all(|j| j.phase() == Phase::Merge)
-        );
-        let sync = plan_run(
-            &cfg,
-            "r",
-            &PlanRequest {
-                sync_only: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert!(
-            sync.jobs
-                .iter()
-                .all(|j| j.phase() == Phase::Sync && j.depends_on.is_empty())
-        );
+        let merge = plan_run(&cfg, "r", &PlanRequest { merge_only: true, ..Default::default() });
+        assert!(merge.unwrap().jobs.iter().all(|j| j.phase() == Phase::Merge));
+        let sync =
+            plan_run(&cfg, "r", &PlanRequest { sync_only: true, ..Default::default() }).unwrap();
+        assert!(sync.jobs.iter().all(|j| j.phase() == Phase::Sync && j.depends_on.is_empty()));
     }
 
     #[test]
@@ -339,14 +267,8 @@ mod tests {
     fn graphs_name_every_edge() {
         let plan = plan_run(&config(), "r1", &PlanRequest::default()).unwrap();
         let dot = plan.to_dot();
-        assert!(
-            dot.contains("\"merge:Staging\" -> \"merge:Production\""),
-            "{dot}"
-        );
+        assert!(dot.contains("\"merge:Staging\" -> \"merge:Production\""), "{dot}");
         let mermaid = plan.to_mermaid();
-        assert!(
-            mermaid.contains("merge_Staging --> merge_Production"),
-            "{mermaid}"
-        );
+        assert!(mermaid.contains("merge_Staging --> merge_Production"), "{mermaid}");
     }
 }

@@ -27,9 +27,7 @@ impl SecretValue {
             Ok(other) => {
                 let kind = json_kind(&other);
                 zeroize_value(other);
-                Err(InvalidSecret(format!(
-                    "expected a JSON object, found {kind}"
-                )))
+                Err(InvalidSecret(format!("expected a JSON object, found {kind}")))
             }
             Err(e) => Err(InvalidSecret(format!(
                 "not valid JSON (line {}, column {}: {:?})",

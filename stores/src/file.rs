@@ -35,13 +35,7 @@ impl FileStore {
     /// A store rooted at `dir` (created on first write).
     pub fn new(dir: PathBuf) -> Self {
         let label = format!("file:{}", dir.display());
-        Self {
-            inner: Arc::new(Inner {
-                dir,
-                label,
-                calls: ApiCalls::default(),
-            }),
-        }
+        Self { inner: Arc::new(Inner { dir, label, calls: ApiCalls::default() }) }
     }
 }
 
@@ -58,9 +52,7 @@ impl Inner {
     fn path_of(&self, name: &str) -> Result<PathBuf, StoreError> {
         let valid = !name.is_empty()
             && !name.contains(['\\', '\0'])
-            && name
-                .split('/')
-                .all(|seg| !seg.is_empty() && !seg.starts_with('.'));
+            && name.split('/').all(|seg| !seg.is_empty() && !seg.starts_with('.'));
         if !valid {
             return Err(self.err(
                 ErrorKind::Invalid,
@@ -139,9 +131,7 @@ impl Inner {
                 if file_type.is_dir() {
                     pending.push((entry.path(), format!("{name_prefix}{file_name}/")));
                 } else if let Some(stem) = file_name.strip_suffix(".json") {
-                    let meta = entry
-                        .metadata()
-                        .map_err(|e| self.io(Some(stem), "stat", &e))?;
+                    let meta = entry.metadata().map_err(|e| self.io(Some(stem), "stat", &e))?;
                     out.push(Entry {
                         name: format!("{name_prefix}{stem}"),
                         version: Self::version_of(&meta),
@@ -164,9 +154,7 @@ impl Inner {
         let parsed = SecretValue::from_json_slice(&bytes);
         bytes.zeroize();
         let value = parsed.map_err(|e| self.err(ErrorKind::Invalid, Some(name), e.to_string()))?;
-        let version = self
-            .current_version(&path, name)?
-            .unwrap_or(Version(String::new()));
+        let version = self.current_version(&path, name)?.unwrap_or(Version(String::new()));
         Ok(Some(Versioned { value, version }))
     }
 
@@ -213,16 +201,10 @@ impl Inner {
             .prefix(".vss-")
             .tempfile_in(parent)
             .map_err(|e| self.io(Some(name), "create temp file", &e))?;
-        tmp.write_all(bytes)
-            .map_err(|e| self.io(Some(name), "write", &e))?;
-        tmp.as_file()
-            .sync_data()
-            .map_err(|e| self.io(Some(name), "sync", &e))?;
-        tmp.persist(path)
-            .map_err(|e| self.io(Some(name), "rename", &e.error))?;
-        Ok(self
-            .current_version(path, name)?
-            .unwrap_or(Version(String::new())))
+        tmp.write_all(bytes).map_err(|e| self.io(Some(name), "write", &e))?;
+        tmp.as_file().sync_data().map_err(|e| self.io(Some(name), "sync", &e))?;
+        tmp.persist(path).map_err(|e| self.io(Some(name), "rename", &e.error))?;
+        Ok(self.current_version(path, name)?.unwrap_or(Version(String::new())))
     }
 
     fn delete(&self, name: &str, pre: &Precondition) -> Result<(), StoreError> {
@@ -253,13 +235,9 @@ impl FileStore {
         f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .unwrap_or_else(|e| {
-                Err(self
-                    .inner
-                    .err(ErrorKind::Io, None, format!("file task failed: {e}")))
-            })
+        tokio::task::spawn_blocking(move || f(&inner)).await.unwrap_or_else(|e| {
+            Err(self.inner.err(ErrorKind::Io, None, format!("file task failed: {e}")))
+        })
     }
 }
 
@@ -270,11 +248,7 @@ impl SecretStore for FileStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            read_values: true,
-            metadata: false,
-            conditional_writes: false,
-        }
+        Capabilities { read_values: true, metadata: false, conditional_writes: false }
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
@@ -324,27 +298,12 @@ mod tests {
             .write("app/db", &value(json!({"user": "u"})), Precondition::Absent)
             .await
             .unwrap();
-        store
-            .write("top", &value(json!({"k": 1})), Precondition::None)
-            .await
-            .unwrap();
+        store.write("top", &value(json!({"k": 1})), Precondition::None).await.unwrap();
         std::fs::write(dir.path().join("app/.vss-partial"), b"x").unwrap();
-        let names: Vec<_> = store
-            .list("")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.name)
-            .collect();
+        let names: Vec<_> = store.list("").await.unwrap().into_iter().map(|e| e.name).collect();
         assert_eq!(names, vec!["app/db", "top"]);
         let listed = store.list("app/").await.unwrap();
-        assert_eq!(
-            listed,
-            vec![Entry {
-                name: "app/db".into(),
-                version: v1.clone()
-            }]
-        );
+        assert_eq!(listed, vec![Entry { name: "app/db".into(), version: v1.clone() }]);
         let read = store.read("app/db").await.unwrap().unwrap();
         assert_eq!(read.value.expose()["user"], "u");
         assert_eq!(read.version, v1);
@@ -357,29 +316,16 @@ mod tests {
     async fn unchanged_writes_leave_the_file_alone() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::new(dir.path().to_path_buf());
-        let v1 = store
-            .write("s", &value(json!({"a": 1})), Precondition::None)
-            .await
-            .unwrap();
-        let mtime = std::fs::metadata(dir.path().join("s.json"))
-            .unwrap()
-            .modified()
-            .unwrap();
+        let v1 = store.write("s", &value(json!({"a": 1})), Precondition::None).await.unwrap();
+        let mtime = std::fs::metadata(dir.path().join("s.json")).unwrap().modified().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         let v2 = store
-            .write(
-                "s",
-                &value(json!({"a": 1})),
-                Precondition::Matches(v1.clone()),
-            )
+            .write("s", &value(json!({"a": 1})), Precondition::Matches(v1.clone()))
             .await
             .unwrap();
         assert_eq!(v1, v2);
         assert_eq!(
-            std::fs::metadata(dir.path().join("s.json"))
-                .unwrap()
-                .modified()
-                .unwrap(),
+            std::fs::metadata(dir.path().join("s.json")).unwrap().modified().unwrap(),
             mtime
         );
         assert_eq!(store.api_calls().get("write"), Some(&1));
@@ -389,28 +335,14 @@ mod tests {
     async fn preconditions_refuse_concurrent_changes() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::new(dir.path().to_path_buf());
-        let v1 = store
-            .write("s", &value(json!({"a": 1})), Precondition::Absent)
-            .await
-            .unwrap();
-        let err = store
-            .write("s", &value(json!({"a": 2})), Precondition::Absent)
-            .await
-            .unwrap_err();
+        let v1 = store.write("s", &value(json!({"a": 1})), Precondition::Absent).await.unwrap();
+        let err =
+            store.write("s", &value(json!({"a": 2})), Precondition::Absent).await.unwrap_err();
         assert_eq!(err.kind, ErrorKind::Conflict);
         std::thread::sleep(std::time::Duration::from_millis(5));
-        store
-            .write(
-                "s",
-                &value(json!({"a": 3})),
-                Precondition::Matches(v1.clone()),
-            )
-            .await
-            .unwrap();
-        let err = store
-            .write("s", &value(json!({"a": 4})), Precondition::Matches(v1))
-            .await
-            .unwrap_err();
+        store.write("s", &value(json!({"a": 3})), Precondition::Matches(v1.clone())).await.unwrap();
+        let err =
+            store.write("s", &value(json!({"a": 4})), Precondition::Matches(v1)).await.unwrap_err();
         assert_eq!(err.kind, ErrorKind::Conflict);
     }
 
@@ -419,10 +351,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::new(dir.path().join("root"));
         for bad in ["../x", "a/../../x", "/abs", "a//b", ".hidden", ""] {
-            let err = store
-                .write(bad, &value(json!({})), Precondition::None)
-                .await
-                .unwrap_err();
+            let err = store.write(bad, &value(json!({})), Precondition::None).await.unwrap_err();
             assert_eq!(err.kind, ErrorKind::Invalid, "{bad}");
         }
     }
@@ -433,9 +362,6 @@ mod tests {
         std::fs::write(dir.path().join("bad.json"), br#""canary-secret""#).unwrap();
         let store = FileStore::new(dir.path().to_path_buf());
         let err = store.read("bad").await.unwrap_err().to_string();
-        assert!(
-            err.contains("secret `bad`") && !err.contains("canary"),
-            "{err}"
-        );
+        assert!(err.contains("secret `bad`") && !err.contains("canary"), "{err}");
     }
 }

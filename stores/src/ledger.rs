@@ -56,18 +56,12 @@ impl StateLedger {
     /// The ledger at `spec`; `read_only` (dry runs) never writes.
     pub fn open(spec: &StateSpec, read_only: bool) -> Self {
         match spec {
-            StateSpec::File { path } => Self {
-                dir: path.clone(),
-                read_only,
-            },
+            StateSpec::File { path } => Self { dir: path.clone(), read_only },
         }
     }
 
     fn err(&self, path: &std::path::Path, message: impl Into<String>) -> LedgerError {
-        LedgerError {
-            path: path.display().to_string(),
-            message: message.into(),
-        }
+        LedgerError { path: path.display().to_string(), message: message.into() }
     }
 
     fn target_path(&self, target: &str) -> PathBuf {
@@ -80,10 +74,7 @@ impl StateLedger {
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == IoKind::NotFound => {
-                return Ok(TargetLedger {
-                    store: store.to_string(),
-                    ..Default::default()
-                });
+                return Ok(TargetLedger { store: store.to_string(), ..Default::default() });
             }
             Err(e) => return Err(self.err(&path, e.to_string())),
         };
@@ -92,10 +83,7 @@ impl StateLedger {
         if ledger.store == store {
             Ok(ledger)
         } else {
-            Ok(TargetLedger {
-                store: store.to_string(),
-                ..Default::default()
-            })
+            Ok(TargetLedger { store: store.to_string(), ..Default::default() })
         }
     }
 
@@ -119,13 +107,9 @@ impl StateLedger {
             .prefix(".vss-")
             .tempfile_in(parent)
             .map_err(|e| self.err(parent, e.to_string()))?;
-        tmp.write_all(bytes)
-            .map_err(|e| self.err(path, e.to_string()))?;
-        tmp.as_file()
-            .sync_data()
-            .map_err(|e| self.err(path, e.to_string()))?;
-        tmp.persist(path)
-            .map_err(|e| self.err(path, e.error.to_string()))?;
+        tmp.write_all(bytes).map_err(|e| self.err(path, e.to_string()))?;
+        tmp.as_file().sync_data().map_err(|e| self.err(path, e.to_string()))?;
+        tmp.persist(path).map_err(|e| self.err(path, e.error.to_string()))?;
         Ok(())
     }
 
@@ -180,10 +164,7 @@ impl StateLedger {
 /// A key given as 64 hex digits is used as is; any other text is stretched into one.
 fn key_from_text(text: &str) -> HashKey {
     HashKey::from_hex(text).unwrap_or_else(|| {
-        HashKey::from_bytes(blake3::derive_key(
-            "vss content hash key v1",
-            text.trim().as_bytes(),
-        ))
+        HashKey::from_bytes(blake3::derive_key("vss content hash key v1", text.trim().as_bytes()))
     })
 }
 
@@ -194,41 +175,21 @@ mod tests {
     #[test]
     fn records_round_trip_and_are_bound_to_their_store() {
         let dir = tempfile::tempdir().unwrap();
-        let ledger = StateLedger::open(
-            &StateSpec::File {
-                path: dir.path().into(),
-            },
-            false,
-        );
+        let ledger = StateLedger::open(&StateSpec::File { path: dir.path().into() }, false);
         let mut records = ledger.load("Prod", "file:/a").unwrap();
         let key = ledger.hash_key(None).unwrap();
         let hash = key.hash(&vss_protocol::SecretValue::default());
-        records.secrets.insert(
-            "s".into(),
-            Record {
-                hash,
-                version: Version("1".into()),
-            },
-        );
+        records.secrets.insert("s".into(), Record { hash, version: Version("1".into()) });
         ledger.save("Prod", &records).unwrap();
         assert_eq!(ledger.load("Prod", "file:/a").unwrap(), records);
         assert!(ledger.load("Prod", "file:/b").unwrap().secrets.is_empty());
-        assert_eq!(
-            ledger.hash_key(None).unwrap().to_hex(),
-            key.to_hex(),
-            "the key is kept"
-        );
+        assert_eq!(ledger.hash_key(None).unwrap().to_hex(), key.to_hex(), "the key is kept");
     }
 
     #[test]
     fn read_only_ledgers_write_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let ledger = StateLedger::open(
-            &StateSpec::File {
-                path: dir.path().join("s"),
-            },
-            true,
-        );
+        let ledger = StateLedger::open(&StateSpec::File { path: dir.path().join("s") }, true);
         ledger.hash_key(None).unwrap();
         ledger.save("T", &TargetLedger::default()).unwrap();
         assert!(!dir.path().join("s").exists());

@@ -117,10 +117,7 @@ impl StoreError {
 
     /// Whether trying again may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self.kind,
-            ErrorKind::Throttled | ErrorKind::Unavailable | ErrorKind::Conflict
-        )
+        matches!(self.kind, ErrorKind::Throttled | ErrorKind::Unavailable | ErrorKind::Conflict)
     }
 }
 
@@ -172,22 +169,12 @@ pub struct ApiCalls(Mutex<BTreeMap<&'static str, u64>>);
 impl ApiCalls {
     /// Counts one call of `operation`.
     pub fn record(&self, operation: &'static str) {
-        *self
-            .0
-            .lock()
-            .expect("counter lock")
-            .entry(operation)
-            .or_default() += 1;
+        *self.0.lock().expect("counter lock").entry(operation).or_default() += 1;
     }
 
     /// The counts so far.
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
-        self.0
-            .lock()
-            .expect("counter lock")
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect()
+        self.0.lock().expect("counter lock").iter().map(|(k, v)| (k.to_string(), *v)).collect()
     }
 }
 
@@ -209,10 +196,7 @@ pub struct StoreCache {
 impl StoreCache {
     /// An empty cache; `dry_run` wraps every store in an overlay.
     pub fn new(dry_run: bool) -> Self {
-        Self {
-            dry_run,
-            stores: Mutex::new(HashMap::new()),
-        }
+        Self { dry_run, stores: Mutex::new(HashMap::new()) }
     }
 
     /// The shared handle of the store at `spec`.
@@ -232,9 +216,6 @@ impl StoreCache {
     /// API calls of every store opened so far, by store then operation.
     pub fn api_calls(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
         let stores = self.stores.lock().expect("store cache lock");
-        stores
-            .values()
-            .map(|s| (s.describe(), s.api_calls()))
-            .collect()
+        stores.values().map(|s| (s.describe(), s.api_calls())).collect()
     }
 }

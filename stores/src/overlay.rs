@@ -18,10 +18,7 @@ pub struct OverlayStore {
 impl OverlayStore {
     /// Wraps `inner`.
     pub fn new(inner: Arc<dyn SecretStore>) -> Self {
-        Self {
-            inner,
-            pending: Mutex::new(BTreeMap::new()),
-        }
+        Self { inner, pending: Mutex::new(BTreeMap::new()) }
     }
 
     fn pending(
@@ -42,13 +39,8 @@ impl SecretStore for OverlayStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
-        let mut entries: BTreeMap<String, Version> = self
-            .inner
-            .list(prefix)
-            .await?
-            .into_iter()
-            .map(|e| (e.name, e.version))
-            .collect();
+        let mut entries: BTreeMap<String, Version> =
+            self.inner.list(prefix).await?.into_iter().map(|e| (e.name, e.version)).collect();
         for (name, change) in self.pending().range(prefix.to_string()..) {
             if !name.starts_with(prefix) {
                 break;
@@ -58,10 +50,7 @@ impl SecretStore for OverlayStore {
                 None => entries.remove(name),
             };
         }
-        Ok(entries
-            .into_iter()
-            .map(|(name, version)| Entry { name, version })
-            .collect())
+        Ok(entries.into_iter().map(|(name, version)| Entry { name, version }).collect())
     }
 
     async fn read(&self, name: &str) -> Result<Option<Versioned<SecretValue>>, StoreError> {
@@ -109,28 +98,13 @@ mod tests {
         let v = SecretValue::new(json!({"a": 1}).as_object().unwrap().clone());
         file.write("kept", &v, Precondition::None).await.unwrap();
         let overlay = OverlayStore::new(file.clone());
-        overlay
-            .write("t/new", &v, Precondition::Absent)
-            .await
-            .unwrap();
+        overlay.write("t/new", &v, Precondition::Absent).await.unwrap();
         overlay.delete("kept", Precondition::None).await.unwrap();
-        let names: Vec<_> = overlay
-            .list("")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.name)
-            .collect();
+        let names: Vec<_> = overlay.list("").await.unwrap().into_iter().map(|e| e.name).collect();
         assert_eq!(names, vec!["t/new"]);
         assert!(overlay.read("t/new").await.unwrap().is_some());
         assert!(overlay.read("kept").await.unwrap().is_none());
-        let real: Vec<_> = file
-            .list("")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.name)
-            .collect();
+        let real: Vec<_> = file.list("").await.unwrap().into_iter().map(|e| e.name).collect();
         assert_eq!(real, vec!["kept"]);
         assert_eq!(file.api_calls().get("write"), Some(&1));
     }

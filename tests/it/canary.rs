@@ -8,10 +8,7 @@ const CANARY: &str = "CANARY-5f3a9c";
 
 fn assert_clean(what: &str, text: &str) {
     assert!(!text.contains(CANARY), "canary leaked into {what}:\n{text}");
-    assert!(
-        !text.contains("canary-in-env"),
-        "environment value leaked into {what}:\n{text}"
-    );
+    assert!(!text.contains("canary-in-env"), "environment value leaked into {what}:\n{text}");
 }
 
 #[test]
@@ -36,10 +33,7 @@ targets:
         json!({"password": format!("{CANARY}-b"), "list": [format!("{CANARY}-b")]}),
     );
     let summary = ws.path().join("summary.md");
-    let env = [
-        ("RUST_LOG", "trace"),
-        ("GITHUB_STEP_SUMMARY", summary.to_str().unwrap()),
-    ];
+    let env = [("RUST_LOG", "trace"), ("GITHUB_STEP_SUMMARY", summary.to_str().unwrap())];
     let formats = ["human", "json", "github"];
 
     let mut outputs = Vec::new();
@@ -66,23 +60,12 @@ targets:
     run_all(&ws, &["--dry-run"]);
     run_all(&ws, &[]);
     // Modifications (key-level diffs) and drift.
-    ws.secret(
-        "src/b",
-        "app/s0",
-        json!({"password": format!("{CANARY}-b2"), "new": CANARY}),
-    );
-    ws.secret(
-        "out/base",
-        "app/s1",
-        json!({"password": format!("{CANARY}-drift")}),
-    );
+    ws.secret("src/b", "app/s0", json!({"password": format!("{CANARY}-b2"), "new": CANARY}));
+    ws.secret("out/base", "app/s1", json!({"password": format!("{CANARY}-drift")}));
     run_all(&ws, &["--dry-run"]);
     run_all(&ws, &["--continue-on-error"]);
     // Failures: a malformed secret quoting the canary, and a refused mass delete.
-    ws.write(
-        "src/b/broken.json",
-        &format!("{{\"password\": \"{CANARY}\" oops"),
-    );
+    ws.write("src/b/broken.json", &format!("{{\"password\": \"{CANARY}\" oops"));
     run_all(&ws, &["--continue-on-error"]);
     std::fs::remove_file(ws.path().join("src/b/broken.json")).unwrap();
     for i in 1..8 {
@@ -91,34 +74,23 @@ targets:
     run_all(&ws, &["--continue-on-error"]);
 
     assert!(
-        outputs
-            .iter()
-            .any(|(_, o)| o.contains("refusing to delete")),
+        outputs.iter().any(|(_, o)| o.contains("refusing to delete")),
         "the mass delete was refused"
     );
     assert!(
         outputs.iter().any(|(_, o)| o.contains("secret `broken`")),
         "the malformed secret was reported"
     );
+    assert!(outputs.iter().any(|(_, o)| o.contains("keys_modified") || o.contains("~password")));
     assert!(
-        outputs
-            .iter()
-            .any(|(_, o)| o.contains("keys_modified") || o.contains("~password"))
-    );
-    assert!(
-        outputs
-            .iter()
-            .any(|(w, o)| w.contains("stderr") && o.contains("TRACE")
-                || o.contains("\"level\":\"TRACE\"")),
+        outputs.iter().any(|(w, o)| w.contains("stderr") && o.contains("TRACE")
+            || o.contains("\"level\":\"TRACE\"")),
         "trace logging was on"
     );
     for (what, text) in &outputs {
         assert_clean(what, text);
     }
-    assert_clean(
-        "GITHUB_STEP_SUMMARY",
-        &std::fs::read_to_string(&summary).unwrap(),
-    );
+    assert_clean("GITHUB_STEP_SUMMARY", &std::fs::read_to_string(&summary).unwrap());
 
     // Bookkeeping holds hashes, never values: ledger and merge manifests.
     for (path, text) in ws.contents() {
@@ -130,15 +102,8 @@ targets:
 
     // A config value taken from the environment is never quoted, even in an error.
     ws.config("source: { file: { dir: src/a } }\npipeline: { sync: { parallel: \"${PAR}\" } }\ntargets: { T: { store: { file: { dir: o } } } }\n");
-    let run = ws.run_env(
-        &["validate", "--config", "vss.yaml"],
-        &[("PAR", "canary-in-env")],
-    );
+    let run = ws.run_env(&["validate", "--config", "vss.yaml"], &[("PAR", "canary-in-env")]);
     assert_eq!(run.code, 2);
-    assert!(
-        run.stderr.contains("pipeline.sync.parallel"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("pipeline.sync.parallel"), "{}", run.stderr);
     assert_clean("validate stderr", &run.stderr);
 }

@@ -26,11 +26,7 @@ targets:
         "vss.yaml:7: targets.Loop: inheritance cycle: Loop -> Loop",
         "vss.yaml:8: targets.Bare: the target has no `store` to sync to",
     ] {
-        assert!(
-            run.stderr.contains(expected),
-            "missing {expected:?} in:\n{}",
-            run.stderr
-        );
+        assert!(run.stderr.contains(expected), "missing {expected:?} in:\n{}", run.stderr);
     }
 }
 
@@ -41,8 +37,7 @@ fn unknown_keys_and_wrong_types() {
     let run = ws.run(&["validate", "--config", "vss.yaml"]);
     assert_eq!(run.code, 2);
     assert!(
-        run.stderr
-            .contains("vss.yaml:3: pipeline.sync.parallel: wrong type"),
+        run.stderr.contains("vss.yaml:3: pipeline.sync.parallel: wrong type"),
         "{}",
         run.stderr
     );
@@ -61,8 +56,7 @@ fn cycles_through_several_targets_print_the_chain() {
     ws.config("merge_store: { file: { dir: m } }\ntargets:\n  Production: { imports: [Staging], store: { file: { dir: a } } }\n  Staging: { imports: [Production], store: { file: { dir: b } } }\n");
     let run = ws.run(&["validate", "--config", "vss.yaml"]);
     assert!(
-        run.stderr
-            .contains("inheritance cycle: Production -> Staging -> Production"),
+        run.stderr.contains("inheritance cycle: Production -> Staging -> Production"),
         "{}",
         run.stderr
     );
@@ -89,11 +83,7 @@ fn invalid_yaml_and_missing_files() {
     );
     let run = ws.run(&["validate", "--config", "nope.yaml"]);
     assert_eq!(run.code, 2);
-    assert!(
-        run.stderr.contains("cannot read config file nope.yaml"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("cannot read config file nope.yaml"), "{}", run.stderr);
 }
 
 #[test]
@@ -135,21 +125,9 @@ pipeline:
     let env = [("MERGE_DIR", "merged")];
     let run = ws.run_env(&["pipeline", "--config", "vss.yaml"], &env);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(
-        ws.read_secret("out/prod", "db").unwrap(),
-        json!({"user": "a", "pass": "b"})
-    );
+    assert_eq!(ws.read_secret("out/prod", "db").unwrap(), json!({"user": "a", "pass": "b"}));
     // The migration check: the same config, dry run, exit code 0 = zero-sum.
-    let run = ws.run_env(
-        &[
-            "pipeline",
-            "--config",
-            "vss.yaml",
-            "--dry-run",
-            "--exit-code",
-        ],
-        &env,
-    );
+    let run = ws.run_env(&["pipeline", "--config", "vss.yaml", "--dry-run", "--exit-code"], &env);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     // `log.format: json` from the config applies to stderr.
     let run = ws.run_env(
@@ -157,10 +135,7 @@ pipeline:
         &[("MERGE_DIR", "merged"), ("RUST_LOG", "info")],
     );
     let first = run.stderr.lines().next().expect("log lines");
-    assert!(
-        serde_json::from_str::<serde_json::Value>(first).is_ok(),
-        "{first}"
-    );
+    assert!(serde_json::from_str::<serde_json::Value>(first).is_ok(), "{first}");
 
     let run = ws.run(&["validate", "--config", "vss.yaml"]);
     assert_eq!(run.code, 2);
@@ -183,14 +158,7 @@ fn a_bad_config_changes_nothing() {
     let before = ws.contents();
     let run = ws.pipeline(&[]);
     assert_eq!(run.code, 2);
-    assert!(
-        run.stdout.is_empty(),
-        "no report for a config that does not load"
-    );
-    assert!(
-        run.stderr.contains("unknown source or target `nope`"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stdout.is_empty(), "no report for a config that does not load");
+    assert!(run.stderr.contains("unknown source or target `nope`"), "{}", run.stderr);
     assert_eq!(ws.contents(), before);
 }

@@ -44,10 +44,7 @@ fn only_secrets_vss_wrote_are_deleted() {
     let run = ws.pipeline(&[]);
     assert_eq!(counts(&target(&run.json(), "T")["summary"]), (0, 0, 1, 1));
     assert!(ws.read_secret("out", "also-mine").is_none());
-    assert_eq!(
-        ws.read_secret("out", "foreign").unwrap(),
-        json!({"owner": "someone else"})
-    );
+    assert_eq!(ws.read_secret("out", "foreign").unwrap(), json!({"owner": "someone else"}));
 }
 
 #[test]
@@ -86,13 +83,7 @@ fn an_empty_source_never_deletes() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let t = target(&run.json(), "T").clone();
     assert_eq!(counts(&t["summary"]), (0, 0, 0, 0));
-    assert!(
-        t["warnings"][0]
-            .as_str()
-            .unwrap()
-            .contains("deletes skipped"),
-        "{t}"
-    );
+    assert!(t["warnings"][0].as_str().unwrap().contains("deletes skipped"), "{t}");
     assert!(ws.read_secret("out", "a").is_some());
 }
 
@@ -118,11 +109,7 @@ fn mass_deletes_are_refused_unless_allowed() {
         error.contains("refusing to delete 7 of 20") && error.contains("--allow-mass-delete"),
         "{error}"
     );
-    assert_eq!(
-        ws.contents(),
-        before,
-        "a refused target changes nothing, updates included"
-    );
+    assert_eq!(ws.contents(), before, "a refused target changes nothing, updates included");
 
     let run = ws.pipeline(&["--allow-mass-delete"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -132,10 +119,7 @@ fn mass_deletes_are_refused_unless_allowed() {
 
 #[test]
 fn the_mass_delete_threshold_is_configurable() {
-    let ws = direct(
-        ", delete: true",
-        "pipeline: { sync: { max_delete_count: 10 } }\n",
-    );
+    let ws = direct(", delete: true", "pipeline: { sync: { max_delete_count: 10 } }\n");
     for i in 0..20 {
         ws.secret("src", &format!("s{i:02}"), json!({"i": i}));
     }

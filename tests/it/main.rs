@@ -33,16 +33,8 @@ pub fn three_levels() -> Workspace {
         json!({"host": "db", "port": 5432, "opts": {"ssl": true}, "tags": ["a"]}),
     );
     ws.secret("src/common", "shared/flags", json!({"beta": false}));
-    ws.secret(
-        "src/stg",
-        "app/db",
-        json!({"host": "db-stg", "opts": {"pool": 5}, "tags": ["b"]}),
-    );
-    ws.secret(
-        "src/prod",
-        "app/db",
-        json!({"host": "db-prod", "port": null, "tags": ["c"]}),
-    );
+    ws.secret("src/stg", "app/db", json!({"host": "db-stg", "opts": {"pool": 5}, "tags": ["b"]}));
+    ws.secret("src/prod", "app/db", json!({"host": "db-prod", "port": null, "tags": ["c"]}));
     ws.secret("src/prod", "payments/key", json!({"key": "k1"}));
     ws
 }

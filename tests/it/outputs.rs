@@ -13,19 +13,10 @@ fn human_output_is_a_plan_with_symbols_key_names_and_counts() {
     let run = ws.run(&["pipeline", "--config", "vss.yaml", "--dry-run"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let out = &run.stdout;
-    assert!(
-        out.contains("Production\n  + app/db  (+host, +opts, +port, +tags)"),
-        "{out}"
-    );
-    assert!(
-        out.contains("  3 to add, 0 to change, 0 to delete, 0 unchanged"),
-        "{out}"
-    );
+    assert!(out.contains("Production\n  + app/db  (+host, +opts, +port, +tags)"), "{out}");
+    assert!(out.contains("  3 to add, 0 to change, 0 to delete, 0 unchanged"), "{out}");
     assert!(out.contains("Plan: 7 added, 0 modified, 0 removed, 0 unchanged across 3 targets (dry run: nothing was written)"), "{out}");
-    assert!(
-        !out.contains('\x1b'),
-        "no colour when stdout is not a terminal"
-    );
+    assert!(!out.contains('\x1b'), "no colour when stdout is not a terminal");
 
     assert_eq!(ws.run(&["pipeline", "--config", "vss.yaml"]).code, 0);
     ws.secret(
@@ -34,29 +25,15 @@ fn human_output_is_a_plan_with_symbols_key_names_and_counts() {
         serde_json::json!({"host": "db-prod-2", "tags": ["c"], "extra": 1}),
     );
     let run = ws.run(&["pipeline", "--config", "vss.yaml"]);
-    assert!(
-        run.stdout.contains("  ~ app/db  (+extra, ~host)"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout.contains("Base: no changes (2 unchanged)"),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains("  ~ app/db  (+extra, ~host)"), "{}", run.stdout);
+    assert!(run.stdout.contains("Base: no changes (2 unchanged)"), "{}", run.stdout);
 }
 
 /// Runs vss under a pseudo-terminal (util-linux `script`) and returns what it printed.
 fn on_a_terminal(ws: &Workspace, no_color: bool) -> String {
-    let cmd = format!(
-        "{} pipeline --config vss.yaml --dry-run",
-        vss_bin().display()
-    );
+    let cmd = format!("{} pipeline --config vss.yaml --dry-run", vss_bin().display());
     let mut script = Command::new("script");
-    script
-        .current_dir(ws.path())
-        .args(["-qec", &cmd, "/dev/null"])
-        .env_remove("NO_COLOR");
+    script.current_dir(ws.path()).args(["-qec", &cmd, "/dev/null"]).env_remove("NO_COLOR");
     if no_color {
         script.env("NO_COLOR", "1");
     }
@@ -67,10 +44,7 @@ fn on_a_terminal(ws: &Workspace, no_color: bool) -> String {
 #[test]
 fn colour_only_on_a_terminal_and_never_with_no_color() {
     let ws = three_levels();
-    assert!(
-        on_a_terminal(&ws, false).contains("\x1b[32m+ app/db"),
-        "colour on a terminal"
-    );
+    assert!(on_a_terminal(&ws, false).contains("\x1b[32m+ app/db"), "colour on a terminal");
     // The progress bar may still move the cursor; colours (SGR 1, 3x) are gone.
     let plain = on_a_terminal(&ws, true);
     assert!(plain.contains("+ app/db"), "{plain}");
@@ -107,11 +81,7 @@ fn json_stays_clean_under_trace_logging() {
     ] {
         assert!(change.get(key).is_some(), "change.{key} in {change}");
     }
-    assert!(
-        run.stderr.contains("job finished"),
-        "logs go to stderr: {}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("job finished"), "logs go to stderr: {}", run.stderr);
 }
 
 #[test]
@@ -143,14 +113,7 @@ fn github_output_writes_commands_and_a_step_summary() {
     ));
     let summary = ws.path().join("summary.md");
     let run = ws.run_env(
-        &[
-            "pipeline",
-            "--config",
-            "vss.yaml",
-            "--output",
-            "github",
-            "--continue-on-error",
-        ],
+        &["pipeline", "--config", "vss.yaml", "--output", "github", "--continue-on-error"],
         &[("GITHUB_STEP_SUMMARY", summary.to_str().unwrap())],
     );
     assert_eq!(run.code, 2);
@@ -161,12 +124,7 @@ fn github_output_writes_commands_and_a_step_summary() {
         "{}",
         run.stdout
     );
-    assert!(
-        run.stdout
-            .contains("::error title=vss Broken::target `Broken`"),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains("::error title=vss Broken::target `Broken`"), "{}", run.stdout);
     assert!(
         run.stdout.contains(
             "::notice title=vss::7 added, 0 modified, 0 removed, 0 unchanged across 4 targets"
@@ -187,21 +145,9 @@ fn graph_draws_the_job_dag() {
     assert_eq!(dot.code, 0);
     assert!(dot.stdout.starts_with("digraph vss {"), "{}", dot.stdout);
     assert!(dot.stdout.contains("\"merge:Base\" -> \"merge:Staging\""));
-    assert!(
-        dot.stdout
-            .contains("\"merge:Staging\" -> \"merge:Production\"")
-    );
-    assert!(
-        dot.stdout
-            .contains("\"merge:Production\" -> \"sync:Production\"")
-    );
+    assert!(dot.stdout.contains("\"merge:Staging\" -> \"merge:Production\""));
+    assert!(dot.stdout.contains("\"merge:Production\" -> \"sync:Production\""));
     let mermaid = ws.run(&["graph", "--config", "vss.yaml", "--format", "mermaid"]);
     assert!(mermaid.stdout.starts_with("flowchart LR"));
-    assert!(
-        mermaid
-            .stdout
-            .contains("merge_Staging --> merge_Production"),
-        "{}",
-        mermaid.stdout
-    );
+    assert!(mermaid.stdout.contains("merge_Staging --> merge_Production"), "{}", mermaid.stdout);
 }

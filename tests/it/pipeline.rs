@@ -14,10 +14,7 @@ fn deep_merge_rules_through_three_levels_of_inheritance() {
     let report = run.json();
     assert_eq!(counts(&target(&report, "Base")["summary"]), (2, 0, 0, 0));
     assert_eq!(counts(&target(&report, "Staging")["summary"]), (2, 0, 0, 0));
-    assert_eq!(
-        counts(&target(&report, "Production")["summary"]),
-        (3, 0, 0, 0)
-    );
+    assert_eq!(counts(&target(&report, "Production")["summary"]), (3, 0, 0, 0));
     assert_eq!(counts(&report["summary"]), (7, 0, 0, 0));
 
     assert_eq!(
@@ -34,14 +31,8 @@ fn deep_merge_rules_through_three_levels_of_inheritance() {
         ws.read_secret("out/prod", "app/db").unwrap(),
         json!({"host": "db-prod", "port": 5432, "opts": {"ssl": true, "pool": 5}, "tags": ["a", "b", "c"]})
     );
-    assert_eq!(
-        ws.read_secret("out/prod", "shared/flags").unwrap(),
-        json!({"beta": false})
-    );
-    assert_eq!(
-        ws.read_secret("out/prod", "payments/key").unwrap(),
-        json!({"key": "k1"})
-    );
+    assert_eq!(ws.read_secret("out/prod", "shared/flags").unwrap(), json!({"beta": false}));
+    assert_eq!(ws.read_secret("out/prod", "payments/key").unwrap(), json!({"key": "k1"}));
     assert!(
         ws.read_secret("out/stg", "payments/key").is_none(),
         "children do not leak into parents"
@@ -73,10 +64,7 @@ targets:
         ws.read_secret("o2", "s").unwrap(),
         json!({"l": [1, 2, 3], "t": "flat", "keep": "a"})
     );
-    assert_eq!(
-        ws.read_secret("o3", "s").unwrap(),
-        json!({"l": [2, 3], "t": "flat", "keep": "a"})
-    );
+    assert_eq!(ws.read_secret("o3", "s").unwrap(), json!({"l": [2, 3], "t": "flat", "keep": "a"}));
 }
 
 #[test]
@@ -86,29 +74,18 @@ fn a_second_run_changes_nothing_and_rewrites_no_file() {
     let before = ws.mtimes();
     std::thread::sleep(std::time::Duration::from_millis(20));
     let run = ws.pipeline(&["--exit-code"]);
-    assert_eq!(
-        run.code, 0,
-        "no changes → exit 0 with --exit-code\n{}",
-        run.stderr
-    );
+    assert_eq!(run.code, 0, "no changes → exit 0 with --exit-code\n{}", run.stderr);
     assert_eq!(counts(&run.json()["summary"]), (0, 0, 0, 7));
     assert_eq!(ws.mtimes(), before, "an unchanged resync writes nothing");
     // Lists never grow on re-runs.
-    assert_eq!(
-        ws.read_secret("out/prod", "app/db").unwrap()["tags"],
-        json!(["a", "b", "c"])
-    );
+    assert_eq!(ws.read_secret("out/prod", "app/db").unwrap()["tags"], json!(["a", "b", "c"]));
 }
 
 #[test]
 fn a_source_change_flows_to_every_descendant() {
     let ws = three_levels();
     assert_eq!(ws.pipeline(&[]).code, 0);
-    ws.secret(
-        "src/common",
-        "shared/flags",
-        json!({"beta": true, "new": 1}),
-    );
+    ws.secret("src/common", "shared/flags", json!({"beta": true, "new": 1}));
     let run = ws.pipeline(&["--exit-code"]);
     assert_eq!(run.code, 1, "changes → exit 1 with --exit-code");
     let report = run.json();
@@ -137,10 +114,7 @@ fn drift_in_a_target_is_detected_and_repaired() {
     assert_eq!(run.code, 1);
     let stg = target(&run.json(), "Staging").clone();
     assert_eq!(counts(&stg["summary"]), (0, 1, 0, 1));
-    assert_eq!(
-        ws.read_secret("out/stg", "app/db").unwrap()["host"],
-        "db-stg"
-    );
+    assert_eq!(ws.read_secret("out/stg", "app/db").unwrap()["host"], "db-stg");
 }
 
 #[test]
@@ -153,35 +127,22 @@ fn dry_run_writes_nothing_anywhere() {
     assert_eq!(report["dry_run"], true);
     // The plan is complete: children see what their parents' merges would produce.
     assert_eq!(counts(&report["summary"]), (7, 0, 0, 0));
-    assert_eq!(
-        ws.contents(),
-        before,
-        "no merge store, target or state file appeared"
-    );
+    assert_eq!(ws.contents(), before, "no merge store, target or state file appeared");
 
     // After a real run, a dry run with a pending change reports it and still writes nothing.
     assert_eq!(ws.pipeline(&[]).code, 0);
     ws.secret("src/prod", "payments/key", json!({"key": "k2"}));
     let before = ws.mtimes();
     let run = ws.pipeline(&["--dry-run"]);
-    assert_eq!(
-        run.code, 0,
-        "without --exit-code a successful dry run exits 0"
-    );
-    assert_eq!(
-        counts(&target(&run.json(), "Production")["summary"]),
-        (0, 1, 0, 2)
-    );
+    assert_eq!(run.code, 0, "without --exit-code a successful dry run exits 0");
+    assert_eq!(counts(&target(&run.json(), "Production")["summary"]), (0, 1, 0, 2));
     assert_eq!(ws.mtimes(), before);
 }
 
 #[test]
 fn pipeline_dry_run_in_the_config_is_honoured() {
     let ws = three_levels();
-    ws.config(&format!(
-        "{}\npipeline: {{ dry_run: true }}\n",
-        crate::THREE_LEVELS
-    ));
+    ws.config(&format!("{}\npipeline: {{ dry_run: true }}\n", crate::THREE_LEVELS));
     let before = ws.contents();
     let run = ws.pipeline(&[]);
     assert_eq!(run.json()["dry_run"], true);
@@ -195,28 +156,16 @@ fn merge_only_then_sync_only() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report = run.json();
     assert_eq!(report["phase"], "merge");
-    assert_eq!(
-        counts(&target(&report, "Production")["summary"]),
-        (3, 0, 0, 0)
-    );
-    assert!(
-        ws.read_secret("merged", "targets/Production/app/db")
-            .is_some()
-    );
-    assert!(
-        !ws.path().join("out").exists(),
-        "merge-only never touches targets"
-    );
+    assert_eq!(counts(&target(&report, "Production")["summary"]), (3, 0, 0, 0));
+    assert!(ws.read_secret("merged", "targets/Production/app/db").is_some());
+    assert!(!ws.path().join("out").exists(), "merge-only never touches targets");
 
     let run = ws.pipeline(&["--sync-only"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report = run.json();
     assert_eq!(report["phase"], "sync");
     assert_eq!(counts(&report["summary"]), (7, 0, 0, 0));
-    assert_eq!(
-        ws.read_secret("out/prod", "app/db").unwrap()["host"],
-        "db-prod"
-    );
+    assert_eq!(ws.read_secret("out/prod", "app/db").unwrap()["host"], "db-prod");
 }
 
 #[test]
@@ -226,13 +175,7 @@ fn sync_only_before_any_merge_is_a_clear_error() {
     assert_eq!(run.code, 2);
     let base = target(&run.json(), "Base").clone();
     assert_eq!(base["status"], "failed");
-    assert!(
-        base["error"]
-            .as_str()
-            .unwrap()
-            .contains("run the merge phase first"),
-        "{base}"
-    );
+    assert!(base["error"].as_str().unwrap().contains("run the merge phase first"), "{base}");
 }
 
 #[test]
@@ -254,15 +197,9 @@ fn selected_targets_run_with_their_parents_merges() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report = run.json();
     assert_eq!(report["targets"].as_array().unwrap().len(), 1);
-    assert_eq!(
-        counts(&target(&report, "Production")["summary"]),
-        (3, 0, 0, 0)
-    );
+    assert_eq!(counts(&target(&report, "Production")["summary"]), (3, 0, 0, 0));
     assert!(!ws.path().join("out/base").exists() && !ws.path().join("out/stg").exists());
-    assert!(
-        ws.read_secret("merged", "targets/Staging/app/db").is_some(),
-        "parents were merged"
-    );
+    assert!(ws.read_secret("merged", "targets/Staging/app/db").is_some(), "parents were merged");
 
     let run = ws.pipeline(&["--targets", "Prod"]);
     assert_eq!(run.code, 2);
@@ -291,15 +228,8 @@ targets:
     ws.secret("good", "s", json!({"k": 1}));
     ws.write("bad/s.json", "{ not json");
 
-    let run = ws.run(&[
-        "pipeline",
-        "--config",
-        "vss.yaml",
-        "--output",
-        "json",
-        "--parallelism",
-        "1",
-    ]);
+    let run =
+        ws.run(&["pipeline", "--config", "vss.yaml", "--output", "json", "--parallelism", "1"]);
     assert_eq!(run.code, 2);
     let report = run.json();
     let broken = target(&report, "Broken");
@@ -310,11 +240,7 @@ targets:
         "{error}"
     );
     assert_eq!(target(&report, "Child")["status"], "skipped");
-    assert_eq!(
-        target(&report, "Fine")["status"],
-        "skipped",
-        "the run stopped at the first error"
-    );
+    assert_eq!(target(&report, "Fine")["status"], "skipped", "the run stopped at the first error");
     assert!(ws.read_secret("o3", "s").is_none());
 
     let run = ws.pipeline(&["--continue-on-error", "--parallelism", "1"]);

@@ -21,11 +21,7 @@ pub fn vss_bin() -> &'static Path {
         assert!(status.success(), "building vss failed");
         // The test binary lives in <target>/<profile>/deps/; vss in <target>/<profile>/.
         let exe = std::env::current_exe().expect("test binary path");
-        let bin = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target dir")
-            .join("vss");
+        let bin = exe.parent().and_then(Path::parent).expect("target dir").join("vss");
         assert!(bin.exists(), "vss binary not found at {}", bin.display());
         bin
     })
@@ -54,10 +50,7 @@ impl Run {
     /// Stdout parsed as the JSON report.
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
-                self.stdout, self.stderr
-            )
+            panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr)
         })
     }
 }
@@ -76,9 +69,7 @@ impl Default for Workspace {
 impl Workspace {
     /// A new, empty workspace (removed on drop).
     pub fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
+        Self { dir: tempfile::tempdir().expect("temp dir") }
     }
 
     /// The workspace's root.
@@ -178,10 +169,6 @@ pub fn target<'a>(report: &'a Value, name: &str) -> &'a Value {
 
 /// `(added, modified, removed, unchanged)` of a summary.
 pub fn counts(summary: &Value) -> (u64, u64, u64, u64) {
-    let n = |k: &str| {
-        summary[k]
-            .as_u64()
-            .unwrap_or_else(|| panic!("summary.{k} in {summary}"))
-    };
+    let n = |k: &str| summary[k].as_u64().unwrap_or_else(|| panic!("summary.{k} in {summary}"));
     (n("added"), n("modified"), n("removed"), n("unchanged"))
 }

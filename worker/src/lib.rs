@@ -51,10 +51,7 @@ pub struct WorkerContext {
 impl WorkerContext {
     /// A context for jobs of one kind of run; `dry_run` keeps every write in memory.
     pub fn new(dry_run: bool) -> Self {
-        Self {
-            stores: StoreCache::new(dry_run),
-            hash_key: Mutex::new(None),
-        }
+        Self { stores: StoreCache::new(dry_run), hash_key: Mutex::new(None) }
     }
 
     /// The stores opened so far.
@@ -190,10 +187,9 @@ async fn apply(store: &Arc<dyn SecretStore>, prefix: &str, writes: Vec<Write>) -
         .map(|w| async move {
             let full = format!("{prefix}{}", w.name);
             let done = match w.value {
-                Some((value, hash)) => store
-                    .write(&full, &value, w.pre)
-                    .await
-                    .map(|v| Some((hash, v))),
+                Some((value, hash)) => {
+                    store.write(&full, &value, w.pre).await.map(|v| Some((hash, v)))
+                }
                 None => store.delete(&full, w.pre).await.map(|()| None),
             };
             (w.name, done)
@@ -208,14 +204,15 @@ async fn apply(store: &Arc<dyn SecretStore>, prefix: &str, writes: Vec<Write>) -
 fn record_outcomes<R>(
     outcomes: Outcomes,
     records: &mut BTreeMap<String, R>,
-    record: impl Fn(ContentHash, Version) -> R,
+    record: impl Fn(&str, ContentHash, Version) -> R,
 ) -> Result<(), JobError> {
     let mut first_error = None;
     let mut failed = 0;
     for (name, done) in outcomes {
         match done {
             Ok(Some((hash, version))) => {
-                records.insert(name, record(hash, version));
+                let value = record(&name, hash, version);
+                records.insert(name, value);
             }
             Ok(None) => {
                 records.remove(&name);
@@ -229,9 +226,7 @@ fn record_outcomes<R>(
     match first_error {
         None => Ok(()),
         Some(e) if failed == 1 => Err(e.into()),
-        Some(e) => Err(JobError::Refused(format!(
-            "{failed} changes failed; the first: {e}"
-        ))),
+        Some(e) => Err(JobError::Refused(format!("{failed} changes failed; the first: {e}"))),
     }
 }
 
@@ -239,18 +234,21 @@ fn record_outcomes<R>(
 /// (`manifests/<target>`), so a sync learns the desired hashes without reading values.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Manifest {
-    /// Fingerprint of everything the merge read (layer listings, spec, hash key): equal
-    /// fingerprints mean the merge would produce the same result, so it is skipped.
-    #[serde(default)]
-    inputs: Option<ContentHash>,
-    /// Secret name → (hash, version in the merge store).
+    /// Secret name → what was merged and written.
     secrets: BTreeMap<String, ManifestEntry>,
 }
 
+/// One merged secret in the manifest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct ManifestEntry {
+    /// Keyed hash of the merged value.
     hash: ContentHash,
+    /// Its version in the merge store right after the write.
     version: Version,
+    /// Keyed fingerprint of its inputs (spec and per-layer versions); equal inputs mean an
+    /// equal merge result.
+    #[serde(default)]
+    inputs: Option<ContentHash>,
 }
 
 impl Manifest {
@@ -285,30 +283,14 @@ impl Manifest {
             unreachable!("a struct serializes to an object")
         };
         store
-            .write(
-                &Self::name(target),
-                &SecretValue::new(map),
-                vss_stores::Precondition::None,
-            )
+            .write(&Self::name(target), &SecretValue::new(map), vss_stores::Precondition::None)
             .await?;
         Ok(())
     }
 
-    /// Whether the merged folder still holds exactly the secrets and versions recorded.
-    fn matches(&self, listed: &BTreeMap<String, Version>) -> bool {
-        self.secrets.len() == listed.len()
-            && self
-                .secrets
-                .iter()
-                .all(|(name, e)| listed.get(name) == Some(&e.version))
-    }
-
     /// The recorded hash of `name`, if its listed version is still the one recorded.
     fn hash_if_current(&self, name: &str, listed: &Version) -> Option<ContentHash> {
-        self.secrets
-            .get(name)
-            .filter(|e| &e.version == listed)
-            .map(|e| e.hash.clone())
+        self.secrets.get(name).filter(|e| &e.version == listed).map(|e| e.hash.clone())
     }
 }
 
@@ -316,3 +298,6 @@ impl Manifest {
 fn merged_prefix(target: &str) -> String {
     format!("targets/{target}/")
 }
+
+#[cfg(test)]
+mod tests;

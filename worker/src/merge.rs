@@ -2,22 +2,23 @@
 //! merge store (`targets/<target>/…` plus `manifests/<target>`) to that result, writing only
 //! secrets whose content changed.
 //!
-//! When nothing the merge reads has moved since the last merge (every layer's listing, the
-//! spec and the hash key, fingerprinted in the manifest) and the merged folder is as recorded,
-//! the merge is skipped: an unchanged resync costs listings only.
+//! Merging is per secret name, so it is incremental: the manifest keeps, for each merged
+//! secret, a fingerprint of its inputs (the spec, and that name's version in every layer). A
+//! secret whose inputs and merged copy are as recorded is not read at all; an unchanged
+//! resync costs listings only, and a change to one source secret rereads just that name.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use vss_protocol::HashKey;
 use vss_protocol::diff::SecretChange;
 use vss_protocol::job::{Job, JobResult, LayerSpec, MergeSpec};
 use vss_protocol::merge::merge_layer;
+use vss_protocol::{ContentHash, HashKey};
 use vss_stores::{Precondition, SecretStore, Version};
 
 use crate::{
     JobError, Manifest, ManifestEntry, WorkerContext, Write, apply, list_versions, merged_prefix,
-    read_listing, read_many, record_outcomes,
+    read_many, record_outcomes,
 };
 
 /// One layer's store, folder and listing.
@@ -44,88 +45,73 @@ pub(crate) async fn run(
             LayerSpec::Target { name } => (merge_store.clone(), merged_prefix(name)),
         };
         let listed = list_versions(&store, &prefix).await?;
-        layers.push(LayerListing {
-            store,
-            prefix,
-            listed,
-        });
+        layers.push(LayerListing { store, prefix, listed });
     }
-    let inputs = fingerprint(&key, spec, &layers);
     let listed = list_versions(&merge_store, &prefix).await?;
     let old = Manifest::read(&merge_store, &job.target).await?;
-    if let Some(old) = &old
-        && old.inputs.as_ref() == Some(&inputs)
-        && old.matches(&listed)
-    {
-        tracing::debug!("inputs unchanged since the last merge; skipped");
-        result.unchanged = listed.len() as u64;
-        return Ok(());
-    }
     let manifest_exists = old.is_some();
     let old = old.unwrap_or_default();
 
-    let mut merged = BTreeMap::new();
-    for layer in &layers {
-        let secrets = read_listing(&layer.store, &layer.prefix, &layer.listed).await?;
-        merge_layer(&mut merged, secrets, spec.list_merge);
-    }
-
-    let mut manifest = Manifest {
-        inputs: Some(inputs),
-        secrets: BTreeMap::new(),
-    };
-    let mut hashes = BTreeMap::new();
-    let mut to_check = Vec::new();
-    for (name, value) in &merged {
-        let hash = key.hash(value);
-        if let Some(version) = listed.get(name) {
-            if old.hash_if_current(name, version).as_ref() == Some(&hash) {
-                let entry = ManifestEntry {
-                    hash,
-                    version: version.clone(),
-                };
-                manifest.secrets.insert(name.clone(), entry);
-                result.unchanged += 1;
-                continue;
-            }
-            to_check.push(name.clone());
-        }
-        hashes.insert(name.clone(), hash);
-    }
-
-    let stale: Vec<String> = listed
-        .keys()
-        .filter(|n| !merged.contains_key(*n))
-        .cloned()
-        .collect();
-    let keep_stale = merged.is_empty() && !stale.is_empty();
-    if keep_stale {
+    let names: BTreeSet<&String> = layers.iter().flat_map(|l| l.listed.keys()).collect();
+    if names.is_empty() && !listed.is_empty() {
         // Every layer came back empty: more likely a broken source than a real wipe-out.
         result.warnings.push(format!(
             "merge of `{}` produced no secrets; keeping the {} secrets merged earlier",
             job.target,
-            stale.len()
+            listed.len()
         ));
         return Ok(());
     }
-    to_check.extend(stale.iter().cloned());
-    let mut current = read_many(&merge_store, &prefix, to_check).await?;
+
+    // Which names need merging: those whose inputs or merged copy moved since the last merge.
+    let spec_bytes =
+        serde_json::to_vec(&(&spec.layers, spec.list_merge)).expect("merge specs serialize");
+    let mut manifest = Manifest { secrets: BTreeMap::new() };
+    let mut dirty: BTreeMap<String, ContentHash> = BTreeMap::new();
+    for name in names {
+        let inputs = input_fingerprint(&key, &spec_bytes, &layers, name);
+        match (listed.get(name), old.secrets.get(name)) {
+            (Some(version), Some(entry))
+                if entry.version == *version && entry.inputs.as_ref() == Some(&inputs) =>
+            {
+                manifest.secrets.insert(name.clone(), entry.clone());
+                result.unchanged += 1;
+            }
+            _ => {
+                dirty.insert(name.clone(), inputs);
+            }
+        }
+    }
+
+    let mut merged = BTreeMap::new();
+    for layer in &layers {
+        let wanted = dirty.keys().filter(|n| layer.listed.contains_key(*n)).cloned().collect();
+        let values = read_many(&layer.store, &layer.prefix, wanted).await?;
+        merge_layer(&mut merged, values, spec.list_merge);
+    }
+
+    // The merged copies that may differ: dirty names already present, and stale ones.
+    let stale: Vec<String> = listed
+        .keys()
+        .filter(|n| !manifest.secrets.contains_key(*n) && !dirty.contains_key(*n))
+        .cloned()
+        .collect();
+    let to_read: Vec<String> =
+        dirty.keys().filter(|n| listed.contains_key(*n)).chain(stale.iter()).cloned().collect();
+    let mut current = read_many(&merge_store, &prefix, to_read).await?;
 
     let mut writes = Vec::new();
+    let mut inputs_of = BTreeMap::new();
     for (name, value) in merged {
-        let Some(hash) = hashes.remove(&name) else {
-            continue;
-        };
+        let inputs = dirty.remove(&name).expect("only dirty names are merged");
+        let hash = key.hash(&value);
         let existing = current.remove(&name).map(|v| {
             let h = key.hash(&v);
             (v, h)
         });
         let pre = match (&existing, listed.get(&name)) {
             (Some((_, current_hash)), Some(version)) if *current_hash == hash => {
-                let entry = ManifestEntry {
-                    hash,
-                    version: version.clone(),
-                };
+                let entry = ManifestEntry { hash, version: version.clone(), inputs: Some(inputs) };
                 manifest.secrets.insert(name, entry);
                 result.unchanged += 1;
                 continue;
@@ -139,53 +125,41 @@ pub(crate) async fn run(
             Some((&value, hash.clone())),
         );
         result.changes.push(change);
-        writes.push(Write {
-            name,
-            pre,
-            value: Some((value, hash)),
-        });
+        inputs_of.insert(name.clone(), inputs);
+        writes.push(Write { name, pre, value: Some((value, hash)) });
     }
     for name in stale {
         let value = current.remove(&name).expect("stale secrets were read");
         let hash = key.hash(&value);
-        let version = listed[&name].clone();
-        result.changes.push(SecretChange::between(
-            name.clone(),
-            Some((&value, hash)),
-            None,
-        ));
-        writes.push(Write {
-            name,
-            pre: Precondition::Matches(version),
-            value: None,
-        });
+        let pre = Precondition::Matches(listed[&name].clone());
+        result.changes.push(SecretChange::between(name.clone(), Some((&value, hash)), None));
+        writes.push(Write { name, pre, value: None });
     }
 
     let outcomes = apply(&merge_store, &prefix, writes).await;
-    record_outcomes(outcomes, &mut manifest.secrets, |hash, version| {
-        ManifestEntry { hash, version }
+    record_outcomes(outcomes, &mut manifest.secrets, |name, hash, version| ManifestEntry {
+        hash,
+        version,
+        inputs: inputs_of.get(name).cloned(),
     })?;
     // A missing manifest compares equal to an empty one, so write it then too.
     if manifest != old || !manifest_exists {
         manifest.write(&merge_store, &job.target).await?;
     }
-    tracing::debug!(
-        secrets = manifest.secrets.len(),
-        layers = spec.layers.len(),
-        "merged"
-    );
+    tracing::debug!(secrets = manifest.secrets.len(), layers = spec.layers.len(), "merged");
     Ok(())
 }
 
-/// A keyed fingerprint of everything a merge reads: the spec (layer order, list rule) and each
-/// layer's names and versions.
-fn fingerprint(
+/// A keyed fingerprint of what one merged secret is made of: the spec (layer order, list rule)
+/// and the secret's version in every layer.
+fn input_fingerprint(
     key: &HashKey,
-    spec: &MergeSpec,
+    spec_bytes: &[u8],
     layers: &[LayerListing],
-) -> vss_protocol::ContentHash {
-    let listings: Vec<_> = layers.iter().map(|l| (&l.prefix, &l.listed)).collect();
-    let bytes = serde_json::to_vec(&(&spec.layers, spec.list_merge, listings))
-        .expect("fingerprint input serializes");
+    name: &str,
+) -> ContentHash {
+    let versions: Vec<Option<&Version>> = layers.iter().map(|l| l.listed.get(name)).collect();
+    let mut bytes = spec_bytes.to_vec();
+    bytes.extend(serde_json::to_vec(&versions).expect("versions serialize"));
     key.fingerprint(&bytes)
 }

@@ -54,10 +54,7 @@ impl Desired {
         let mut hashes = BTreeMap::new();
         let mut unknown = BTreeMap::new();
         for (name, version) in listed {
-            match manifest
-                .as_ref()
-                .and_then(|m| m.hash_if_current(&name, &version))
-            {
+            match manifest.as_ref().and_then(|m| m.hash_if_current(&name, &version)) {
                 Some(hash) => {
                     hashes.insert(name, hash);
                 }
@@ -68,12 +65,7 @@ impl Desired {
         }
         let values = read_listing(&store, &prefix, &unknown).await?;
         hashes.extend(values.iter().map(|(n, v)| (n.clone(), key.hash(v))));
-        Ok(Self {
-            store,
-            prefix,
-            hashes,
-            values,
-        })
+        Ok(Self { store, prefix, hashes, values })
     }
 
     /// The values of `names`, from memory or the store.
@@ -164,10 +156,8 @@ pub(crate) async fn run(
     // Current values of everything that may differ (drift checks, key diffs, deletes).
     let mut current = read_many(&target, "", to_read).await?;
     let mut modified = Vec::new();
-    let current_hashes: BTreeMap<String, ContentHash> = current
-        .iter()
-        .map(|(n, v)| (n.clone(), key.hash(v)))
-        .collect();
+    let current_hashes: BTreeMap<String, ContentHash> =
+        current.iter().map(|(n, v)| (n.clone(), key.hash(v))).collect();
     for (name, current_hash) in &current_hashes {
         let Some(hash) = desired.hashes.get(name) else {
             continue;
@@ -176,13 +166,7 @@ pub(crate) async fn run(
             tracing::trace!(secret = %name, "unchanged after reading");
             result.unchanged += 1;
             let version = listed[name].clone();
-            records.secrets.insert(
-                name.clone(),
-                Record {
-                    hash: hash.clone(),
-                    version,
-                },
-            );
+            records.secrets.insert(name.clone(), Record { hash: hash.clone(), version });
         } else {
             modified.push(name.clone());
         }
@@ -194,27 +178,19 @@ pub(crate) async fn run(
     let mut writes = Vec::new();
     for name in added {
         tracing::debug!(secret = %name, "create");
-        let (value, hash) = (
-            values.remove(&name).expect("read above"),
-            desired.hashes[&name].clone(),
-        );
+        let (value, hash) =
+            (values.remove(&name).expect("read above"), desired.hashes[&name].clone());
         result.changes.push(SecretChange::between(
             name.clone(),
             None,
             Some((&value, hash.clone())),
         ));
-        writes.push(Write {
-            name,
-            pre: Precondition::Absent,
-            value: Some((value, hash)),
-        });
+        writes.push(Write { name, pre: Precondition::Absent, value: Some((value, hash)) });
     }
     for name in modified {
         tracing::debug!(secret = %name, "update");
-        let (value, hash) = (
-            values.remove(&name).expect("read above"),
-            desired.hashes[&name].clone(),
-        );
+        let (value, hash) =
+            (values.remove(&name).expect("read above"), desired.hashes[&name].clone());
         let old = current.remove(&name).expect("read above");
         result.changes.push(SecretChange::between(
             name.clone(),
@@ -222,28 +198,16 @@ pub(crate) async fn run(
             Some((&value, hash.clone())),
         ));
         let pre = Precondition::Matches(listed[&name].clone());
-        writes.push(Write {
-            name,
-            pre,
-            value: Some((value, hash)),
-        });
+        writes.push(Write { name, pre, value: Some((value, hash)) });
     }
     if deleting {
         for name in orphans {
             tracing::debug!(secret = %name, "delete");
             let old = current.remove(&name).expect("read above");
             let old_hash = current_hashes[&name].clone();
-            result.changes.push(SecretChange::between(
-                name.clone(),
-                Some((&old, old_hash)),
-                None,
-            ));
+            result.changes.push(SecretChange::between(name.clone(), Some((&old, old_hash)), None));
             let pre = Precondition::Matches(listed[&name].clone());
-            writes.push(Write {
-                name,
-                pre,
-                value: None,
-            });
+            writes.push(Write { name, pre, value: None });
         }
     }
 
@@ -251,7 +215,7 @@ pub(crate) async fn run(
         return Ok(());
     }
     let outcomes = apply(&target, "", writes).await;
-    let applied = record_outcomes(outcomes, &mut records.secrets, |hash, version| Record {
+    let applied = record_outcomes(outcomes, &mut records.secrets, |_, hash, version| Record {
         hash,
         version,
     });

@@ -7,9 +7,7 @@ use super::{Report, Status};
 
 /// Escapes workflow-command data.
 fn data(text: &str) -> String {
-    text.replace('%', "%25")
-        .replace('\r', "%0D")
-        .replace('\n', "%0A")
+    text.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
 }
 
 /// Escapes a workflow-command property value.
@@ -63,19 +61,8 @@ pub fn render(report: &Report) -> (String, String) {
     );
 
     let mut md = String::new();
-    let _ = writeln!(
-        md,
-        "### vss {}\n",
-        if report.dry_run {
-            "plan (dry run)"
-        } else {
-            "sync"
-        }
-    );
-    let _ = writeln!(
-        md,
-        "| Target | Status | Added | Modified | Removed | Unchanged |"
-    );
+    let _ = writeln!(md, "### vss {}\n", if report.dry_run { "plan (dry run)" } else { "sync" });
+    let _ = writeln!(md, "| Target | Status | Added | Modified | Removed | Unchanged |");
     let _ = writeln!(md, "|---|---|---:|---:|---:|---:|");
     for t in &report.targets {
         let status = match t.status {

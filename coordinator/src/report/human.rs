@@ -22,21 +22,12 @@ fn colour(change: ChangeType) -> &'static str {
 /// Renders the report; `colour` adds ANSI colours.
 pub fn render(report: &Report, use_colour: bool) -> String {
     let paint = |code: &'static str, text: &str| {
-        if use_colour {
-            format!("{code}{text}{RESET}")
-        } else {
-            text.to_string()
-        }
+        if use_colour { format!("{code}{text}{RESET}") } else { text.to_string() }
     };
     let mut out = String::new();
     let what = match report.phase {
         Phase::Sync => "targets",
-        Phase::Merge => "merge store",
-    };
-    let verb = if report.dry_run {
-        "would change"
-    } else {
-        "changed"
+        Phase::Merge => "targets in the merge store",
     };
     for target in &report.targets {
         let s = &target.summary;
@@ -57,11 +48,7 @@ pub fn render(report: &Report, use_colour: bool) -> String {
                 );
             }
             Status::Failed | Status::Skipped => {
-                let label = if target.status == Status::Failed {
-                    "FAILED"
-                } else {
-                    "SKIPPED"
-                };
+                let label = if target.status == Status::Failed { "FAILED" } else { "SKIPPED" };
                 let _ = writeln!(
                     out,
                     ": {}: {}",
@@ -75,11 +62,7 @@ pub fn render(report: &Report, use_colour: bool) -> String {
         }
     }
     for error in &report.errors {
-        if !report
-            .targets
-            .iter()
-            .any(|t| t.error.as_deref().is_some_and(|e| error.ends_with(e)))
-        {
+        if !report.targets.iter().any(|t| t.error.as_deref().is_some_and(|e| error.ends_with(e))) {
             let _ = writeln!(out, "error: {error}");
         }
     }
@@ -93,24 +76,11 @@ pub fn render(report: &Report, use_colour: bool) -> String {
         s.removed,
         s.unchanged,
         report.targets.len(),
-        if report.dry_run {
-            " (dry run: nothing was written)"
-        } else {
-            ""
-        }
+        if report.dry_run { " (dry run: nothing was written)" } else { "" }
     );
     if report.has_errors() {
-        let failed = report
-            .targets
-            .iter()
-            .filter(|t| t.status != Status::Ok)
-            .count();
-        let _ = writeln!(
-            out,
-            "{} of {} targets did not complete; {verb} the rest.",
-            failed,
-            report.targets.len()
-        );
+        let failed = report.targets.iter().filter(|t| t.status != Status::Ok).count();
+        let _ = writeln!(out, "{} of {} targets did not complete.", failed, report.targets.len());
     }
     out
 }
@@ -121,14 +91,7 @@ fn line(change: &SecretChange, use_colour: bool) -> String {
     keys.extend(change.keys_modified.iter().map(|k| format!("~{k}")));
     keys.extend(change.keys_removed.iter().map(|k| format!("-{k}")));
     let head = format!("{} {}", change.change_type.symbol(), change.path);
-    let head = if use_colour {
-        format!("{}{head}{RESET}", colour(change.change_type))
-    } else {
-        head
-    };
-    if keys.is_empty() {
-        head
-    } else {
-        format!("{head}  ({})", keys.join(", "))
-    }
+    let head =
+        if use_colour { format!("{}{head}{RESET}", colour(change.change_type)) } else { head };
+    if keys.is_empty() { head } else { format!("{head}  ({})", keys.join(", ")) }
 }

@@ -93,20 +93,11 @@ impl Report {
                 status,
                 summary: target_summary,
                 changes: main.changes.clone(),
-                warnings: own
-                    .iter()
-                    .flat_map(|r| r.warnings.iter().cloned())
-                    .collect(),
+                warnings: own.iter().flat_map(|r| r.warnings.iter().cloned()).collect(),
                 error,
             });
         }
-        Self {
-            dry_run,
-            phase,
-            summary,
-            targets,
-            errors,
-        }
+        Self { dry_run, phase, summary, targets, errors }
     }
 
     /// Whether any job failed or was skipped.

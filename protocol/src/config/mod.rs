@@ -35,12 +35,7 @@ pub struct Diagnostic {
 impl Diagnostic {
     /// A diagnostic at a line and key.
     pub fn at(file: &str, line: Option<usize>, key: String, message: String) -> Self {
-        Self {
-            file: file.to_string(),
-            line,
-            key,
-            message,
-        }
+        Self { file: file.to_string(), line, key, message }
     }
 }
 
@@ -74,11 +69,8 @@ pub enum ConfigError {
 }
 
 fn render(diags: &[Diagnostic]) -> String {
-    let mut out = format!(
-        "config has {} error{}:",
-        diags.len(),
-        if diags.len() == 1 { "" } else { "s" }
-    );
+    let mut out =
+        format!("config has {} error{}:", diags.len(), if diags.len() == 1 { "" } else { "s" });
     for d in diags {
         out.push_str("\n  ");
         out.push_str(&d.to_string());
@@ -140,10 +132,7 @@ pub struct DeleteThreshold {
 
 impl Default for DeleteThreshold {
     fn default() -> Self {
-        Self {
-            percent: 10.0,
-            count: 5,
-        }
+        Self { percent: 10.0, count: 5 }
     }
 }
 
@@ -251,18 +240,11 @@ pub enum LogFormat {
 impl Config {
     /// Reads and validates a config file; relative paths in it are taken from its folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let base = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
-        Self::from_yaml(&text, &path.display().to_string(), &base, &|name| {
-            std::env::var(name).ok()
-        })
+        Self::from_yaml(&text, &path.display().to_string(), &base, &|name| std::env::var(name).ok())
     }
 
     /// Parses and validates config text. Pure: the environment is passed in as `env`.
@@ -288,10 +270,7 @@ impl Config {
                     order.push(name);
                 }
             }
-            assert!(
-                order.len() > before,
-                "validated configs have no inheritance cycles"
-            );
+            assert!(order.len() > before, "validated configs have no inheritance cycles");
         }
         order
     }

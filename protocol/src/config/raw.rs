@@ -138,19 +138,11 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn error(&mut self, at: &[Segment], message: String) {
-        self.diags.push(Diagnostic::at(
-            self.file,
-            self.doc.line_of(at),
-            display_path(at),
-            message,
-        ));
+        self.diags.push(Diagnostic::at(self.file, self.doc.line_of(at), display_path(at), message));
     }
 
     fn not_supported(&mut self, at: &[Segment], what: &str) {
-        self.error(
-            at,
-            format!("{what} is not supported yet by this version of vss"),
-        );
+        self.error(at, format!("{what} is not supported yet by this version of vss"));
     }
 }
 
@@ -194,9 +186,8 @@ fn deserialize(doc: &mut Document, file: &str) -> Result<RawConfig, Vec<Diagnost
             })
             .collect();
         let message = err.into_inner().to_string();
-        if let Some(field) = message
-            .strip_prefix("missing field `")
-            .and_then(|m| m.split('`').next())
+        if let Some(field) =
+            message.strip_prefix("missing field `").and_then(|m| m.split('`').next())
         {
             let mut missing = at.clone();
             missing.push(key(field));
@@ -211,12 +202,7 @@ fn deserialize(doc: &mut Document, file: &str) -> Result<RawConfig, Vec<Diagnost
             return Err(diags);
         }
         let message = explain(&message, doc.is_from_env(&at));
-        diags.push(Diagnostic::at(
-            file,
-            doc.line_of(&at),
-            display_path(&at),
-            message,
-        ));
+        diags.push(Diagnostic::at(file, doc.line_of(&at), display_path(&at), message));
         if !doc.remove(&at) {
             return Err(diags);
         }
@@ -228,10 +214,9 @@ fn deserialize(doc: &mut Document, file: &str) -> Result<RawConfig, Vec<Diagnost
 /// Turns a serde message into one for people: "did you mean", and no quoted values from the
 /// environment.
 fn explain(message: &str, from_env: bool) -> String {
-    for (prefix, what) in [
-        ("unknown field `", "unknown key"),
-        ("unknown variant `", "unknown kind"),
-    ] {
+    for (prefix, what) in
+        [("unknown field `", "unknown key"), ("unknown variant `", "unknown kind")]
+    {
         if let Some(rest) = message.strip_prefix(prefix) {
             let (name, expected) = rest.split_once('`').unwrap_or((rest, ""));
             let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
@@ -265,14 +250,7 @@ pub fn did_you_mean<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Opt
             let lower = k.to_lowercase();
             let similarity = strsim::normalized_damerau_levenshtein(&name, &lower);
             let prefix = name.len() >= 3 && (lower.starts_with(&name) || name.starts_with(&lower));
-            (
-                if prefix {
-                    similarity.max(0.8)
-                } else {
-                    similarity
-                },
-                k,
-            )
+            (if prefix { similarity.max(0.8) } else { similarity }, k)
         })
         .filter(|(score, _)| *score >= 0.6)
         .max_by(|a, b| a.0.total_cmp(&b.0))
@@ -283,11 +261,7 @@ pub fn did_you_mean<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Opt
 pub(super) fn build(mut doc: Document, file: &str, base: &Path) -> Result<Config, Vec<Diagnostic>> {
     normalize_shorthands(&mut doc.root);
     let raw = deserialize(&mut doc, file)?;
-    let mut ck = Checker {
-        file,
-        doc: &doc,
-        diags: Vec::new(),
-    };
+    let mut ck = Checker { file, doc: &doc, diags: Vec::new() };
     let resolve = |p: &str| base.join(p);
 
     for (k, present) in [
@@ -304,9 +278,7 @@ pub(super) fn build(mut doc: Document, file: &str, base: &Path) -> Result<Config
     let store = |ck: &mut Checker, at: KeyPath, s: &RawStore| -> Option<StoreSpec> {
         let kind = match s {
             RawStore::File(f) => {
-                return Some(StoreSpec::File {
-                    dir: resolve(&f.dir),
-                });
+                return Some(StoreSpec::File { dir: resolve(&f.dir) });
             }
             RawStore::Vault(_) => "vault",
             RawStore::Aws(_) => "aws",
@@ -322,14 +294,9 @@ pub(super) fn build(mut doc: Document, file: &str, base: &Path) -> Result<Config
         None
     };
 
-    let merge_store = raw
-        .merge_store
-        .as_ref()
-        .and_then(|s| store(&mut ck, path(&["merge_store"]), s));
-    let source = raw
-        .source
-        .as_ref()
-        .and_then(|s| store(&mut ck, path(&["source"]), s));
+    let merge_store =
+        raw.merge_store.as_ref().and_then(|s| store(&mut ck, path(&["merge_store"]), s));
+    let source = raw.source.as_ref().and_then(|s| store(&mut ck, path(&["source"]), s));
     let mut sources = BTreeMap::new();
     for (name, s) in &raw.sources {
         if let Some(spec) = store(&mut ck, path(&["sources", name]), s) {
@@ -354,10 +321,7 @@ pub(super) fn build(mut doc: Document, file: &str, base: &Path) -> Result<Config
     }
     for (phase, parallel) in [("merge", p.merge.parallel), ("sync", p.sync.parallel)] {
         if parallel == Some(0) {
-            ck.error(
-                &path(&["pipeline", phase, "parallel"]),
-                "must be at least 1".into(),
-            );
+            ck.error(&path(&["pipeline", phase, "parallel"]), "must be at least 1".into());
         }
     }
     let mut delete_threshold = DeleteThreshold::default();
@@ -375,24 +339,15 @@ pub(super) fn build(mut doc: Document, file: &str, base: &Path) -> Result<Config
     }
 
     if raw.targets.is_empty() {
-        ck.error(
-            &path(&["targets"]),
-            "at least one target is required".into(),
-        );
+        ck.error(&path(&["targets"]), "at least one target is required".into());
     }
     let target_names: BTreeSet<&str> = raw.targets.keys().map(String::as_str).collect();
     let mut targets = BTreeMap::new();
     for (name, t) in &raw.targets {
         let at = path(&["targets", name]);
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
         {
-            ck.error(
-                &at,
-                "target names may use only letters, digits, `_`, `-` and `.`".into(),
-            );
+            ck.error(&at, "target names may use only letters, digits, `_`, `-` and `.`".into());
         }
         let mut layers = Vec::new();
         if let Some(parent) = &t.inherits {
@@ -420,11 +375,8 @@ pub(super) fn build(mut doc: Document, file: &str, base: &Path) -> Result<Config
                 (true, false) => layers.push(Layer::Source(import.clone())),
                 (false, true) => layers.push(Layer::Target(import.clone())),
                 (false, false) => {
-                    let known = raw
-                        .sources
-                        .keys()
-                        .map(String::as_str)
-                        .chain(target_names.iter().copied());
+                    let known =
+                        raw.sources.keys().map(String::as_str).chain(target_names.iter().copied());
                     let hint = did_you_mean(import, known)
                         .map(|b| format!(" (did you mean `{b}`?)"))
                         .unwrap_or_default();
@@ -473,9 +425,7 @@ pub(super) fn build(mut doc: Document, file: &str, base: &Path) -> Result<Config
                 None
             }
             // A merge-only config needs no target store; nothing will ever sync there.
-            (None, None) => Some(StoreSpec::File {
-                dir: base.join(".vss/unsynced").join(name),
-            }),
+            (None, None) => Some(StoreSpec::File { dir: base.join(".vss/unsynced").join(name) }),
         };
         if let Some(store) = target_store {
             targets.insert(
@@ -493,24 +443,14 @@ pub(super) fn build(mut doc: Document, file: &str, base: &Path) -> Result<Config
     check_cycles(&mut ck, &raw.targets);
 
     let state = match &raw.state {
-        Some(RawState::File { path }) => StateSpec::File {
-            path: resolve(path),
-        },
-        None => StateSpec::File {
-            path: base.join(".vss/state"),
-        },
+        Some(RawState::File { path }) => StateSpec::File { path: resolve(path) },
+        None => StateSpec::File { path: base.join(".vss/state") },
     };
     let hash_key = raw.hash_key.map(|r| match r {
         RawSecretRef::Env(name) => SecretRef::Env(name),
         RawSecretRef::File(p) => SecretRef::File(resolve(&p)),
     });
-    let log = raw
-        .log
-        .map(|l| LogSettings {
-            level: l.level,
-            format: l.format,
-        })
-        .unwrap_or_default();
+    let log = raw.log.map(|l| LogSettings { level: l.level, format: l.format }).unwrap_or_default();
 
     if !ck.diags.is_empty() {
         return Err(ck.diags);

@@ -14,11 +14,7 @@ fn load(text: &str) -> Result<Config, Vec<Diagnostic>> {
 }
 
 fn errors(text: &str) -> Vec<String> {
-    load(text)
-        .unwrap_err()
-        .iter()
-        .map(ToString::to_string)
-        .collect()
+    load(text).unwrap_err().iter().map(ToString::to_string).collect()
 }
 
 const GOOD: &str = "
@@ -39,36 +35,17 @@ targets:
 fn loads_a_full_config_with_defaults() {
     let cfg = load(GOOD).unwrap();
     assert!(cfg.pipeline.merge_enabled && cfg.pipeline.sync_enabled);
-    assert_eq!(
-        (cfg.pipeline.merge_parallel, cfg.pipeline.sync_parallel),
-        (4, 8)
-    );
-    assert_eq!(
-        cfg.merge_store,
-        Some(StoreSpec::File {
-            dir: "/base/merged".into()
-        })
-    );
-    assert_eq!(
-        cfg.state,
-        StateSpec::File {
-            path: "/base/.vss/state".into()
-        }
-    );
+    assert_eq!((cfg.pipeline.merge_parallel, cfg.pipeline.sync_parallel), (4, 8));
+    assert_eq!(cfg.merge_store, Some(StoreSpec::File { dir: "/base/merged".into() }));
+    assert_eq!(cfg.state, StateSpec::File { path: "/base/.vss/state".into() });
     let prod = &cfg.targets["Production"];
     assert_eq!(
         prod.layers,
-        vec![
-            Layer::Target("Staging".into()),
-            Layer::Source("prod-only".into())
-        ]
+        vec![Layer::Target("Staging".into()), Layer::Source("prod-only".into())]
     );
     assert!(prod.delete);
     assert_eq!(cfg.targets["Staging"].list_merge, ListMerge::AppendUnique);
-    assert_eq!(
-        cfg.topological_order(),
-        vec!["Base", "Staging", "Production"]
-    );
+    assert_eq!(cfg.topological_order(), vec!["Base", "Staging", "Production"]);
 }
 
 #[test]
@@ -78,8 +55,7 @@ fn unknown_keys_are_all_reported_with_line_and_suggestion() {
     );
     assert_eq!(errs.len(), 4, "{errs:#?}");
     assert!(
-        errs.iter()
-            .any(|e| e.contains(":6: targets.A.store.file: missing required key `dir`")),
+        errs.iter().any(|e| e.contains(":6: targets.A.store.file: missing required key `dir`")),
         "{errs:#?}"
     );
     assert!(
@@ -107,10 +83,7 @@ fn wrong_types_are_reported() {
         "source: { file: { dir: s } }\npipeline: { sync: { parallel: many } }\ntargets: { A: { store: { file: { dir: o } } } }\n",
     );
     assert_eq!(errs.len(), 1, "{errs:#?}");
-    assert!(
-        errs[0].starts_with("vss.yaml:2: pipeline.sync.parallel: wrong type"),
-        "{errs:#?}"
-    );
+    assert!(errs[0].starts_with("vss.yaml:2: pipeline.sync.parallel: wrong type"), "{errs:#?}");
 }
 
 #[test]
@@ -137,14 +110,9 @@ fn cycles_print_their_chain() {
     let errs = errors(
         "merge_store: { file: { dir: m } }\ntargets:\n  Production: { imports: [Staging], store: { file: { dir: a } } }\n  Staging: { inherits: Production, store: { file: { dir: b } } }\n  Loop: { imports: [Loop], store: { file: { dir: c } } }\n",
     );
+    assert!(errs.iter().any(|e| e.contains("inheritance cycle: Loop -> Loop")), "{errs:#?}");
     assert!(
-        errs.iter()
-            .any(|e| e.contains("inheritance cycle: Loop -> Loop")),
-        "{errs:#?}"
-    );
-    assert!(
-        errs.iter()
-            .any(|e| e.contains("inheritance cycle: Production -> Staging -> Production")),
+        errs.iter().any(|e| e.contains("inheritance cycle: Production -> Staging -> Production")),
         "{errs:#?}"
     );
     assert_eq!(errs.len(), 2, "{errs:#?}");
@@ -160,8 +128,7 @@ fn merge_without_store_and_target_without_store() {
         "{errs:#?}"
     );
     assert!(
-        errs.iter()
-            .any(|e| e.contains(":3: targets.A: the target has no `store`")),
+        errs.iter().any(|e| e.contains(":3: targets.A: the target has no `store`")),
         "{errs:#?}"
     );
 }
@@ -169,11 +136,7 @@ fn merge_without_store_and_target_without_store() {
 #[test]
 fn sync_only_needs_a_source() {
     let errs = errors("targets:\n  A: { store: { file: { dir: o } } }\n");
-    assert!(
-        errs.iter()
-            .any(|e| e.contains("needs a top-level `source`")),
-        "{errs:#?}"
-    );
+    assert!(errs.iter().any(|e| e.contains("needs a top-level `source`")), "{errs:#?}");
 }
 
 #[test]
@@ -187,10 +150,7 @@ fn reference_spellings_are_accepted() {
     );
     let errs = cfg.unwrap_err().to_string();
     // `Staging: [a]` has no store in a config that syncs; everything else is accepted.
-    assert!(
-        errs.contains("targets.Staging: the target has no `store`"),
-        "{errs}"
-    );
+    assert!(errs.contains("targets.Staging: the target has no `store`"), "{errs}");
     assert!(!errs.contains("Production"), "{errs}");
 
     let cfg = Config::from_yaml(
@@ -200,22 +160,9 @@ fn reference_spellings_are_accepted() {
         &|n| env(n),
     )
     .unwrap();
-    assert_eq!(
-        cfg.merge_store,
-        Some(StoreSpec::File {
-            dir: "/base/from-env/m".into()
-        })
-    );
-    assert_eq!(
-        cfg.sources["a"],
-        StoreSpec::File {
-            dir: "/base/src".into()
-        }
-    );
-    assert_eq!(
-        cfg.targets["Production"].layers,
-        vec![Layer::Target("Staging".into())]
-    );
+    assert_eq!(cfg.merge_store, Some(StoreSpec::File { dir: "/base/from-env/m".into() }));
+    assert_eq!(cfg.sources["a"], StoreSpec::File { dir: "/base/src".into() });
+    assert_eq!(cfg.targets["Production"].layers, vec![Layer::Target("Staging".into())]);
     assert!(cfg.pipeline.dry_run && cfg.pipeline.continue_on_error && cfg.pipeline.delete_orphans);
     assert!(cfg.targets["Staging"].delete);
     assert_eq!(cfg.log.format, Some(LogFormat::Json));
@@ -227,8 +174,7 @@ fn unimplemented_reference_keys_are_named_not_ignored() {
         "aws: { region: us-east-1 }\ndynamic_targets: { x: {} }\nmerge_store: { vault: { mount: merged } }\ntargets:\n  A: { account_id: \"123456789012\" }\n",
     );
     assert!(
-        errs.iter()
-            .any(|e| e.contains(":1: aws: the `aws` section is not supported yet")),
+        errs.iter().any(|e| e.contains(":1: aws: the `aws` section is not supported yet")),
         "{errs:#?}"
     );
     assert!(
@@ -242,8 +188,7 @@ fn unimplemented_reference_keys_are_named_not_ignored() {
         "{errs:#?}"
     );
     assert!(
-        errs.iter()
-            .any(|e| e.contains(":5: targets.A.account_id: an AWS Secrets Manager target")),
+        errs.iter().any(|e| e.contains(":5: targets.A.account_id: an AWS Secrets Manager target")),
         "{errs:#?}"
     );
 }
@@ -281,10 +226,7 @@ fn values_from_the_environment_are_never_quoted() {
 #[test]
 fn delete_threshold() {
     let t = DeleteThreshold::default();
-    assert!(
-        !t.exceeded(5, 10),
-        "up to `count` deletions are always allowed"
-    );
+    assert!(!t.exceeded(5, 10), "up to `count` deletions are always allowed");
     assert!(!t.exceeded(6, 100), "6 of 100 is under 10%");
     assert!(t.exceeded(11, 100));
     assert!(t.exceeded(6, 10));

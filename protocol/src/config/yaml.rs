@@ -40,11 +40,7 @@ pub fn display_path(path: &[Segment]) -> String {
             Segment::Index(i) => out.push_str(&format!("[{i}]")),
         }
     }
-    if out.is_empty() {
-        "(top level)".into()
-    } else {
-        out
-    }
+    if out.is_empty() { "(top level)".into() } else { out }
 }
 
 /// A parsed config document.
@@ -59,17 +55,12 @@ pub struct Document {
 impl Document {
     /// The line of the key at `path`, or of its nearest ancestor that has one.
     pub fn line_of(&self, path: &[Segment]) -> Option<usize> {
-        (0..=path.len())
-            .rev()
-            .find_map(|n| self.lines.get(&path[..n]).copied())
+        (0..=path.len()).rev().find_map(|n| self.lines.get(&path[..n]).copied())
     }
 
     /// Whether the value at `path` (or inside it) came from an environment variable.
     pub fn is_from_env(&self, path: &[Segment]) -> bool {
-        self.from_env
-            .range(path.to_vec()..)
-            .next()
-            .is_some_and(|p| p.starts_with(path))
+        self.from_env.range(path.to_vec()..).next().is_some_and(|p| p.starts_with(path))
             || (0..path.len()).any(|n| self.from_env.contains(&path[..n]))
     }
 
@@ -86,12 +77,10 @@ impl Document {
         let Some((last, parent)) = path.split_last() else {
             return false;
         };
-        let node = parent
-            .iter()
-            .try_fold(&mut self.root, |node, seg| match seg {
-                Segment::Key(k) => node.get_mut(k),
-                Segment::Index(i) => node.get_mut(i),
-            });
+        let node = parent.iter().try_fold(&mut self.root, |node, seg| match seg {
+            Segment::Key(k) => node.get_mut(k),
+            Segment::Index(i) => node.get_mut(i),
+        });
         match (node, last) {
             (Some(Value::Object(map)), Segment::Key(k)) => map.remove(k).is_some(),
             (Some(Value::Array(items)), Segment::Index(i)) if *i < items.len() => {
@@ -112,10 +101,7 @@ pub fn parse(
     let mut loader: YamlLoader<MarkedYamlOwned> = YamlLoader::default();
     loader.early_parse(false);
     let mut parser = saphyr_parser::Parser::new_from_str(text);
-    let scan = parser
-        .load(&mut loader, false)
-        .err()
-        .or_else(|| loader.error().cloned());
+    let scan = parser.load(&mut loader, false).err().or_else(|| loader.error().cloned());
     if let Some(e) = scan {
         return Err(vec![Diagnostic::at(
             file,
@@ -127,12 +113,7 @@ pub fn parse(
     let mut docs = loader.into_documents();
     let mut doc = Document::default();
     let Some(root) = docs.pop() else {
-        return Err(vec![Diagnostic::at(
-            file,
-            None,
-            String::new(),
-            "the file is empty".into(),
-        )]);
+        return Err(vec![Diagnostic::at(file, None, String::new(), "the file is empty".into())]);
     };
     if !docs.is_empty() {
         return Err(vec![Diagnostic::at(
@@ -142,12 +123,7 @@ pub fn parse(
             "expected one YAML document, found several".into(),
         )]);
     }
-    let mut ctx = Converter {
-        file,
-        env,
-        doc: &mut doc,
-        diags: Vec::new(),
-    };
+    let mut ctx = Converter { file, env, doc: &mut doc, diags: Vec::new() };
     let root = ctx.convert(root, &mut Vec::new());
     if !ctx.diags.is_empty() {
         return Err(ctx.diags);
@@ -173,12 +149,7 @@ struct Converter<'a> {
 
 impl Converter<'_> {
     fn error(&mut self, line: usize, path: &[Segment], message: String) {
-        self.diags.push(Diagnostic::at(
-            self.file,
-            Some(line),
-            display_path(path),
-            message,
-        ));
+        self.diags.push(Diagnostic::at(self.file, Some(line), display_path(path), message));
     }
 
     fn convert(&mut self, node: MarkedYamlOwned, path: &mut KeyPath) -> Value {
@@ -308,9 +279,7 @@ pub fn expand_env(
                 && !name.starts_with(|c: char| c.is_ascii_digit())
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
-                return Err(format!(
-                    "`${{{name}}}` is not a valid environment variable reference"
-                ));
+                return Err(format!("`${{{name}}}` is not a valid environment variable reference"));
             }
             match (env(name).filter(|v| !v.is_empty()), default) {
                 (Some(v), _) => {
@@ -348,15 +317,9 @@ mod tests {
 
     #[test]
     fn expands_variables_defaults_and_escapes() {
-        assert_eq!(
-            expand_env("a-${TOKEN}-b", &env).unwrap(),
-            ("a-s3cr3t-b".into(), true)
-        );
+        assert_eq!(expand_env("a-${TOKEN}-b", &env).unwrap(), ("a-s3cr3t-b".into(), true));
         assert_eq!(expand_env("${NOPE:-x}", &env).unwrap(), ("x".into(), false));
-        assert_eq!(
-            expand_env("$${TOKEN} $5", &env).unwrap(),
-            ("${TOKEN} $5".into(), false)
-        );
+        assert_eq!(expand_env("$${TOKEN} $5", &env).unwrap(), ("${TOKEN} $5".into(), false));
         let err = expand_env("${NOPE}", &env).unwrap_err();
         assert!(err.contains("`NOPE` is not set"), "{err}");
         assert!(expand_env("${bad-name}", &env).is_err());
@@ -369,10 +332,7 @@ mod tests {
         assert_eq!(doc.root["a"]["b"], Value::from(6));
         assert_eq!(doc.root["a"]["c"], Value::from("6"));
         let key = |k: &str| Segment::Key(k.into());
-        assert_eq!(
-            doc.line_of(&[key("a"), key("d"), Segment::Index(1)]),
-            Some(4)
-        );
+        assert_eq!(doc.line_of(&[key("a"), key("d"), Segment::Index(1)]), Some(4));
         assert_eq!(doc.line_of(&[key("a"), key("c"), key("zzz")]), Some(3));
         assert!(doc.is_from_env(&[key("a"), key("b")]));
         assert!(doc.is_from_env(&[key("a")]));
