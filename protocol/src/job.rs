@@ -118,6 +118,9 @@ pub enum DesiredState {
     Merged {
         /// The merge store.
         merge_store: StoreSpec,
+        /// A merge job of this run just checked the target's merged folder against its
+        /// manifest, so the manifest stands in for a listing.
+        merged_this_run: bool,
     },
     /// Every secret of a store (sync-only runs).
     Source {

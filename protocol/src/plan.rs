@@ -69,11 +69,14 @@ pub fn plan_run(cfg: &Config, run_id: &str, req: &PlanRequest) -> Result<Plan, P
         return Err(PlanError::Phase("the merge phase needs a `merge_store`".into()));
     }
     let desired = if run_merge {
-        DesiredState::Merged { merge_store: cfg.merge_store.clone().expect("checked above") }
+        DesiredState::Merged {
+            merge_store: cfg.merge_store.clone().expect("checked above"),
+            merged_this_run: true,
+        }
     } else if let Some(store) = &cfg.source {
         DesiredState::Source { store: store.clone() }
     } else if let Some(store) = &cfg.merge_store {
-        DesiredState::Merged { merge_store: store.clone() }
+        DesiredState::Merged { merge_store: store.clone(), merged_this_run: false }
     } else {
         return Err(PlanError::Phase(
             "a sync-only run needs a top-level `source` or an existing `merge_store`".into(),

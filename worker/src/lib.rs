@@ -288,6 +288,11 @@ impl Manifest {
         Ok(())
     }
 
+    /// The recorded versions, standing in for a listing of the merged folder.
+    fn versions(&self) -> BTreeMap<String, Version> {
+        self.secrets.iter().map(|(n, e)| (n.clone(), e.version.clone())).collect()
+    }
+
     /// The recorded hash of `name`, if its listed version is still the one recorded.
     fn hash_if_current(&self, name: &str, listed: &Version) -> Option<ContentHash> {
         self.secrets.get(name).filter(|e| &e.version == listed).map(|e| e.hash.clone())

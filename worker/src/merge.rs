@@ -40,12 +40,23 @@ pub(crate) async fn run(
 
     let mut layers = Vec::with_capacity(spec.layers.len());
     for layer in &spec.layers {
-        let (store, prefix) = match layer {
-            LayerSpec::Source { store, .. } => (ctx.store(store)?, String::new()),
-            LayerSpec::Target { name } => (merge_store.clone(), merged_prefix(name)),
+        let layer = match layer {
+            LayerSpec::Source { store, .. } => {
+                let store = ctx.store(store)?;
+                let listed = list_versions(&store, "").await?;
+                LayerListing { store, prefix: String::new(), listed }
+            }
+            // The parent's merge ran earlier in this run and checked its folder against its
+            // manifest, so the manifest stands in for a listing.
+            LayerSpec::Target { name } => {
+                let listed = match Manifest::read(&merge_store, name).await? {
+                    Some(manifest) => manifest.versions(),
+                    None => list_versions(&merge_store, &merged_prefix(name)).await?,
+                };
+                LayerListing { store: merge_store.clone(), prefix: merged_prefix(name), listed }
+            }
         };
-        let listed = list_versions(&store, &prefix).await?;
-        layers.push(LayerListing { store, prefix, listed });
+        layers.push(layer);
     }
     let listed = list_versions(&merge_store, &prefix).await?;
     let old = Manifest::read(&merge_store, &job.target).await?;

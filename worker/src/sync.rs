@@ -34,9 +34,9 @@ impl Desired {
         ctx: &WorkerContext,
         key: &HashKey,
     ) -> Result<Self, JobError> {
-        let (store, prefix, manifest) = match &spec.desired {
-            DesiredState::Source { store } => (ctx.store(store)?, String::new(), None),
-            DesiredState::Merged { merge_store } => {
+        let (store, prefix, manifest, trusted) = match &spec.desired {
+            DesiredState::Source { store } => (ctx.store(store)?, String::new(), None, false),
+            DesiredState::Merged { merge_store, merged_this_run } => {
                 let store = ctx.store(merge_store)?;
                 let Some(manifest) = Manifest::read(&store, &job.target).await? else {
                     return Err(JobError::Refused(format!(
@@ -45,10 +45,13 @@ impl Desired {
                         store.describe()
                     )));
                 };
-                (store, merged_prefix(&job.target), Some(manifest))
+                (store, merged_prefix(&job.target), Some(manifest), *merged_this_run)
             }
         };
-        let listed = list_versions(&store, &prefix).await?;
+        let listed = match &manifest {
+            Some(m) if trusted => m.versions(),
+            _ => list_versions(&store, &prefix).await?,
+        };
         // Hashes the manifest vouches for need no read; anything else (a plain source, or a
         // merged secret changed behind vss's back) is read and hashed.
         let mut hashes = BTreeMap::new();

@@ -70,8 +70,12 @@ async fn an_unchanged_resync_is_listings_only() {
         assert_eq!(calls(&second, store, "compare"), 0, "{store}: {second:?}");
     }
     assert_eq!(calls(&second, "merged", "write"), 0, "{second:?}");
-    // Only the two manifests are read from the merge store (once per merge, once per sync).
-    assert_eq!(calls(&second, "merged", "read"), 4, "{second:?}");
+    // Only manifests are read from the merge store: each target's by its merge and its sync,
+    // and the parent's by the child's merge.
+    assert_eq!(calls(&second, "merged", "read"), 5, "{second:?}");
+    // Listings: each merge lists its own folder (the parent layer comes from its manifest);
+    // syncs trust the manifest their merge just checked.
+    assert_eq!(calls(&second, "merged", "list"), 2, "{second:?}");
 
     // One changed source secret: merges reread that name only; each target gets one write.
     write(&dir.path().join("src-a"), "s3", r#"{"i": "changed"}"#);
