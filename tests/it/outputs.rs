@@ -33,7 +33,11 @@ fn human_output_is_a_plan_with_symbols_key_names_and_counts() {
 fn on_a_terminal(ws: &Workspace, no_color: bool) -> String {
     let cmd = format!("{} pipeline --config vss.yaml --dry-run", vss_bin().display());
     let mut script = Command::new("script");
-    script.current_dir(ws.path()).args(["-qec", &cmd, "/dev/null"]).env_remove("NO_COLOR");
+    script
+        .current_dir(ws.path())
+        .args(["-qec", &cmd, "/dev/null"])
+        .env_remove("NO_COLOR")
+        .stdin(std::process::Stdio::null());
     if no_color {
         script.env("NO_COLOR", "1");
     }

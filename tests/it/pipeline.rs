@@ -243,10 +243,52 @@ targets:
     assert_eq!(target(&report, "Fine")["status"], "skipped", "the run stopped at the first error");
     assert!(ws.read_secret("o3", "s").is_none());
 
-    let run = ws.pipeline(&["--continue-on-error", "--parallelism", "1"]);
-    assert_eq!(run.code, 2);
+    let run = ws.pipeline(&["--continue-on-error", "--parallelism", "1", "--exit-code"]);
+    assert_eq!(run.code, 2, "errors win over changes with --exit-code");
     let report = run.json();
     assert_eq!(target(&report, "Child")["status"], "skipped");
     assert_eq!(target(&report, "Fine")["status"], "ok");
     assert_eq!(ws.read_secret("o3", "s").unwrap(), json!({"k": 1}));
+}
+
+#[test]
+fn a_configured_hash_key_is_used_and_changing_it_rewrites_nothing() {
+    let ws = three_levels();
+    ws.config(&format!("{}hash_key: {{ env: VSS_TEST_HASH_KEY }}\n", crate::THREE_LEVELS));
+    let key = |k: &str| [("VSS_TEST_HASH_KEY", k.to_string())];
+    let run = |k: &str| {
+        let env = key(k);
+        ws.run_env(
+            &["pipeline", "--config", "vss.yaml", "--output", "json"],
+            &[(env[0].0, env[0].1.as_str())],
+        )
+    };
+    let first = run("first key").json();
+    let hash = |r: &serde_json::Value| target(r, "Base")["changes"][0]["desired_hash"].clone();
+    assert_eq!(counts(&first["summary"]), (7, 0, 0, 0));
+    assert!(!ws.path().join(".vss/state/hash-key").exists(), "a configured key is not generated");
+
+    // Same content under another key: every hash differs from the records, so values are
+    // read and compared, and nothing is rewritten.
+    let before = ws.mtimes();
+    let second = run("second key").json();
+    assert_eq!(counts(&second["summary"]), (0, 0, 0, 7));
+    let targets_before: Vec<_> =
+        before.iter().filter(|(p, _)| p.to_string_lossy().contains("/out/")).collect();
+    let after = ws.mtimes();
+    for (path, mtime) in targets_before {
+        assert_eq!(after.get(path), Some(mtime), "{} was rewritten", path.display());
+    }
+    // Hashes depend on the key.
+    ws.secret("src/common", "shared/flags", json!({"beta": true}));
+    let a = run("second key").json();
+    ws.secret("src/common", "shared/flags", json!({"beta": false}));
+    run("first key");
+    ws.secret("src/common", "shared/flags", json!({"beta": true}));
+    let b = run("first key").json();
+    assert_ne!(hash(&a), hash(&b));
+
+    let missing = ws.run(&["pipeline", "--config", "vss.yaml"]);
+    assert_eq!(missing.code, 2);
+    assert!(missing.stderr.contains("VSS_TEST_HASH_KEY"), "{}", missing.stderr);
 }
