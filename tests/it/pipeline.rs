@@ -292,3 +292,28 @@ fn a_configured_hash_key_is_used_and_changing_it_rewrites_nothing() {
     assert_eq!(missing.code, 2);
     assert!(missing.stderr.contains("VSS_TEST_HASH_KEY"), "{}", missing.stderr);
 }
+
+#[test]
+fn a_failed_write_fails_its_target_and_keeps_what_succeeded() {
+    let ws = Workspace::new();
+    ws.config("source: { file: { dir: src } }\ntargets:\n  T: { store: { file: { dir: out } } }\n");
+    ws.secret("src", "a", json!({"k": 1}));
+    ws.secret("src", "b", json!({"k": 2}));
+    // A non-empty folder where `b.json` must go makes that one write fail.
+    ws.write("out/b.json/blocker", "x");
+    let run = ws.pipeline(&[]);
+    assert_eq!(run.code, 2);
+    let t = target(&run.json(), "T").clone();
+    assert_eq!(t["status"], "failed");
+    assert!(t["error"].as_str().unwrap().contains("secret `b`"), "{t}");
+    assert_eq!(ws.read_secret("out", "a").unwrap(), json!({"k": 1}));
+
+    std::fs::remove_dir_all(ws.path().join("out/b.json")).unwrap();
+    let run = ws.pipeline(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        counts(&target(&run.json(), "T")["summary"]),
+        (1, 0, 0, 1),
+        "only `b` is left to create"
+    );
+}

@@ -33,12 +33,23 @@ pub enum JobError {
     /// A safety rule stopped the job before it changed anything.
     #[error("{0}")]
     Refused(String),
+    /// Several writes or deletes failed; the others were applied and recorded.
+    #[error("{failed} changes failed; the first: {first}")]
+    Partial {
+        /// How many failed.
+        failed: usize,
+        /// The first failure.
+        first: StoreError,
+    },
 }
 
 impl JobError {
     /// Whether running the job again may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, JobError::Store(e) if e.is_retryable())
+        match self {
+            JobError::Store(e) | JobError::Partial { first: e, .. } => e.is_retryable(),
+            JobError::Ledger(_) | JobError::Refused(_) => false,
+        }
     }
 }
 
@@ -116,18 +127,9 @@ pub async fn execute(job: &Job, ctx: &WorkerContext) -> JobResult {
     .await
 }
 
-/// Reads every listed secret under `prefix`, keyed by name relative to it. A failed read fails
-/// the whole read: a partial source must never look like a smaller one.
-async fn read_listing(
-    store: &Arc<dyn SecretStore>,
-    prefix: &str,
-    listed: &BTreeMap<String, Version>,
-) -> Result<BTreeMap<String, SecretValue>, StoreError> {
-    read_many(store, prefix, listed.keys().cloned().collect()).await
-}
-
-/// Reads `names` (relative to `prefix`) concurrently. A secret that disappeared since it was
-/// listed is a conflict, not an absence.
+/// Reads `names` (relative to `prefix`) concurrently. A failed read fails the whole read (a
+/// partial source must never look like a smaller one), and a secret that disappeared since it
+/// was listed is a conflict, not an absence.
 async fn read_many(
     store: &Arc<dyn SecretStore>,
     prefix: &str,
@@ -226,7 +228,7 @@ fn record_outcomes<R>(
     match first_error {
         None => Ok(()),
         Some(e) if failed == 1 => Err(e.into()),
-        Some(e) => Err(JobError::Refused(format!("{failed} changes failed; the first: {e}"))),
+        Some(first) => Err(JobError::Partial { failed, first }),
     }
 }
 

@@ -16,7 +16,7 @@ use vss_stores::{Precondition, SecretStore};
 
 use crate::{
     JobError, Manifest, WorkerContext, Write, apply, ledger, list_versions, merged_prefix,
-    read_listing, read_many, record_outcomes,
+    read_many, record_outcomes,
 };
 
 /// The desired state of a target: hashes for every secret, values fetched on demand.
@@ -55,18 +55,16 @@ impl Desired {
         // Hashes the manifest vouches for need no read; anything else (a plain source, or a
         // merged secret changed behind vss's back) is read and hashed.
         let mut hashes = BTreeMap::new();
-        let mut unknown = BTreeMap::new();
+        let mut unknown = Vec::new();
         for (name, version) in listed {
             match manifest.as_ref().and_then(|m| m.hash_if_current(&name, &version)) {
                 Some(hash) => {
                     hashes.insert(name, hash);
                 }
-                None => {
-                    unknown.insert(name, version);
-                }
+                None => unknown.push(name),
             }
         }
-        let values = read_listing(&store, &prefix, &unknown).await?;
+        let values = read_many(&store, &prefix, unknown).await?;
         hashes.extend(values.iter().map(|(n, v)| (n.clone(), key.hash(v))));
         Ok(Self { store, prefix, hashes, values })
     }
