@@ -65,7 +65,7 @@ fn write_secret(dir: &Path, name: &str, value: &serde_json::Value) -> anyhow::Re
 }
 
 fn secret_name(i: usize) -> String {
-    format!("team{:02}/app{:04}/config", i % 50, i)
+    format!("team{:02}/app{i:06}", i % 50)
 }
 
 fn bench_size(vss: &Path, n: usize) -> anyhow::Result<()> {

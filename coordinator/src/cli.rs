@@ -202,10 +202,10 @@ async fn pipeline(args: PipelineArgs, log_format: Option<LogFormat>) -> anyhow::
     let results = run_with_progress(&InProcess::new(ctx.clone(), limits), &plan).await;
     tracing::debug!(api_calls = ?ctx.stores().api_calls(), "store calls");
 
-    let report = Report::build(&plan, &results, dry_run);
-    let mut stdout = std::io::stdout().lock();
+    let report = Report::build(&plan, results, dry_run);
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
     match args.output {
-        OutputFormat::Json => stdout.write_all(report.json().as_bytes())?,
+        OutputFormat::Json => report.write_json(&mut stdout)?,
         OutputFormat::Human => {
             let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
             stdout.write_all(report::human(&report, colour).as_bytes())?;

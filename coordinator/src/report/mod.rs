@@ -57,30 +57,35 @@ pub enum Status {
 }
 
 impl Report {
-    /// Aggregates results into the report; independent of the order results arrived in.
-    pub fn build(plan: &Plan, results: &[JobResult], dry_run: bool) -> Self {
+    /// Aggregates results into the report, in plan order (so it does not depend on the order
+    /// results arrived in). Consumes the results: a first run's change lists can be large.
+    pub fn build(plan: &Plan, mut results: Vec<JobResult>, dry_run: bool) -> Self {
         let phase = if plan.jobs.iter().any(|j| j.phase() == Phase::Sync) {
             Phase::Sync
         } else {
             Phase::Merge
         };
+        let errors = results
+            .iter()
+            .filter_map(|r| match &r.outcome {
+                Outcome::Failed { error, .. } => Some(format!("{}: {error}", r.job_id)),
+                _ => None,
+            })
+            .collect();
         let mut targets = Vec::new();
         let mut summary = Summary::default();
-        let mut errors = Vec::new();
-        for result in results {
-            if let Outcome::Failed { error, .. } = &result.outcome {
-                errors.push(format!("{}: {error}", result.job_id));
-            }
-        }
         for job in plan.jobs.iter().filter(|j| j.phase() == phase) {
-            let own: Vec<&JobResult> = results.iter().filter(|r| r.target == job.target).collect();
-            let Some(main) = own.iter().find(|r| r.phase == phase) else {
-                continue;
-            };
-            let failure = own.iter().find_map(|r| match &r.outcome {
+            let own = || results.iter().filter(|r| r.target == job.target);
+            let failure = own().find_map(|r| match &r.outcome {
                 Outcome::Failed { error, .. } => Some(error.clone()),
                 _ => None,
             });
+            let warnings = own().flat_map(|r| r.warnings.iter().cloned()).collect();
+            let Some(main) =
+                results.iter_mut().find(|r| r.target == job.target && r.phase == phase)
+            else {
+                continue;
+            };
             let (status, error) = match (failure, &main.outcome) {
                 (Some(e), _) => (Status::Failed, Some(e)),
                 (None, Outcome::Skipped { reason }) => (Status::Skipped, Some(reason.clone())),
@@ -92,8 +97,8 @@ impl Report {
                 target: job.target.clone(),
                 status,
                 summary: target_summary,
-                changes: main.changes.clone(),
-                warnings: own.iter().flat_map(|r| r.warnings.iter().cloned()).collect(),
+                changes: std::mem::take(&mut main.changes),
+                warnings,
                 error,
             });
         }
@@ -116,10 +121,9 @@ impl Report {
         }
     }
 
-    /// The JSON document.
-    pub fn json(&self) -> String {
-        let mut out = serde_json::to_string_pretty(self).expect("reports serialize");
-        out.push('\n');
-        out
+    /// Writes the JSON document.
+    pub fn write_json(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        serde_json::to_writer_pretty(&mut *out, self)?;
+        out.write_all(b"\n")
     }
 }
