@@ -166,6 +166,7 @@ fn read_floor(dir: &Path) -> anyhow::Result<Duration> {
 }
 
 /// Runs `vss pipeline` in `dir`; returns wall time and the child's peak RSS in KiB.
+#[allow(unsafe_code)] // wait4: the child's own peak RSS, which std does not expose
 fn run_vss(vss: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<(Duration, i64)> {
     let start = Instant::now();
     let child = Command::new(vss)

@@ -6,8 +6,10 @@
 //! first failure.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use tokio::task::JoinSet;
 use vss_protocol::job::{Job, JobResult, Outcome, Phase};
 use vss_protocol::plan::Plan;
@@ -99,13 +101,20 @@ impl Executor for InProcess {
                     *busy += 1;
                     started.insert(job.id.clone());
                     let (job, ctx) = ((*job).clone(), self.ctx.clone());
-                    tasks.spawn(async move { vss_worker::execute(&job, &ctx).await });
+                    tasks.spawn(async move {
+                        // A bug in one job fails that job, not the whole run.
+                        let run = AssertUnwindSafe(vss_worker::execute(&job, &ctx));
+                        run.catch_unwind().await.unwrap_or_else(|_| {
+                            let error = format!("target `{}`: internal error (panic)", job.target);
+                            JobResult::new(&job, Outcome::Failed { error, retryable: false })
+                        })
+                    });
                 }
             }
             let Some(joined) = tasks.join_next().await else {
                 break;
             };
-            let result = joined.expect("job tasks do not panic");
+            let result = joined.expect("job tasks catch their panics");
             *running.entry(result.phase).or_default() -= 1;
             if matches!(result.outcome, Outcome::Failed { .. }) && !self.limits.continue_on_error {
                 stopped = true;

@@ -158,19 +158,18 @@ impl Inner {
         Ok(Some(Versioned { value, version }))
     }
 
+    /// Writes the encoded secret: `bytes` is zeroized afterwards, whatever happens.
     fn write(
         &self,
         name: &str,
-        value: &SecretValue,
+        mut bytes: Vec<u8>,
         pre: &Precondition,
     ) -> Result<Version, StoreError> {
-        let path = self.path_of(name)?;
-        let current = self.current_version(&path, name)?;
-        self.check(name, &current, pre)?;
-        let mut bytes =
-            serde_json::to_vec_pretty(value.expose()).expect("a JSON map always serializes");
-        bytes.push(b'\n');
-        let result = self.write_bytes(name, &path, &bytes, current.is_some());
+        let result = self.path_of(name).and_then(|path| {
+            let current = self.current_version(&path, name)?;
+            self.check(name, &current, pre)?;
+            self.write_bytes(name, &path, &bytes, current.is_some())
+        });
         bytes.zeroize();
         result
     }
@@ -267,8 +266,12 @@ impl SecretStore for FileStore {
         value: &SecretValue,
         pre: Precondition,
     ) -> Result<Version, StoreError> {
-        let (name, value) = (name.to_string(), value.clone());
-        self.blocking(move |s| s.write(&name, &value, &pre)).await
+        // Encoded here, so only bytes (not a copy of the value) move to the blocking thread.
+        let mut bytes =
+            serde_json::to_vec_pretty(value.expose()).expect("a JSON map always serializes");
+        bytes.push(b'\n');
+        let name = name.to_string();
+        self.blocking(move |s| s.write(&name, bytes, &pre)).await
     }
 
     async fn delete(&self, name: &str, pre: Precondition) -> Result<(), StoreError> {

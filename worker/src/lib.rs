@@ -264,10 +264,10 @@ impl Manifest {
         target: &str,
     ) -> Result<Option<Manifest>, StoreError> {
         let name = Self::name(target);
-        let Some(found) = store.read(&name).await? else {
+        let Some(mut found) = store.read(&name).await? else {
             return Ok(None);
         };
-        let value = serde_json::Value::Object(found.value.expose().clone());
+        let value = serde_json::Value::Object(std::mem::take(found.value.expose_mut()));
         serde_json::from_value(value).map(Some).map_err(|e| {
             StoreError::new(
                 ErrorKind::Invalid,
