@@ -163,14 +163,14 @@ fn normalize_shorthands(root: &mut Value) {
 }
 
 /// Deserializes the raw config, collecting every unknown key and type error: each failure is
-/// recorded, its node removed, and deserialization tried again.
-fn deserialize(doc: &mut Document, file: &str) -> Result<RawConfig, Vec<Diagnostic>> {
+/// recorded, its node removed, and deserialization tried again. When what remains
+/// deserializes, it comes back with the diagnostics, so the later checks can add theirs.
+fn deserialize(doc: &mut Document, file: &str) -> (Option<RawConfig>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let mut removed: Vec<KeyPath> = Vec::new();
     for _ in 0..64 {
         let err = match serde_path_to_error::deserialize::<_, RawConfig>(&doc.root) {
-            Ok(raw) if diags.is_empty() => return Ok(raw),
-            Ok(_) => return Err(diags),
+            Ok(raw) => return (Some(raw), diags),
             Err(err) => err,
         };
         let at: KeyPath = err
@@ -199,16 +199,16 @@ fn deserialize(doc: &mut Document, file: &str) -> Result<RawConfig, Vec<Diagnost
                     format!("missing required key `{field}`"),
                 ));
             }
-            return Err(diags);
+            return (None, diags);
         }
         let message = explain(&message, doc.is_from_env(&at));
         diags.push(Diagnostic::at(file, doc.line_of(&at), display_path(&at), message));
         if !doc.remove(&at) {
-            return Err(diags);
+            return (None, diags);
         }
         removed.push(at);
     }
-    Err(diags)
+    (None, diags)
 }
 
 /// Turns a serde message into one for people: "did you mean", and no quoted values from the
@@ -260,8 +260,9 @@ pub fn did_you_mean<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Opt
 /// Builds the config from a parsed document; all diagnostics at once.
 pub(super) fn build(mut doc: Document, file: &str, base: &Path) -> Result<Config, Vec<Diagnostic>> {
     normalize_shorthands(&mut doc.root);
-    let raw = deserialize(&mut doc, file)?;
-    let mut ck = Checker { file, doc: &doc, diags: Vec::new() };
+    let (raw, diags) = deserialize(&mut doc, file);
+    let Some(raw) = raw else { return Err(diags) };
+    let mut ck = Checker { file, doc: &doc, diags };
     let resolve = |p: &str| base.join(p);
 
     for (k, present) in [

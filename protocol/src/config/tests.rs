@@ -231,3 +231,13 @@ fn delete_threshold() {
     assert!(t.exceeded(11, 100));
     assert!(t.exceeded(6, 10));
 }
+
+#[test]
+fn unknown_keys_and_semantic_errors_come_together() {
+    let errs = errors(
+        "merge_store: { file: { dir: m } }\ntargets:\n  A: { imports: [nope], store: { file: { dir: o } }, colour: red }\n",
+    );
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(errs.iter().any(|e| e.contains("targets.A.colour: unknown key")), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.contains("unknown source or target `nope`")), "{errs:#?}");
+}
