@@ -13,7 +13,7 @@ use std::sync::Arc;
 use vss_protocol::diff::SecretChange;
 use vss_protocol::job::{Job, JobResult, LayerSpec, MergeSpec};
 use vss_protocol::merge::merge_layer;
-use vss_protocol::{ContentHash, HashKey};
+use vss_protocol::{ContentHash, HashKey, SecretValue};
 use vss_stores::{Precondition, SecretStore, Version};
 
 use crate::{
@@ -101,34 +101,52 @@ pub(crate) async fn run(
         merge_layer(&mut merged, values, spec.list_merge);
     }
 
-    // The merged copies that may differ: dirty names already present, and stale ones.
+    // Merged copies are read only where they may differ: the manifest vouches for the others.
+    let merged: Vec<(String, SecretValue, ContentHash)> = merged
+        .into_iter()
+        .map(|(name, value)| {
+            let hash = key.hash(&value);
+            (name, value, hash)
+        })
+        .collect();
     let stale: Vec<String> = listed
         .keys()
         .filter(|n| !manifest.secrets.contains_key(*n) && !dirty.contains_key(*n))
         .cloned()
         .collect();
-    let to_read: Vec<String> =
-        dirty.keys().filter(|n| listed.contains_key(*n)).chain(stale.iter()).cloned().collect();
+    let mut to_read = stale.clone();
+    for (name, _, hash) in &merged {
+        if let Some(version) = listed.get(name)
+            && old.hash_if_current(name, version).as_ref() != Some(hash)
+        {
+            to_read.push(name.clone());
+        }
+    }
     let mut current = read_many(&merge_store, &prefix, to_read).await?;
 
     let mut writes = Vec::new();
     let mut inputs_of = BTreeMap::new();
-    for (name, value) in merged {
+    for (name, value, hash) in merged {
         let inputs = dirty.remove(&name).expect("only dirty names are merged");
-        let hash = key.hash(&value);
         let existing = current.remove(&name).map(|v| {
             let h = key.hash(&v);
             (v, h)
         });
-        let pre = match (&existing, listed.get(&name)) {
-            (Some((_, current_hash)), Some(version)) if *current_hash == hash => {
-                let entry = ManifestEntry { hash, version: version.clone(), inputs: Some(inputs) };
-                manifest.secrets.insert(name, entry);
-                result.unchanged += 1;
-                continue;
-            }
-            (_, Some(version)) => Precondition::Matches(version.clone()),
-            (_, None) => Precondition::Absent,
+        // Listed but not read means the manifest vouched that it already holds this value.
+        let unchanged = match (&existing, listed.get(&name)) {
+            (None, Some(version)) => Some(version),
+            (Some((_, current_hash)), Some(version)) if *current_hash == hash => Some(version),
+            _ => None,
+        };
+        if let Some(version) = unchanged {
+            let entry = ManifestEntry { hash, version: version.clone(), inputs: Some(inputs) };
+            manifest.secrets.insert(name, entry);
+            result.unchanged += 1;
+            continue;
+        }
+        let pre = match listed.get(&name) {
+            Some(version) => Precondition::Matches(version.clone()),
+            None => Precondition::Absent,
         };
         let change = SecretChange::between(
             name.clone(),

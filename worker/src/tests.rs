@@ -94,3 +94,26 @@ async fn an_unchanged_resync_is_listings_only() {
     assert_eq!(calls(&fourth, "out-parent", "write"), 0, "{fourth:?}");
     assert_eq!(calls(&fourth, "out-child", "write"), 1, "{fourth:?}");
 }
+
+#[tokio::test]
+async fn a_touched_but_identical_source_rereads_only_that_source_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..5 {
+        write(&dir.path().join("src-a"), &format!("s{i}"), &format!(r#"{{"i": {i}}}"#));
+    }
+    run(dir.path()).await;
+    // Rewritten with the same content: a new version, the same merge result.
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    write(&dir.path().join("src-a"), "s1", r#"{"i": 1}"#);
+    let calls_made = run(dir.path()).await;
+    assert_eq!(calls(&calls_made, "src-a", "read"), 1, "{calls_made:?}");
+    // The merged copies are vouched for by the manifest: only the two manifests and nothing
+    // else are read there, twice each (merge and sync), plus the parent's by the child.
+    assert_eq!(calls(&calls_made, "merged", "read"), 5, "{calls_made:?}");
+    // The parent's manifest records the new inputs; the child's inputs did not move.
+    assert_eq!(calls(&calls_made, "merged", "write"), 1, "{calls_made:?}");
+    for target in ["out-parent", "out-child"] {
+        assert_eq!(calls(&calls_made, target, "read"), 0, "{calls_made:?}");
+        assert_eq!(calls(&calls_made, target, "write"), 0, "{calls_made:?}");
+    }
+}
