@@ -240,8 +240,10 @@ struct Manifest {
     secrets: BTreeMap<String, ManifestEntry>,
 }
 
-/// One merged secret in the manifest.
+/// One merged secret in the manifest. Stored as a 3-element array rather than an object: a
+/// manifest has an entry per merged secret, and arrays keep it small on disk and in memory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "EntryRepr", into = "EntryRepr")]
 struct ManifestEntry {
     /// Keyed hash of the merged value.
     hash: ContentHash,
@@ -249,8 +251,22 @@ struct ManifestEntry {
     version: Version,
     /// Keyed fingerprint of its inputs (spec and per-layer versions); equal inputs mean an
     /// equal merge result.
-    #[serde(default)]
     inputs: Option<ContentHash>,
+}
+
+/// The stored form of a [`ManifestEntry`]: `[hash, version, inputs]`.
+type EntryRepr = (ContentHash, Version, Option<ContentHash>);
+
+impl From<EntryRepr> for ManifestEntry {
+    fn from((hash, version, inputs): EntryRepr) -> Self {
+        Self { hash, version, inputs }
+    }
+}
+
+impl From<ManifestEntry> for EntryRepr {
+    fn from(e: ManifestEntry) -> Self {
+        (e.hash, e.version, e.inputs)
+    }
 }
 
 impl Manifest {
@@ -258,7 +274,7 @@ impl Manifest {
         format!("manifests/{target}")
     }
 
-    /// The manifest of `target`, if the merge phase ever ran for it.
+    /// The manifest of `target`, if the merge phase ever ran for it (and left a readable one).
     async fn read(
         store: &Arc<dyn SecretStore>,
         target: &str,
@@ -268,14 +284,14 @@ impl Manifest {
             return Ok(None);
         };
         let value = serde_json::Value::Object(std::mem::take(found.value.expose_mut()));
-        serde_json::from_value(value).map(Some).map_err(|e| {
-            StoreError::new(
-                ErrorKind::Invalid,
-                &store.describe(),
-                Some(&name),
-                format!("corrupt manifest: {e}"),
-            )
-        })
+        // A manifest is derived data: one that does not parse is rebuilt by the next merge.
+        match serde_json::from_value(value) {
+            Ok(manifest) => Ok(Some(manifest)),
+            Err(e) => {
+                tracing::warn!(store = %store.describe(), manifest = %name, error = %e, "unreadable manifest ignored");
+                Ok(None)
+            }
+        }
     }
 
     async fn write(&self, store: &Arc<dyn SecretStore>, target: &str) -> Result<(), StoreError> {
