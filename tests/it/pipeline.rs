@@ -317,3 +317,15 @@ fn a_failed_write_fails_its_target_and_keeps_what_succeeded() {
         "only `b` is left to create"
     );
 }
+
+#[test]
+fn an_unreadable_manifest_is_rebuilt() {
+    let ws = three_levels();
+    assert_eq!(ws.pipeline(&[]).code, 0);
+    ws.write("merged/manifests/Base.json", r#"{"secrets": 5}"#);
+    let run = ws.pipeline(&["--exit-code"]);
+    assert_eq!(run.code, 0, "derived data; nothing to change:\n{}", run.stderr);
+    assert!(run.stderr.contains("unreadable manifest ignored"), "{}", run.stderr);
+    let rebuilt = ws.read_secret("merged", "manifests/Base").unwrap();
+    assert_eq!(rebuilt["secrets"].as_object().unwrap().len(), 2, "{rebuilt}");
+}
