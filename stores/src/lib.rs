@@ -1,6 +1,7 @@
 //! Where secrets live: the [`SecretStore`] trait, one module per backend, and the state ledger.
 //!
 //! - [`file`]: a folder of JSON files (source, merge store and target).
+//! - [`vault`]: a folder of a Vault / OpenBao KV v2 mount (source, merge store and target).
 //! - [`overlay`]: an in-memory layer over a store, so a dry run computes everything and writes
 //!   nothing.
 //! - [`ledger`]: the state ledger (ownership records, content hashes, the hash key).
@@ -11,6 +12,7 @@
 pub mod file;
 pub mod ledger;
 pub mod overlay;
+pub mod vault;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -146,8 +148,8 @@ pub trait SecretStore: Send + Sync {
     /// One secret's value, or `None` if it does not exist.
     async fn read(&self, name: &str) -> Result<Option<Versioned<SecretValue>>, StoreError>;
 
-    /// Creates or replaces a secret; returns its new version. Writing the value a secret
-    /// already holds changes nothing.
+    /// Creates or replaces a secret; returns its new version. Callers write only what changed;
+    /// a store may also skip rewriting identical content (the file store does).
     async fn write(
         &self,
         name: &str,
@@ -182,6 +184,7 @@ impl ApiCalls {
 pub fn open(spec: &StoreSpec) -> Result<Arc<dyn SecretStore>, StoreError> {
     match spec {
         StoreSpec::File { dir } => Ok(Arc::new(file::FileStore::new(dir.clone()))),
+        StoreSpec::Vault(spec) => Ok(Arc::new(vault::VaultStore::open(spec)?)),
     }
 }
 

@@ -6,6 +6,7 @@ mod config_errors;
 mod deletion;
 mod outputs;
 mod pipeline;
+mod vault;
 
 use serde_json::json;
 use vss_tests::Workspace;

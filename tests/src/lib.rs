@@ -1,5 +1,8 @@
 //! The integration-test harness: builds the `vss` binary once, gives each test its own
-//! workspace folder, and runs the binary there as a user would.
+//! workspace folder, and runs the binary there as a user would; [`servers`] starts real
+//! servers for the stores that talk to one.
+
+pub mod servers;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -187,12 +187,36 @@ pub enum StoreSpec {
         /// The folder (absolute once loaded).
         dir: PathBuf,
     },
+    /// A folder of a Vault (or OpenBao) KV v2 mount.
+    Vault(VaultSpec),
+}
+
+/// Where a Vault store lives and how to reach it. Holds references, never a token.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct VaultSpec {
+    /// The server, e.g. `https://vault.example.com:8200`.
+    pub address: String,
+    /// The Vault Enterprise / OpenBao namespace, if any.
+    pub namespace: Option<String>,
+    /// Where the token is read from.
+    pub token: SecretRef,
+    /// The KV v2 mount, e.g. `secret`.
+    pub mount: String,
+    /// The folder inside the mount (no leading or trailing `/`; empty for the whole mount).
+    pub prefix: String,
 }
 
 impl fmt::Display for StoreSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreSpec::File { dir } => write!(f, "file:{}", dir.display()),
+            StoreSpec::Vault(v) => {
+                write!(f, "vault:{}/{}", v.address.trim_end_matches('/'), v.mount)?;
+                if !v.prefix.is_empty() {
+                    write!(f, "/{}", v.prefix)?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -209,7 +233,7 @@ pub enum StateSpec {
 }
 
 /// A reference to a secret the process reads from its own environment.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SecretRef {
     /// An environment variable's name.
@@ -255,7 +279,7 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let doc = yaml::parse(text, file, env).map_err(ConfigError::Invalid)?;
-        raw::build(doc, file, base_dir).map_err(ConfigError::Invalid)
+        raw::build(doc, file, base_dir, env).map_err(ConfigError::Invalid)
     }
 
     /// Target names in an order where every parent comes before its children.

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::yaml::{Document, KeyPath, Segment, display_path};
 use super::{
     Config, DeleteThreshold, Diagnostic, Layer, LogFormat, LogSettings, PipelineSettings,
-    SecretRef, StateSpec, StoreSpec, Target,
+    SecretRef, StateSpec, StoreSpec, Target, VaultSpec,
 };
 use crate::merge::ListMerge;
 
@@ -31,7 +31,7 @@ struct RawConfig {
     hash_key: Option<RawSecretRef>,
     // Keys of the reference format that later releases implement: named, so that using one
     // is a clear "not supported yet" rather than an unknown key or silence.
-    vault: Option<IgnoredAny>,
+    vault: Option<RawVault>,
     aws: Option<IgnoredAny>,
     dynamic_targets: Option<IgnoredAny>,
     execution: Option<IgnoredAny>,
@@ -72,13 +72,40 @@ struct RawSync {
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 enum RawStore {
     File(RawFileStore),
-    Vault(IgnoredAny),
+    Vault(RawVaultStore),
     Aws(IgnoredAny),
     S3(IgnoredAny),
     Http(IgnoredAny),
     Gcp(IgnoredAny),
     Github(IgnoredAny),
     Kubernetes(IgnoredAny),
+}
+
+/// The top-level `vault:` block: the connection every vault store uses.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVault {
+    address: Option<String>,
+    namespace: Option<String>,
+    auth: Option<RawVaultAuth>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVaultAuth {
+    token: Option<RawSecretRef>,
+    approle: Option<IgnoredAny>,
+    kubernetes: Option<IgnoredAny>,
+}
+
+/// `{vault: {path: mount/folder}}` or `{vault: {mount, prefix}}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVaultStore {
+    path: Option<String>,
+    mount: Option<String>,
+    prefix: Option<String>,
+    paths: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -258,7 +285,12 @@ pub fn did_you_mean<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Opt
 }
 
 /// Builds the config from a parsed document; all diagnostics at once.
-pub(super) fn build(mut doc: Document, file: &str, base: &Path) -> Result<Config, Vec<Diagnostic>> {
+pub(super) fn build(
+    mut doc: Document,
+    file: &str,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<Diagnostic>> {
     normalize_shorthands(&mut doc.root);
     let (raw, diags) = deserialize(&mut doc, file);
     let Some(raw) = raw else { return Err(diags) };
@@ -266,7 +298,6 @@ pub(super) fn build(mut doc: Document, file: &str, base: &Path) -> Result<Config
     let resolve = |p: &str| base.join(p);
 
     for (k, present) in [
-        ("vault", raw.vault.is_some()),
         ("aws", raw.aws.is_some()),
         ("dynamic_targets", raw.dynamic_targets.is_some()),
         ("execution", raw.execution.is_some()),
@@ -276,12 +307,15 @@ pub(super) fn build(mut doc: Document, file: &str, base: &Path) -> Result<Config
         }
     }
 
+    let vault = vault_connection(&mut ck, raw.vault.as_ref(), env, base);
     let store = |ck: &mut Checker, at: KeyPath, s: &RawStore| -> Option<StoreSpec> {
         let kind = match s {
-            RawStore::File(f) => {
-                return Some(StoreSpec::File { dir: resolve(&f.dir) });
+            RawStore::File(f) => return Some(StoreSpec::File { dir: resolve(&f.dir) }),
+            RawStore::Vault(v) => {
+                let mut at = at;
+                at.push(key("vault"));
+                return vault_store(ck, &at, v, &vault);
             }
-            RawStore::Vault(_) => "vault",
             RawStore::Aws(_) => "aws",
             RawStore::S3(_) => "s3",
             RawStore::Http(_) => "http",
@@ -510,6 +544,87 @@ fn check_cycles(ck: &mut Checker, targets: &BTreeMap<String, RawTarget>) {
                 let p = parents(&next);
                 stack.push((next, p));
             }
+        }
+    }
+}
+
+/// The connection of vault stores: the `vault:` block, then `VAULT_ADDR`, `VAULT_NAMESPACE`
+/// and `VAULT_TOKEN`. A missing address is reported where a vault store needs it.
+type VaultConnection = Result<(String, Option<String>, SecretRef), String>;
+
+fn vault_connection(
+    ck: &mut Checker,
+    raw: Option<&RawVault>,
+    env: &dyn Fn(&str) -> Option<String>,
+    base: &Path,
+) -> VaultConnection {
+    let default = RawVault::default();
+    let raw = raw.unwrap_or(&default);
+    let auth = raw.auth.as_ref();
+    for (k, present) in [
+        ("approle", auth.is_some_and(|a| a.approle.is_some())),
+        ("kubernetes", auth.is_some_and(|a| a.kubernetes.is_some())),
+    ] {
+        if present {
+            ck.not_supported(&path(&["vault", "auth", k]), &format!("Vault `{k}` auth"));
+        }
+    }
+    let token = match auth.and_then(|a| a.token.as_ref()) {
+        Some(RawSecretRef::Env(name)) => SecretRef::Env(name.clone()),
+        Some(RawSecretRef::File(p)) => SecretRef::File(base.join(p)),
+        None => SecretRef::Env("VAULT_TOKEN".into()),
+    };
+    let namespace = raw.namespace.clone().or_else(|| env("VAULT_NAMESPACE"));
+    match raw.address.clone().or_else(|| env("VAULT_ADDR")) {
+        Some(address) => Ok((address, namespace, token)),
+        None => Err("no Vault address: set `vault.address` or VAULT_ADDR".into()),
+    }
+}
+
+fn vault_store(
+    ck: &mut Checker,
+    at: &[Segment],
+    raw: &RawVaultStore,
+    connection: &VaultConnection,
+) -> Option<StoreSpec> {
+    if raw.paths.is_some() {
+        let mut at = at.to_vec();
+        at.push(key("paths"));
+        ck.not_supported(&at, "`paths` globs on a vault store");
+        return None;
+    }
+    let trim = |s: &str| s.trim_matches('/').to_string();
+    let (mount, prefix) = match (&raw.path, &raw.mount) {
+        (Some(p), None) if raw.prefix.is_none() => {
+            let p = trim(p);
+            match p.split_once('/') {
+                Some((m, rest)) => (m.to_string(), trim(rest)),
+                None => (p, String::new()),
+            }
+        }
+        (None, Some(m)) => (trim(m), raw.prefix.as_deref().map(trim).unwrap_or_default()),
+        _ => {
+            let message =
+                "write either `path: <mount>/<folder>` or `mount` (with an optional `prefix`)";
+            ck.error(at, message.into());
+            return None;
+        }
+    };
+    if mount.is_empty() {
+        ck.error(at, "the KV v2 mount is empty".into());
+        return None;
+    }
+    match connection {
+        Ok((address, namespace, token)) => Some(StoreSpec::Vault(VaultSpec {
+            address: address.clone(),
+            namespace: namespace.clone(),
+            token: token.clone(),
+            mount,
+            prefix,
+        })),
+        Err(message) => {
+            ck.error(at, message.clone());
+            None
         }
     }
 }

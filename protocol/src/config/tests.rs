@@ -171,7 +171,7 @@ fn reference_spellings_are_accepted() {
 #[test]
 fn unimplemented_reference_keys_are_named_not_ignored() {
     let errs = errors(
-        "aws: { region: us-east-1 }\ndynamic_targets: { x: {} }\nmerge_store: { vault: { mount: merged } }\ntargets:\n  A: { account_id: \"123456789012\" }\n",
+        "aws: { region: us-east-1 }\ndynamic_targets: { x: {} }\nmerge_store: { s3: { bucket: merged } }\ntargets:\n  A: { account_id: \"123456789012\" }\n",
     );
     assert!(
         errs.iter().any(|e| e.contains(":1: aws: the `aws` section is not supported yet")),
@@ -183,8 +183,7 @@ fn unimplemented_reference_keys_are_named_not_ignored() {
         "{errs:#?}"
     );
     assert!(
-        errs.iter()
-            .any(|e| e.contains(":3: merge_store.vault: the `vault` store is not supported yet")),
+        errs.iter().any(|e| e.contains(":3: merge_store.s3: the `s3` store is not supported yet")),
         "{errs:#?}"
     );
     assert!(
@@ -240,4 +239,56 @@ fn unknown_keys_and_semantic_errors_come_together() {
     assert_eq!(errs.len(), 2, "{errs:#?}");
     assert!(errs.iter().any(|e| e.contains("targets.A.colour: unknown key")), "{errs:#?}");
     assert!(errs.iter().any(|e| e.contains("unknown source or target `nope`")), "{errs:#?}");
+}
+
+#[test]
+fn vault_stores_take_their_connection_from_the_vault_block_or_the_environment() {
+    let env = |n: &str| match n {
+        "VAULT_ADDR" => Some("http://env:8200".to_string()),
+        "VAULT_NAMESPACE" => Some("team".to_string()),
+        _ => None,
+    };
+    let cfg = Config::from_yaml(
+        "merge_store: { vault: { mount: secret, prefix: /merge/ } }\nsources:\n  a: { vault: { path: secret/api-keys } }\n  b: { vault: { mount: analytics } }\ntargets:\n  T: { imports: [a, b], store: { vault: { path: kv/out } } }\n",
+        "v.yaml",
+        Path::new("/base"),
+        &env,
+    )
+    .unwrap();
+    let StoreSpec::Vault(merge) = cfg.merge_store.unwrap() else { panic!("vault merge store") };
+    assert_eq!(
+        (merge.address.as_str(), merge.mount.as_str(), merge.prefix.as_str()),
+        ("http://env:8200", "secret", "merge")
+    );
+    assert_eq!(merge.namespace.as_deref(), Some("team"));
+    assert_eq!(merge.token, SecretRef::Env("VAULT_TOKEN".into()));
+    let StoreSpec::Vault(a) = &cfg.sources["a"] else { panic!() };
+    assert_eq!((a.mount.as_str(), a.prefix.as_str()), ("secret", "api-keys"));
+    let StoreSpec::Vault(b) = &cfg.sources["b"] else { panic!() };
+    assert_eq!((b.mount.as_str(), b.prefix.as_str()), ("analytics", ""));
+
+    let cfg = Config::from_yaml(
+        "vault: { address: http://cfg:8200, auth: { token: { file: tok } } }\nsource: { vault: { path: secret/x } }\ntargets:\n  T: { store: { file: { dir: o } } }\n",
+        "v.yaml",
+        Path::new("/base"),
+        &env,
+    )
+    .unwrap();
+    let StoreSpec::Vault(src) = cfg.source.unwrap() else { panic!() };
+    assert_eq!(src.address, "http://cfg:8200");
+    assert_eq!(src.token, SecretRef::File("/base/tok".into()));
+
+    let errs = errors(
+        "source: { vault: { path: secret/x, mount: y } }\ntargets:\n  T: { store: { vault: { path: secret/y } } }\nvault: { auth: { approle: {} } }\n",
+    );
+    assert!(errs.iter().any(|e| e.contains(":1: source.vault: write either `path")), "{errs:#?}");
+    assert!(
+        errs.iter().any(|e| e.contains(":3: targets.T.store.vault: no Vault address")),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("vault.auth.approle: Vault `approle` auth is not supported yet")),
+        "{errs:#?}"
+    );
 }

@@ -1,0 +1,365 @@
+//! The `vault` store: a folder of a Vault (or OpenBao) KV v2 mount, over its HTTP API.
+//!
+//! Secret `a/b` of the store `{mount: secret, prefix: app}` is the KV v2 secret `app/a/b` of
+//! mount `secret`. Versions are KV v2 version numbers; writes use check-and-set (`cas: 0` to
+//! create, `cas: <version read>` to replace), so a concurrent writer is never overwritten.
+//! Listing is a recursive `LIST` plus one metadata read per secret (KV v2 lists names only).
+//! Throttling and unavailability are retried with jittered exponential backoff.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use futures_util::{StreamExt, TryStreamExt, stream};
+use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use reqwest::{Method, StatusCode, Url};
+use serde_json::{Value, json};
+use vss_protocol::SecretValue;
+use vss_protocol::config::{SecretRef, VaultSpec};
+use zeroize::Zeroize;
+
+use crate::{
+    ApiCalls, Capabilities, Entry, ErrorKind, Precondition, SecretStore, StoreError, Version,
+    Versioned,
+};
+
+/// Metadata reads a listing keeps in flight at once.
+const CONCURRENT_METADATA_READS: usize = 16;
+
+/// A folder of a KV v2 mount.
+pub struct VaultStore {
+    client: reqwest::Client,
+    address: Url,
+    namespace: Option<String>,
+    token: HeaderValue,
+    mount: String,
+    prefix: String,
+    label: String,
+    calls: ApiCalls,
+}
+
+impl VaultStore {
+    /// Opens the store; reads the token from the reference in `spec`.
+    pub fn open(spec: &VaultSpec) -> Result<Self, StoreError> {
+        let label = vss_protocol::config::StoreSpec::Vault(spec.clone()).to_string();
+        let err = |message: String| StoreError::new(ErrorKind::Invalid, &label, None, message);
+        let address =
+            Url::parse(&spec.address).map_err(|e| err(format!("invalid Vault address: {e}")))?;
+        let mut token = match &spec.token {
+            SecretRef::Env(name) => std::env::var(name).map_err(|_| {
+                StoreError::new(
+                    ErrorKind::Unauthorized,
+                    &label,
+                    None,
+                    format!("no Vault token: environment variable {name} is not set"),
+                )
+            })?,
+            SecretRef::File(path) => std::fs::read_to_string(path).map_err(|e| {
+                StoreError::new(
+                    ErrorKind::Unauthorized,
+                    &label,
+                    None,
+                    format!("no Vault token: cannot read {}: {e}", path.display()),
+                )
+            })?,
+        };
+        let header = HeaderValue::from_str(token.trim());
+        token.zeroize();
+        let mut token =
+            header.map_err(|_| err("the Vault token is not a valid header value".into()))?;
+        token.set_sensitive(true);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| err(format!("cannot build an HTTP client: {e}")))?;
+        Ok(Self {
+            client,
+            address,
+            namespace: spec.namespace.clone(),
+            token,
+            mount: spec.mount.clone(),
+            prefix: spec.prefix.clone(),
+            label,
+            calls: ApiCalls::default(),
+        })
+    }
+
+    fn err(&self, kind: ErrorKind, secret: Option<&str>, message: impl Into<String>) -> StoreError {
+        StoreError::new(kind, &self.label, secret, message)
+    }
+
+    /// The KV path of a store-relative name (or folder, ending in `/`).
+    fn kv_path(&self, name: &str) -> String {
+        match (self.prefix.is_empty(), name.is_empty()) {
+            (true, _) => name.to_string(),
+            (false, true) => format!("{}/", self.prefix),
+            (false, false) => format!("{}/{name}", self.prefix),
+        }
+    }
+
+    fn check_name(&self, name: &str) -> Result<(), StoreError> {
+        let valid = !name.is_empty()
+            && name.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+        if valid {
+            Ok(())
+        } else {
+            Err(self.err(
+                ErrorKind::Invalid,
+                Some(name),
+                "invalid secret name (empty, `.` or `..` segments)",
+            ))
+        }
+    }
+
+    /// `<address>/v1/<mount>/<kind>/<path>`, each segment percent-encoded.
+    fn url(&self, kind: &str, path: &str) -> Url {
+        let mut url = self.address.clone();
+        {
+            let mut segments = url.path_segments_mut().expect("http(s) URLs have paths");
+            segments.pop_if_empty().push("v1").extend(self.mount.split('/')).push(kind);
+            segments.extend(path.split('/'));
+        }
+        url
+    }
+
+    /// One API call with retries. `Ok(None)`: 404.
+    async fn call(
+        &self,
+        operation: &'static str,
+        method: Method,
+        url: Url,
+        body: Option<&[u8]>,
+        secret: Option<&str>,
+    ) -> Result<Option<Value>, StoreError> {
+        let attempt = || async {
+            self.calls.record(operation);
+            let mut request = self
+                .client
+                .request(method.clone(), url.clone())
+                .header("X-Vault-Token", self.token.clone());
+            if let Some(ns) = &self.namespace {
+                request = request.header("X-Vault-Namespace", ns.as_str());
+            }
+            if let Some(body) = body {
+                request = request.header(CONTENT_TYPE, "application/json").body(body.to_vec());
+            }
+            let response = request.send().await.map_err(|e| {
+                self.err(
+                    ErrorKind::Unavailable,
+                    secret,
+                    format!("{operation}: {}", without_url(&e)),
+                )
+            })?;
+            let status = response.status();
+            if status == StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            let text = response.text().await.map_err(|e| {
+                self.err(
+                    ErrorKind::Unavailable,
+                    secret,
+                    format!("{operation}: {}", without_url(&e)),
+                )
+            })?;
+            if status.is_success() {
+                if text.trim().is_empty() {
+                    return Ok(Some(Value::Null));
+                }
+                return serde_json::from_str(&text).map(Some).map_err(|_| {
+                    self.err(
+                        ErrorKind::Invalid,
+                        secret,
+                        format!("{operation}: the response is not JSON"),
+                    )
+                });
+            }
+            Err(self.status_error(operation, status, &text, secret))
+        };
+        attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_max_times(4)
+                    .with_jitter(),
+            )
+            .when(|e: &StoreError| matches!(e.kind, ErrorKind::Throttled | ErrorKind::Unavailable))
+            .await
+    }
+
+    /// Maps a failed response to an error; Vault's own messages name no secret values.
+    fn status_error(
+        &self,
+        operation: &str,
+        status: StatusCode,
+        body: &str,
+        secret: Option<&str>,
+    ) -> StoreError {
+        let errors: Vec<String> = serde_json::from_str::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("errors").cloned())
+            .and_then(|e| serde_json::from_value(e).ok())
+            .unwrap_or_default();
+        let detail = errors.join("; ");
+        let kind = match status.as_u16() {
+            400 if detail.contains("check-and-set") => ErrorKind::Conflict,
+            401 | 403 => ErrorKind::Unauthorized,
+            412 => ErrorKind::Conflict,
+            429 => ErrorKind::Throttled,
+            500..=599 => ErrorKind::Unavailable,
+            _ => ErrorKind::Invalid,
+        };
+        self.err(kind, secret, format!("{operation}: HTTP {status}: {detail}"))
+    }
+
+    /// The names of every secret under the KV folder `folder` (ending in `/` or empty).
+    async fn list_names(&self, folder: &str) -> Result<Vec<String>, StoreError> {
+        let mut names = Vec::new();
+        let mut pending = vec![folder.to_string()];
+        while let Some(dir) = pending.pop() {
+            let mut url = self.url("metadata", dir.trim_end_matches('/'));
+            url.query_pairs_mut().append_pair("list", "true");
+            let Some(listing) = self.call("list", Method::GET, url, None, None).await? else {
+                continue;
+            };
+            let keys = listing["data"]["keys"].as_array().cloned().unwrap_or_default();
+            for key in keys.iter().filter_map(Value::as_str) {
+                let child = format!("{dir}{key}");
+                if key.ends_with('/') {
+                    pending.push(child);
+                } else {
+                    names.push(child);
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    /// The current version of the KV secret at `path`, unless its latest version is deleted.
+    async fn current_version(&self, path: &str, name: &str) -> Result<Option<Version>, StoreError> {
+        let Some(meta) = self
+            .call("metadata", Method::GET, self.url("metadata", path), None, Some(name))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let current = meta["data"]["current_version"].as_u64().unwrap_or(0);
+        let latest = &meta["data"]["versions"][current.to_string()];
+        let gone = latest["destroyed"].as_bool() == Some(true)
+            || latest["deletion_time"].as_str().is_some_and(|t| !t.is_empty());
+        Ok((current > 0 && !gone).then(|| Version(current.to_string())))
+    }
+}
+
+/// A reqwest error without its URL (which holds secret names, not values, but is noise).
+fn without_url(e: &reqwest::Error) -> String {
+    let e = e.to_string();
+    e.split(" for url").next().unwrap_or(&e).to_string()
+}
+
+#[async_trait::async_trait]
+impl SecretStore for VaultStore {
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { read_values: true, metadata: true, conditional_writes: true }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let base = self.kv_path("");
+        let names = self.list_names(&format!("{base}{prefix}")).await?;
+        let base = &base;
+        let mut entries: Vec<Entry> = stream::iter(names)
+            .map(|path| async move {
+                let name = path[base.len()..].to_string();
+                let version = self.current_version(&path, &name).await?;
+                Ok::<_, StoreError>(version.map(|version| Entry { name, version }))
+            })
+            .buffer_unordered(CONCURRENT_METADATA_READS)
+            .try_filter_map(|entry| async move { Ok(entry) })
+            .try_collect()
+            .await?;
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    }
+
+    async fn read(&self, name: &str) -> Result<Option<Versioned<SecretValue>>, StoreError> {
+        self.check_name(name)?;
+        let url = self.url("data", &self.kv_path(name));
+        let Some(mut found) = self.call("read", Method::GET, url, None, Some(name)).await? else {
+            return Ok(None);
+        };
+        let version = found["data"]["metadata"]["version"].as_u64();
+        let value = match found["data"]["data"].take() {
+            Value::Object(map) => SecretValue::new(map),
+            Value::Null => return Ok(None),
+            other => {
+                let kind = vss_protocol::secret::json_kind(&other);
+                vss_protocol::secret::zeroize_value(other);
+                return Err(self.err(
+                    ErrorKind::Invalid,
+                    Some(name),
+                    format!("expected a JSON object, found {kind}"),
+                ));
+            }
+        };
+        vss_protocol::secret::zeroize_value(found);
+        let version = version.ok_or_else(|| {
+            self.err(ErrorKind::Invalid, Some(name), "no version in the response")
+        })?;
+        Ok(Some(Versioned { value, version: Version(version.to_string()) }))
+    }
+
+    async fn write(
+        &self,
+        name: &str,
+        value: &SecretValue,
+        pre: Precondition,
+    ) -> Result<Version, StoreError> {
+        self.check_name(name)?;
+        let mut body = json!({ "data": value.expose() });
+        match &pre {
+            Precondition::None => {}
+            Precondition::Absent => body["options"] = json!({ "cas": 0 }),
+            Precondition::Matches(v) => {
+                let cas: u64 = v.0.parse().map_err(|_| {
+                    self.err(ErrorKind::Invalid, Some(name), "precondition is not a KV v2 version")
+                })?;
+                body["options"] = json!({ "cas": cas });
+            }
+        }
+        let mut bytes = serde_json::to_vec(&body).expect("JSON values serialize");
+        vss_protocol::secret::zeroize_value(body);
+        let url = self.url("data", &self.kv_path(name));
+        let written = self.call("write", Method::POST, url, Some(&bytes), Some(name)).await;
+        bytes.zeroize();
+        let response = written?
+            .ok_or_else(|| self.err(ErrorKind::NotFound, Some(name), "write: mount not found"))?;
+        let version = response["data"]["version"].as_u64().ok_or_else(|| {
+            self.err(ErrorKind::Invalid, Some(name), "write: no version in the response")
+        })?;
+        Ok(Version(version.to_string()))
+    }
+
+    async fn delete(&self, name: &str, pre: Precondition) -> Result<(), StoreError> {
+        self.check_name(name)?;
+        let path = self.kv_path(name);
+        if let Precondition::Matches(expected) = &pre
+            && self.current_version(&path, name).await?.as_ref().is_some_and(|v| v != expected)
+        {
+            return Err(self.err(
+                ErrorKind::Conflict,
+                Some(name),
+                "changed by someone else since it was read",
+            ));
+        }
+        self.call("delete", Method::DELETE, self.url("metadata", &path), None, Some(name)).await?;
+        Ok(())
+    }
+
+    fn api_calls(&self) -> BTreeMap<String, u64> {
+        self.calls.snapshot()
+    }
+}

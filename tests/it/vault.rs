@@ -1,0 +1,149 @@
+//! The vault store against a real OpenBao server: as source, merge store and target.
+
+use serde_json::json;
+use vss_protocol::SecretValue;
+use vss_protocol::config::{SecretRef, VaultSpec};
+use vss_stores::vault::VaultStore;
+use vss_stores::{ErrorKind, Precondition, SecretStore};
+use vss_tests::servers::{OpenBao, ROOT_TOKEN};
+use vss_tests::{Run, Workspace, counts, target};
+
+const TOKEN_ENV: &str = "VSS_TEST_VAULT_TOKEN";
+
+fn config(bao: &OpenBao) -> String {
+    format!(
+        "vault: {{ address: \"{}\", auth: {{ token: {{ env: {TOKEN_ENV} }} }} }}
+merge_store: {{ vault: {{ mount: secret, prefix: merged }} }}
+sources:
+  common: {{ vault: {{ path: secret/src/common }} }}
+  prod: {{ vault: {{ path: secret/src/prod }} }}
+  local: {{ file: {{ dir: local }} }}
+targets:
+  Base: {{ imports: [common], store: {{ file: {{ dir: out/base }} }} }}
+  Production: {{ inherits: Base, imports: [prod, local], store: {{ vault: {{ path: secret/out/prod }} }}, delete: true }}
+",
+        bao.address
+    )
+}
+
+fn run(ws: &Workspace, args: &[&str]) -> Run {
+    let mut all = vec!["pipeline", "--config", "vss.yaml", "--output", "json"];
+    all.extend_from_slice(args);
+    ws.run_env(&all, &[(TOKEN_ENV, ROOT_TOKEN)])
+}
+
+fn seeded() -> (OpenBao, Workspace) {
+    let bao = OpenBao::start();
+    bao.put("src/common/app/db", &json!({"host": "db", "port": 5432, "tags": ["a"]}));
+    bao.put("src/common/shared/flags", &json!({"beta": false}));
+    bao.put("src/prod/app/db", &json!({"host": "db-prod", "tags": ["p"]}));
+    bao.put("src/prod/payments/key", &json!({"key": "k1"}));
+    let ws = Workspace::new();
+    ws.config(&config(&bao));
+    ws.secret("local", "app/db", json!({"pool": 20}));
+    (bao, ws)
+}
+
+#[test]
+fn vault_sources_merge_store_and_target_end_to_end() {
+    let (bao, ws) = seeded();
+    let first = run(&ws, &[]);
+    assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
+    assert_eq!(counts(&target(&first.json(), "Production")["summary"]), (3, 0, 0, 0));
+    assert_eq!(
+        ws.read_secret("out/base", "app/db").unwrap(),
+        json!({"host": "db", "port": 5432, "tags": ["a"]})
+    );
+    let (db, version) = bao.get("out/prod/app/db").unwrap();
+    assert_eq!(db, json!({"host": "db-prod", "port": 5432, "tags": ["a", "p"], "pool": 20}));
+    assert_eq!(version, 1);
+    assert!(bao.get("merged/targets/Production/app/db").is_some(), "merged results live in Vault");
+
+    // Unchanged: no new KV version anywhere.
+    let second = run(&ws, &["--exit-code"]);
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(counts(&second.json()["summary"]), (0, 0, 0, 5));
+    for path in ["out/prod/app/db", "out/prod/payments/key", "merged/targets/Production/app/db"] {
+        assert_eq!(bao.get(path).unwrap().1, 1, "{path} gained a version");
+    }
+
+    // A source change flows through; drift in the target is repaired.
+    bao.put("src/prod/payments/key", &json!({"key": "k2"}));
+    bao.put("out/prod/shared/flags", &json!({"beta": "tampered"}));
+    let third = run(&ws, &["--exit-code"]);
+    assert_eq!(third.code, 1, "{}", third.stderr);
+    let prod = target(&third.json(), "Production").clone();
+    assert_eq!(counts(&prod["summary"]), (0, 2, 0, 1), "{prod}");
+    assert_eq!(bao.get("out/prod/payments/key").unwrap(), (json!({"key": "k2"}), 2));
+    assert_eq!(bao.get("out/prod/shared/flags").unwrap().0, json!({"beta": false}));
+
+    // An owned orphan is deleted from Vault; a foreign secret is not.
+    bao.put("out/prod/foreign", &json!({"owner": "someone else"}));
+    bao.delete("src/prod/payments/key");
+    let fourth = run(&ws, &[]);
+    assert_eq!(fourth.code, 0, "{}", fourth.stderr);
+    assert_eq!(counts(&target(&fourth.json(), "Production")["summary"]), (0, 0, 1, 2));
+    assert!(bao.get("out/prod/payments/key").is_none());
+    assert!(bao.get("out/prod/foreign").is_some());
+}
+
+#[test]
+fn vault_dry_run_writes_nothing_to_vault() {
+    let (bao, ws) = seeded();
+    let run = run(&ws, &["--dry-run", "--exit-code"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(counts(&target(&run.json(), "Production")["summary"]), (3, 0, 0, 0));
+    assert_eq!(bao.list(""), vec!["src/"], "nothing but the sources in the mount");
+}
+
+#[test]
+fn vault_errors_name_the_store_and_never_the_token() {
+    let (_bao, ws) = seeded();
+    let run =
+        ws.run_env(&["pipeline", "--config", "vss.yaml"], &[(TOKEN_ENV, "wrong-token-canary")]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stdout.contains("vault:http://127.0.0.1:") && run.stdout.contains("HTTP 403"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !run.stdout.contains("wrong-token-canary") && !run.stderr.contains("wrong-token-canary")
+    );
+    let run = ws.run(&["pipeline", "--config", "vss.yaml"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stdout.contains(&format!("environment variable {TOKEN_ENV} is not set")),
+        "{}",
+        run.stdout
+    );
+}
+
+#[tokio::test]
+async fn vault_writes_are_check_and_set() {
+    let bao = OpenBao::start();
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), ROOT_TOKEN).unwrap();
+    let store = VaultStore::open(&VaultSpec {
+        address: bao.address.clone(),
+        namespace: None,
+        token: SecretRef::File(token.path().into()),
+        mount: "secret".into(),
+        prefix: "cas".into(),
+    })
+    .unwrap();
+    let value = |v: serde_json::Value| SecretValue::new(v.as_object().unwrap().clone());
+    let v1 = store.write("s", &value(json!({"a": 1})), Precondition::Absent).await.unwrap();
+    let again = store.write("s", &value(json!({"a": 2})), Precondition::Absent).await.unwrap_err();
+    assert_eq!(again.kind, ErrorKind::Conflict, "{again}");
+    let v2 =
+        store.write("s", &value(json!({"a": 3})), Precondition::Matches(v1.clone())).await.unwrap();
+    let stale =
+        store.write("s", &value(json!({"a": 4})), Precondition::Matches(v1)).await.unwrap_err();
+    assert_eq!(stale.kind, ErrorKind::Conflict);
+    let listed = store.list("").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].name.as_str(), &listed[0].version), ("s", &v2));
+    assert_eq!(store.read("s").await.unwrap().unwrap().value.expose()["a"], 3);
+    assert_eq!(store.api_calls().get("write"), Some(&4));
+}

@@ -1,0 +1,141 @@
+//! Real servers for the tests, each on a free port of its own and stopped on drop.
+//!
+//! Binaries come from the project's venv (`$VSS_VENV/bin`, default `~/.cache/vss-venv/bin`,
+//! filled by `scripts/test`), else from `PATH`.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The path of a server binary installed by `scripts/test`.
+pub fn server_bin(name: &str) -> PathBuf {
+    let venv = std::env::var_os("VSS_VENV")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/vss-venv")));
+    if let Some(bin) = venv.map(|v| v.join("bin").join(name)).filter(|p| p.exists()) {
+        return bin;
+    }
+    PathBuf::from(name)
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The status code of `GET path` on `127.0.0.1:port`, if the server answers.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// An OpenBao dev server (Vault's API; KV v2 mounted at `secret/`), root token `root`.
+pub struct OpenBao {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+}
+
+/// The root token of every test OpenBao.
+pub const ROOT_TOKEN: &str = "root";
+
+impl OpenBao {
+    /// Starts a dev server and waits until it is unsealed and ready. A server that exits at
+    /// start (e.g. its port was taken meanwhile) is retried on another port.
+    pub fn start() -> Self {
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let log = tempfile::NamedTempFile::new().unwrap();
+            let mut child = Command::new(server_bin("bao"))
+                .args([
+                    "server",
+                    "-dev",
+                    &format!("-dev-root-token-id={ROOT_TOKEN}"),
+                    &format!("-dev-listen-address=127.0.0.1:{port}"),
+                ])
+                .stdout(Stdio::null())
+                .stderr(log.reopen().unwrap())
+                .spawn()
+                .expect("bao runs (scripts/test installs it)");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if http_status(port, "/v1/sys/health") == Some(200) {
+                    return Self { child, address: format!("http://127.0.0.1:{port}") };
+                }
+                if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last_log = std::fs::read_to_string(log.path()).unwrap_or_default();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("OpenBao did not start; its last log:\n{last_log}");
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(server_bin("bao"))
+            .args(args)
+            .env("BAO_ADDR", &self.address)
+            .env("BAO_TOKEN", ROOT_TOKEN)
+            .env("VAULT_ADDR", &self.address)
+            .env("VAULT_TOKEN", ROOT_TOKEN)
+            .output()
+            .expect("bao runs")
+    }
+
+    /// Writes a KV v2 secret with the real CLI.
+    pub fn put(&self, path: &str, value: &Value) {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), value.to_string()).unwrap();
+        let data = format!("@{}", file.path().display());
+        let out = self.cli(&["kv", "put", "-mount=secret", path, &data]);
+        assert!(out.status.success(), "bao kv put: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Reads a KV v2 secret's data and version with the real CLI.
+    pub fn get(&self, path: &str) -> Option<(Value, u64)> {
+        let out = self.cli(&["kv", "get", "-format=json", "-mount=secret", path]);
+        if !out.status.success() {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        Some((v["data"]["data"].clone(), v["data"]["metadata"]["version"].as_u64().unwrap()))
+    }
+
+    /// Deletes a KV v2 secret with all its versions.
+    pub fn delete(&self, path: &str) {
+        let out = self.cli(&["kv", "metadata", "delete", "-mount=secret", path]);
+        assert!(
+            out.status.success(),
+            "bao kv metadata delete: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The names under a KV v2 folder (one level).
+    pub fn list(&self, folder: &str) -> Vec<String> {
+        let out = self.cli(&["kv", "list", "-format=json", "-mount=secret", folder]);
+        if !out.status.success() {
+            return Vec::new();
+        }
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for OpenBao {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
