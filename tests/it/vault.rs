@@ -147,3 +147,35 @@ async fn vault_writes_are_check_and_set() {
     assert_eq!(store.read("s").await.unwrap().unwrap().value.expose()["a"], 3);
     assert_eq!(store.api_calls().get("write"), Some(&4));
 }
+
+#[test]
+fn vault_canary_values_never_leave_the_stores() {
+    const CANARY: &str = "CANARY-vault-71d2";
+    let bao = OpenBao::start();
+    bao.put("src/common/app/db", &json!({"password": format!("{CANARY}-1"), "list": [CANARY]}));
+    bao.put("src/prod/app/db", &json!({"password": format!("{CANARY}-2"), "extra": CANARY}));
+    let ws = Workspace::new();
+    ws.config(&config(&bao));
+    ws.secret("local", "app/api", json!({"token": CANARY}));
+    let mut outputs = Vec::new();
+    let mut all_formats = |ws: &Workspace, extra: &[&str]| {
+        for format in ["human", "json", "github"] {
+            let mut args = vec!["pipeline", "--config", "vss.yaml", "--output", format];
+            args.extend_from_slice(extra);
+            let run = ws.run_env(&args, &[(TOKEN_ENV, ROOT_TOKEN), ("RUST_LOG", "trace")]);
+            outputs.push(run.stdout);
+            outputs.push(run.stderr);
+        }
+    };
+    all_formats(&ws, &["--dry-run"]);
+    all_formats(&ws, &[]);
+    bao.put("src/prod/app/db", &json!({"password": format!("{CANARY}-3")}));
+    bao.put("out/prod/app/api", &json!({"token": format!("{CANARY}-drift")}));
+    all_formats(&ws, &["--dry-run"]);
+    all_formats(&ws, &[]);
+    assert_eq!(bao.get("out/prod/app/db").unwrap().0["password"], format!("{CANARY}-3"));
+    assert!(outputs.iter().any(|o| o.contains("TRACE")), "trace logging was on");
+    for text in &outputs {
+        assert!(!text.contains(CANARY), "canary leaked:\n{text}");
+    }
+}
