@@ -91,19 +91,10 @@ impl Inner {
         current: &Option<Version>,
         pre: &Precondition,
     ) -> Result<(), StoreError> {
-        let ok = match pre {
-            Precondition::None => true,
-            Precondition::Absent => current.is_none(),
-            Precondition::Matches(v) => current.as_ref() == Some(v),
-        };
-        if ok {
+        if pre.holds(current.as_ref()) {
             Ok(())
         } else {
-            Err(self.err(
-                ErrorKind::Conflict,
-                Some(name),
-                "changed by someone else since it was read",
-            ))
+            Err(StoreError::conflict(&self.label, name))
         }
     }
 

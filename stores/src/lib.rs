@@ -58,6 +58,17 @@ pub enum Precondition {
     Matches(Version),
 }
 
+impl Precondition {
+    /// Whether a secret currently at `current` (`None`: absent) meets the condition.
+    pub fn holds(&self, current: Option<&Version>) -> bool {
+        match self {
+            Precondition::None => true,
+            Precondition::Absent => current.is_none(),
+            Precondition::Matches(v) => current == Some(v),
+        }
+    }
+}
+
 /// What a store can do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capabilities {
@@ -115,6 +126,16 @@ impl StoreError {
             secret: secret.map(str::to_string),
             message: message.into(),
         }
+    }
+
+    /// A precondition failed: someone else changed `secret` since it was read.
+    pub fn conflict(store: &str, secret: &str) -> Self {
+        Self::new(
+            ErrorKind::Conflict,
+            store,
+            Some(secret),
+            "changed by someone else since it was read",
+        )
     }
 
     /// Whether trying again may succeed.

@@ -346,14 +346,10 @@ impl SecretStore for VaultStore {
     async fn delete(&self, name: &str, pre: Precondition) -> Result<(), StoreError> {
         self.check_name(name)?;
         let path = self.kv_path(name);
-        if let Precondition::Matches(expected) = &pre
-            && self.current_version(&path, name).await?.as_ref().is_some_and(|v| v != expected)
+        if !matches!(pre, Precondition::None)
+            && !pre.holds(self.current_version(&path, name).await?.as_ref())
         {
-            return Err(self.err(
-                ErrorKind::Conflict,
-                Some(name),
-                "changed by someone else since it was read",
-            ));
+            return Err(StoreError::conflict(&self.label, name));
         }
         self.call("delete", Method::DELETE, self.url("metadata", &path), None, Some(name)).await?;
         Ok(())
