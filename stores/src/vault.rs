@@ -7,7 +7,7 @@
 //! Throttling and unavailability are retried with jittered exponential backoff.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use futures_util::{StreamExt, TryStreamExt, stream};
@@ -15,8 +15,8 @@ use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
 use vss_protocol::SecretValue;
-use vss_protocol::config::{SecretRef, VaultSpec};
-use zeroize::Zeroize;
+use vss_protocol::config::{SecretRef, VaultAuth, VaultSpec};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::{
     ApiCalls, Capabilities, Entry, ErrorKind, Precondition, SecretStore, StoreError, Version,
@@ -26,12 +26,61 @@ use crate::{
 /// Metadata reads a listing keeps in flight at once.
 const CONCURRENT_METADATA_READS: usize = 16;
 
+/// How the store gets its token.
+enum Login {
+    /// A fixed token.
+    Token(HeaderValue),
+    /// AppRole credentials, exchanged for a token that is renewed before it expires.
+    AppRole { mount: String, role_id: Zeroizing<String>, secret_id: Zeroizing<String> },
+}
+
+/// A token from a login, and when to renew it.
+struct Session {
+    token: HeaderValue,
+    renew_at: Option<Instant>,
+}
+
+/// Reads a credential from the process's own environment or a file.
+fn read_credential(
+    reference: &SecretRef,
+    what: &str,
+    label: &str,
+) -> Result<Zeroizing<String>, StoreError> {
+    let unauthorized =
+        |message: String| StoreError::new(ErrorKind::Unauthorized, label, None, message);
+    let text = match reference {
+        SecretRef::Env(name) => std::env::var(name).map_err(|_| {
+            unauthorized(format!("no Vault {what}: environment variable {name} is not set"))
+        })?,
+        SecretRef::File(path) => std::fs::read_to_string(path).map_err(|e| {
+            unauthorized(format!("no Vault {what}: cannot read {}: {e}", path.display()))
+        })?,
+    };
+    let text = Zeroizing::new(text);
+    Ok(Zeroizing::new(text.trim().to_string()))
+}
+
+/// A header value that `Debug` never prints.
+fn sensitive_header(text: &str, label: &str) -> Result<HeaderValue, StoreError> {
+    let mut header = HeaderValue::from_str(text).map_err(|_| {
+        StoreError::new(
+            ErrorKind::Invalid,
+            label,
+            None,
+            "the Vault token is not a valid header value",
+        )
+    })?;
+    header.set_sensitive(true);
+    Ok(header)
+}
+
 /// A folder of a KV v2 mount.
 pub struct VaultStore {
     client: reqwest::Client,
     address: Url,
     namespace: Option<String>,
-    token: HeaderValue,
+    login: Login,
+    session: tokio::sync::Mutex<Option<Session>>,
     mount: String,
     prefix: String,
     label: String,
@@ -45,29 +94,17 @@ impl VaultStore {
         let err = |message: String| StoreError::new(ErrorKind::Invalid, &label, None, message);
         let address =
             Url::parse(&spec.address).map_err(|e| err(format!("invalid Vault address: {e}")))?;
-        let mut token = match &spec.token {
-            SecretRef::Env(name) => std::env::var(name).map_err(|_| {
-                StoreError::new(
-                    ErrorKind::Unauthorized,
-                    &label,
-                    None,
-                    format!("no Vault token: environment variable {name} is not set"),
-                )
-            })?,
-            SecretRef::File(path) => std::fs::read_to_string(path).map_err(|e| {
-                StoreError::new(
-                    ErrorKind::Unauthorized,
-                    &label,
-                    None,
-                    format!("no Vault token: cannot read {}: {e}", path.display()),
-                )
-            })?,
+        let login = match &spec.auth {
+            VaultAuth::Token(reference) => {
+                let token = read_credential(reference, "token", &label)?;
+                Login::Token(sensitive_header(&token, &label)?)
+            }
+            VaultAuth::AppRole { mount, role_id, secret_id } => Login::AppRole {
+                mount: mount.clone(),
+                role_id: read_credential(role_id, "AppRole role id", &label)?,
+                secret_id: read_credential(secret_id, "AppRole secret id", &label)?,
+            },
         };
-        let header = HeaderValue::from_str(token.trim());
-        token.zeroize();
-        let mut token =
-            header.map_err(|_| err("the Vault token is not a valid header value".into()))?;
-        token.set_sensitive(true);
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
@@ -76,7 +113,8 @@ impl VaultStore {
             client,
             address,
             namespace: spec.namespace.clone(),
-            token,
+            login,
+            session: tokio::sync::Mutex::new(None),
             mount: spec.mount.clone(),
             prefix: spec.prefix.clone(),
             label,
@@ -122,59 +160,59 @@ impl VaultStore {
         url
     }
 
-    /// One API call with retries. `Ok(None)`: 404.
-    async fn call(
+    /// One HTTP request, counted as `operation`. `Ok(None)`: 404.
+    async fn send(
         &self,
         operation: &'static str,
         method: Method,
         url: Url,
         body: Option<&[u8]>,
+        token: Option<HeaderValue>,
         secret: Option<&str>,
     ) -> Result<Option<Value>, StoreError> {
-        let attempt = || async {
-            self.calls.record(operation);
-            let mut request = self
-                .client
-                .request(method.clone(), url.clone())
-                .header("X-Vault-Token", self.token.clone());
-            if let Some(ns) = &self.namespace {
-                request = request.header("X-Vault-Namespace", ns.as_str());
-            }
-            if let Some(body) = body {
-                request = request.header(CONTENT_TYPE, "application/json").body(body.to_vec());
-            }
-            let response = request.send().await.map_err(|e| {
-                self.err(
-                    ErrorKind::Unavailable,
-                    secret,
-                    format!("{operation}: {}", without_url(&e)),
-                )
-            })?;
-            let status = response.status();
-            if status == StatusCode::NOT_FOUND {
-                return Ok(None);
-            }
-            let text = response.text().await.map_err(|e| {
-                self.err(
-                    ErrorKind::Unavailable,
-                    secret,
-                    format!("{operation}: {}", without_url(&e)),
-                )
-            })?;
-            if status.is_success() {
-                if text.trim().is_empty() {
-                    return Ok(Some(Value::Null));
-                }
-                return serde_json::from_str(&text).map(Some).map_err(|_| {
-                    self.err(
-                        ErrorKind::Invalid,
-                        secret,
-                        format!("{operation}: the response is not JSON"),
-                    )
-                });
-            }
-            Err(self.status_error(operation, status, &text, secret))
+        self.calls.record(operation);
+        let mut request = self.client.request(method, url);
+        if let Some(token) = token {
+            request = request.header("X-Vault-Token", token);
+        }
+        if let Some(ns) = &self.namespace {
+            request = request.header("X-Vault-Namespace", ns.as_str());
+        }
+        if let Some(body) = body {
+            request = request.header(CONTENT_TYPE, "application/json").body(body.to_vec());
+        }
+        let unavailable = |e: reqwest::Error| {
+            self.err(ErrorKind::Unavailable, secret, format!("{operation}: {}", without_url(&e)))
         };
+        let response = request.send().await.map_err(unavailable)?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let text = Zeroizing::new(response.text().await.map_err(unavailable)?);
+        if !status.is_success() {
+            return Err(self.status_error(operation, status, &text, secret));
+        }
+        if text.trim().is_empty() {
+            return Ok(Some(Value::Null));
+        }
+        serde_json::from_str(&text).map(Some).map_err(|_| {
+            self.err(ErrorKind::Invalid, secret, format!("{operation}: the response is not JSON"))
+        })
+    }
+
+    /// [`Self::send`] retried on throttling and unavailability, with jittered backoff.
+    async fn send_retrying(
+        &self,
+        operation: &'static str,
+        method: Method,
+        url: Url,
+        body: Option<&[u8]>,
+        token: Option<HeaderValue>,
+        secret: Option<&str>,
+    ) -> Result<Option<Value>, StoreError> {
+        let attempt =
+            || self.send(operation, method.clone(), url.clone(), body, token.clone(), secret);
         attempt
             .retry(
                 ExponentialBuilder::default()
@@ -185,6 +223,95 @@ impl VaultStore {
             )
             .when(|e: &StoreError| matches!(e.kind, ErrorKind::Throttled | ErrorKind::Unavailable))
             .await
+    }
+
+    /// One authenticated API call. With AppRole, a refused token leads to one fresh login.
+    async fn call(
+        &self,
+        operation: &'static str,
+        method: Method,
+        url: Url,
+        body: Option<&[u8]>,
+        secret: Option<&str>,
+    ) -> Result<Option<Value>, StoreError> {
+        let token = self.token().await?;
+        let first = self
+            .send_retrying(operation, method.clone(), url.clone(), body, Some(token), secret)
+            .await;
+        match first {
+            Err(e)
+                if e.kind == ErrorKind::Unauthorized
+                    && matches!(self.login, Login::AppRole { .. }) =>
+            {
+                *self.session.lock().await = None;
+                let token = self.token().await?;
+                self.send_retrying(operation, method, url, body, Some(token), secret).await
+            }
+            other => other,
+        }
+    }
+
+    /// The current token: fixed, or from an AppRole login renewed two thirds into its lease.
+    async fn token(&self) -> Result<HeaderValue, StoreError> {
+        let (mount, role_id, secret_id) = match &self.login {
+            Login::Token(token) => return Ok(token.clone()),
+            Login::AppRole { mount, role_id, secret_id } => (mount, role_id, secret_id),
+        };
+        let mut session = self.session.lock().await;
+        if let Some(current) = session.as_ref() {
+            if current.renew_at.is_none_or(|at| Instant::now() < at) {
+                return Ok(current.token.clone());
+            }
+            let url = self.address.join("v1/auth/token/renew-self").expect("a fixed path");
+            let renewed = self
+                .send_retrying(
+                    "renew",
+                    Method::POST,
+                    url,
+                    Some(b"{}"),
+                    Some(current.token.clone()),
+                    None,
+                )
+                .await;
+            if let Ok(Some(auth)) = renewed {
+                let renewed = self.session_from(&auth)?;
+                let token = renewed.token.clone();
+                *session = Some(renewed);
+                return Ok(token);
+            }
+        }
+        let mut url = self.address.clone();
+        url.path_segments_mut()
+            .expect("http(s) URLs have paths")
+            .pop_if_empty()
+            .extend(["v1", "auth"])
+            .extend(mount.split('/'))
+            .push("login");
+        let mut body = serde_json::to_vec(
+            &json!({"role_id": role_id.as_str(), "secret_id": secret_id.as_str()}),
+        )
+        .expect("JSON values serialize");
+        let response =
+            self.send_retrying("login", Method::POST, url, Some(&body), None, None).await;
+        body.zeroize();
+        let response = response?.ok_or_else(|| {
+            self.err(ErrorKind::Unauthorized, None, format!("AppRole mount `{mount}` not found"))
+        })?;
+        let fresh = self.session_from(&response)?;
+        let token = fresh.token.clone();
+        *session = Some(fresh);
+        Ok(token)
+    }
+
+    /// A session from a login or renew response.
+    fn session_from(&self, response: &Value) -> Result<Session, StoreError> {
+        let auth = &response["auth"];
+        let token = auth["client_token"].as_str().ok_or_else(|| {
+            self.err(ErrorKind::Unauthorized, None, "the login response has no token")
+        })?;
+        let lease = auth["lease_duration"].as_u64().unwrap_or(0);
+        let renew_at = (lease > 0).then(|| Instant::now() + Duration::from_secs(lease) * 2 / 3);
+        Ok(Session { token: sensitive_header(token, &self.label)?, renew_at })
     }
 
     /// Maps a failed response to an error; Vault's own messages name no secret values.

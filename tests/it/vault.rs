@@ -2,7 +2,7 @@
 
 use serde_json::json;
 use vss_protocol::SecretValue;
-use vss_protocol::config::{SecretRef, VaultSpec};
+use vss_protocol::config::{SecretRef, VaultAuth, VaultSpec};
 use vss_stores::vault::VaultStore;
 use vss_stores::{ErrorKind, Precondition, SecretStore};
 use vss_tests::servers::{OpenBao, ROOT_TOKEN};
@@ -127,7 +127,7 @@ async fn vault_writes_are_check_and_set() {
     let store = VaultStore::open(&VaultSpec {
         address: bao.address.clone(),
         namespace: None,
-        token: SecretRef::File(token.path().into()),
+        auth: VaultAuth::Token(SecretRef::File(token.path().into())),
         mount: "secret".into(),
         prefix: "cas".into(),
     })
@@ -178,4 +178,57 @@ fn vault_canary_values_never_leave_the_stores() {
     for text in &outputs {
         assert!(!text.contains(CANARY), "canary leaked:\n{text}");
     }
+}
+
+#[tokio::test]
+async fn vault_approle_tokens_are_renewed_or_replaced_before_they_lapse() {
+    let bao = OpenBao::start();
+    let (role_id, secret_id) = bao.approle("4s");
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        SecretRef::File(path)
+    };
+    let store = VaultStore::open(&VaultSpec {
+        address: bao.address.clone(),
+        namespace: None,
+        auth: VaultAuth::AppRole {
+            mount: "approle".into(),
+            role_id: file("role", &role_id),
+            secret_id: file("secret", &secret_id),
+        },
+        mount: "secret".into(),
+        prefix: "approle".into(),
+    })
+    .unwrap();
+    let value = SecretValue::new(json!({"k": 1}).as_object().unwrap().clone());
+    let calls = |op: &str| store.api_calls().get(op).copied().unwrap_or(0);
+    store.write("a", &value, Precondition::Absent).await.unwrap();
+    assert_eq!((calls("login"), calls("renew")), (1, 0));
+    // Two thirds into the 4 s lease, the token is renewed.
+    tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
+    store.write("b", &value, Precondition::Absent).await.unwrap();
+    assert_eq!((calls("login"), calls("renew")), (1, 1));
+    // Past the lease, the renewal is refused and the store logs in again.
+    tokio::time::sleep(std::time::Duration::from_millis(4500)).await;
+    store.write("c", &value, Precondition::Absent).await.unwrap();
+    assert_eq!(calls("login"), 2, "{:?}", store.api_calls());
+    assert_eq!(store.list("").await.unwrap().len(), 3);
+}
+
+#[test]
+fn vault_approle_from_reference_config_spelling() {
+    let (bao, ws) = seeded();
+    let (role_id, secret_id) = bao.approle("1h");
+    let config = config(&bao).replace(
+        &format!("auth: {{ token: {{ env: {TOKEN_ENV} }} }}"),
+        "auth: { approle: { role_id: \"${VSS_ROLE_ID}\", secret_id: \"${VSS_SECRET_ID}\" } }",
+    );
+    ws.config(&config);
+    let env = [("VSS_ROLE_ID", role_id.as_str()), ("VSS_SECRET_ID", secret_id.as_str())];
+    let run = ws.run_env(&["pipeline", "--config", "vss.yaml", "--output", "json"], &env);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(counts(&target(&run.json(), "Production")["summary"]), (3, 0, 0, 0));
+    assert!(!run.stdout.contains(&secret_id) && !run.stderr.contains(&secret_id));
 }

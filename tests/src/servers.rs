@@ -113,6 +113,34 @@ impl OpenBao {
         Some((v["data"]["data"].clone(), v["data"]["metadata"]["version"].as_u64().unwrap()))
     }
 
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "bao {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// Enables AppRole (once) with a role `vss` allowed everything under `secret/`, whose
+    /// tokens live `token_ttl`; returns a role id and a fresh secret id.
+    pub fn approle(&self, token_ttl: &str) -> (String, String) {
+        let policy = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(policy.path(), "path \"secret/*\" { capabilities = [\"create\", \"read\", \"update\", \"delete\", \"list\"] }\n").unwrap();
+        if !self.cli(&["auth", "list"]).stdout.windows(8).any(|w| w == b"approle/") {
+            self.cli_ok(&["auth", "enable", "approle"]);
+        }
+        self.cli_ok(&["policy", "write", "vss", &policy.path().display().to_string()]);
+        self.cli_ok(&[
+            "write",
+            "auth/approle/role/vss",
+            "token_policies=vss",
+            &format!("token_ttl={token_ttl}"),
+            "token_max_ttl=1h",
+        ]);
+        let role_id = self.cli_ok(&["read", "-field=role_id", "auth/approle/role/vss/role-id"]);
+        let secret_id =
+            self.cli_ok(&["write", "-f", "-field=secret_id", "auth/approle/role/vss/secret-id"]);
+        (role_id, secret_id)
+    }
+
     /// Deletes a KV v2 secret with all its versions.
     pub fn delete(&self, path: &str) {
         let out = self.cli(&["kv", "metadata", "delete", "-mount=secret", path]);

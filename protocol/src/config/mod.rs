@@ -198,8 +198,8 @@ pub struct VaultSpec {
     pub address: String,
     /// The Vault Enterprise / OpenBao namespace, if any.
     pub namespace: Option<String>,
-    /// Where the token is read from.
-    pub token: SecretRef,
+    /// How to log in.
+    pub auth: VaultAuth,
     /// The KV v2 mount, e.g. `secret`.
     pub mount: String,
     /// The folder inside the mount (no leading or trailing `/`; empty for the whole mount).
@@ -219,6 +219,23 @@ impl fmt::Display for StoreSpec {
             }
         }
     }
+}
+
+/// How a Vault store logs in: references to credentials, never their values.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VaultAuth {
+    /// A token.
+    Token(SecretRef),
+    /// AppRole login; the token it returns is renewed before it expires.
+    AppRole {
+        /// The auth mount, e.g. `approle`.
+        mount: String,
+        /// The role id.
+        role_id: SecretRef,
+        /// The secret id.
+        secret_id: SecretRef,
+    },
 }
 
 /// Where the state ledger lives.

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::yaml::{Document, KeyPath, Segment, display_path};
 use super::{
     Config, DeleteThreshold, Diagnostic, Layer, LogFormat, LogSettings, PipelineSettings,
-    SecretRef, StateSpec, StoreSpec, Target, VaultSpec,
+    SecretRef, StateSpec, StoreSpec, Target, VaultAuth, VaultSpec,
 };
 use crate::merge::ListMerge;
 
@@ -94,8 +94,16 @@ struct RawVault {
 #[serde(deny_unknown_fields)]
 struct RawVaultAuth {
     token: Option<RawSecretRef>,
-    approle: Option<IgnoredAny>,
+    approle: Option<RawAppRole>,
     kubernetes: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAppRole {
+    mount: Option<String>,
+    role_id: RawSecretRef,
+    secret_id: RawSecretRef,
 }
 
 /// `{vault: {path: mount/folder}}` or `{vault: {mount, prefix}}`.
@@ -187,6 +195,46 @@ fn normalize_shorthands(root: &mut Value) {
             *id = Value::String(id.to_string());
         }
     }
+}
+
+/// Credentials in the config must stay references: `${NAME}` becomes `{env: NAME}` (the
+/// reference configs' spelling), and a literal value is refused without being quoted.
+fn credential_references(doc: &mut Document, file: &str) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    let credential_paths: [&[&str]; 4] = [
+        &["vault", "auth", "token"],
+        &["vault", "auth", "token", "token"],
+        &["vault", "auth", "approle", "role_id"],
+        &["vault", "auth", "approle", "secret_id"],
+    ];
+    for parts in credential_paths {
+        let at = path(parts);
+        if !matches!(doc.get(&at), Some(Value::String(_))) {
+            continue;
+        }
+        match doc.env_reference(&at).map(str::to_string) {
+            Some(name) => {
+                doc.replace(&at, serde_json::json!({ "env": name }));
+            }
+            None => {
+                let message = "a credential cannot be written in the config: use `${NAME}`, \
+                               `{ env: NAME }` or `{ file: PATH }`";
+                diags.push(Diagnostic::at(
+                    file,
+                    doc.line_of(&at),
+                    display_path(&at),
+                    message.into(),
+                ));
+                doc.remove(&at);
+            }
+        }
+    }
+    // The reference format nests the token once more: `token: { token: ${VAULT_TOKEN} }`.
+    let nested = path(&["vault", "auth", "token"]);
+    if let Some(inner) = doc.get(&nested).and_then(|t| t.get("token")).cloned() {
+        doc.replace(&nested, inner);
+    }
+    diags
 }
 
 /// Deserializes the raw config, collecting every unknown key and type error: each failure is
@@ -292,7 +340,9 @@ pub(super) fn build(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, Vec<Diagnostic>> {
     normalize_shorthands(&mut doc.root);
-    let (raw, diags) = deserialize(&mut doc, file);
+    let mut diags = credential_references(&mut doc, file);
+    let (raw, more) = deserialize(&mut doc, file);
+    diags.extend(more);
     let Some(raw) = raw else { return Err(diags) };
     let mut ck = Checker { file, doc: &doc, diags };
     let resolve = |p: &str| base.join(p);
@@ -550,7 +600,7 @@ fn check_cycles(ck: &mut Checker, targets: &BTreeMap<String, RawTarget>) {
 
 /// The connection of vault stores: the `vault:` block, then `VAULT_ADDR`, `VAULT_NAMESPACE`
 /// and `VAULT_TOKEN`. A missing address is reported where a vault store needs it.
-type VaultConnection = Result<(String, Option<String>, SecretRef), String>;
+type VaultConnection = Result<(String, Option<String>, VaultAuth), String>;
 
 fn vault_connection(
     ck: &mut Checker,
@@ -561,22 +611,29 @@ fn vault_connection(
     let default = RawVault::default();
     let raw = raw.unwrap_or(&default);
     let auth = raw.auth.as_ref();
-    for (k, present) in [
-        ("approle", auth.is_some_and(|a| a.approle.is_some())),
-        ("kubernetes", auth.is_some_and(|a| a.kubernetes.is_some())),
-    ] {
-        if present {
-            ck.not_supported(&path(&["vault", "auth", k]), &format!("Vault `{k}` auth"));
-        }
+    if auth.is_some_and(|a| a.kubernetes.is_some()) {
+        ck.not_supported(&path(&["vault", "auth", "kubernetes"]), "Vault `kubernetes` auth");
     }
-    let token = match auth.and_then(|a| a.token.as_ref()) {
-        Some(RawSecretRef::Env(name)) => SecretRef::Env(name.clone()),
-        Some(RawSecretRef::File(p)) => SecretRef::File(base.join(p)),
-        None => SecretRef::Env("VAULT_TOKEN".into()),
+    let reference = |r: &RawSecretRef| match r {
+        RawSecretRef::Env(name) => SecretRef::Env(name.clone()),
+        RawSecretRef::File(p) => SecretRef::File(base.join(p)),
+    };
+    let login = match (auth.and_then(|a| a.token.as_ref()), auth.and_then(|a| a.approle.as_ref())) {
+        (Some(_), Some(_)) => {
+            ck.error(&path(&["vault", "auth"]), "choose one of `token` and `approle`".into());
+            VaultAuth::Token(SecretRef::Env("VAULT_TOKEN".into()))
+        }
+        (Some(token), None) => VaultAuth::Token(reference(token)),
+        (None, Some(approle)) => VaultAuth::AppRole {
+            mount: approle.mount.as_deref().unwrap_or("approle").trim_matches('/').to_string(),
+            role_id: reference(&approle.role_id),
+            secret_id: reference(&approle.secret_id),
+        },
+        (None, None) => VaultAuth::Token(SecretRef::Env("VAULT_TOKEN".into())),
     };
     let namespace = raw.namespace.clone().or_else(|| env("VAULT_NAMESPACE"));
     match raw.address.clone().or_else(|| env("VAULT_ADDR")) {
-        Some(address) => Ok((address, namespace, token)),
+        Some(address) => Ok((address, namespace, login)),
         None => Err("no Vault address: set `vault.address` or VAULT_ADDR".into()),
     }
 }
@@ -615,10 +672,10 @@ fn vault_store(
         return None;
     }
     match connection {
-        Ok((address, namespace, token)) => Some(StoreSpec::Vault(VaultSpec {
+        Ok((address, namespace, auth)) => Some(StoreSpec::Vault(VaultSpec {
             address: address.clone(),
             namespace: namespace.clone(),
-            token: token.clone(),
+            auth: auth.clone(),
             mount,
             prefix,
         })),

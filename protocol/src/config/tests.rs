@@ -261,7 +261,7 @@ fn vault_stores_take_their_connection_from_the_vault_block_or_the_environment() 
         ("http://env:8200", "secret", "merge")
     );
     assert_eq!(merge.namespace.as_deref(), Some("team"));
-    assert_eq!(merge.token, SecretRef::Env("VAULT_TOKEN".into()));
+    assert_eq!(merge.auth, VaultAuth::Token(SecretRef::Env("VAULT_TOKEN".into())));
     let StoreSpec::Vault(a) = &cfg.sources["a"] else { panic!() };
     assert_eq!((a.mount.as_str(), a.prefix.as_str()), ("secret", "api-keys"));
     let StoreSpec::Vault(b) = &cfg.sources["b"] else { panic!() };
@@ -276,10 +276,10 @@ fn vault_stores_take_their_connection_from_the_vault_block_or_the_environment() 
     .unwrap();
     let StoreSpec::Vault(src) = cfg.source.unwrap() else { panic!() };
     assert_eq!(src.address, "http://cfg:8200");
-    assert_eq!(src.token, SecretRef::File("/base/tok".into()));
+    assert_eq!(src.auth, VaultAuth::Token(SecretRef::File("/base/tok".into())));
 
     let errs = errors(
-        "source: { vault: { path: secret/x, mount: y } }\ntargets:\n  T: { store: { vault: { path: secret/y } } }\nvault: { auth: { approle: {} } }\n",
+        "source: { vault: { path: secret/x, mount: y } }\ntargets:\n  T: { store: { vault: { path: secret/y } } }\nvault: { auth: { kubernetes: {} } }\n",
     );
     assert!(errs.iter().any(|e| e.contains(":1: source.vault: write either `path")), "{errs:#?}");
     assert!(
@@ -288,7 +288,56 @@ fn vault_stores_take_their_connection_from_the_vault_block_or_the_environment() 
     );
     assert!(
         errs.iter()
-            .any(|e| e.contains("vault.auth.approle: Vault `approle` auth is not supported yet")),
+            .any(|e| e
+                .contains("vault.auth.kubernetes: Vault `kubernetes` auth is not supported yet")),
         "{errs:#?}"
     );
+}
+
+#[test]
+fn credentials_stay_references() {
+    let env = |n: &str| match n {
+        "VAULT_TOKEN" => Some("s.canary-token".to_string()),
+        "ROLE" => Some("role-canary".to_string()),
+        "SECRET" => Some("secret-canary".to_string()),
+        _ => None,
+    };
+    let load = |text: &str| Config::from_yaml(text, "v.yaml", Path::new("/b"), &env);
+    let target =
+        "source: { vault: { path: secret/x } }\ntargets:\n  T: { store: { file: { dir: o } } }\n";
+    // Block style, as the reference configs write it (`}` ends a flow-style plain scalar).
+    for spelling in [
+        "token: ${VAULT_TOKEN}",
+        "token:\n      token: ${VAULT_TOKEN}",
+        "token: { env: VAULT_TOKEN }",
+    ] {
+        let cfg = load(&format!("vault:\n  address: http://v\n  auth:\n    {spelling}\n{target}"))
+            .unwrap();
+        let Some(StoreSpec::Vault(spec)) = cfg.source else { panic!() };
+        assert_eq!(spec.auth, VaultAuth::Token(SecretRef::Env("VAULT_TOKEN".into())), "{spelling}");
+        assert!(!format!("{spec:?}").contains("canary"));
+    }
+    let cfg = load(&format!(
+        "vault: {{ address: http://v, auth: {{ approle: {{ role_id: \"${{ROLE}}\", secret_id: {{ file: sid }} }} }} }}\n{target}"
+    ))
+    .unwrap();
+    let Some(StoreSpec::Vault(spec)) = cfg.source else { panic!() };
+    assert_eq!(
+        spec.auth,
+        VaultAuth::AppRole {
+            mount: "approle".into(),
+            role_id: SecretRef::Env("ROLE".into()),
+            secret_id: SecretRef::File("/b/sid".into()),
+        }
+    );
+    let err = load(&format!(
+        "vault: {{ address: http://v, auth: {{ token: s.literal-canary }} }}\n{target}"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("v.yaml:1: vault.auth.token: a credential cannot be written in the config"),
+        "{err}"
+    );
+    assert!(!err.contains("canary"), "{err}");
 }

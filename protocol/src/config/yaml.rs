@@ -50,6 +50,8 @@ pub struct Document {
     pub root: Value,
     lines: BTreeMap<KeyPath, usize>,
     from_env: BTreeSet<KeyPath>,
+    /// Scalars written as exactly `${NAME}`: the variable they name.
+    env_refs: BTreeMap<KeyPath, String>,
 }
 
 impl Document {
@@ -64,12 +66,33 @@ impl Document {
             || (0..path.len()).any(|n| self.from_env.contains(&path[..n]))
     }
 
+    /// The variable a scalar names when it is written as exactly `${NAME}`, so credentials can
+    /// stay references instead of values.
+    pub fn env_reference(&self, path: &[Segment]) -> Option<&str> {
+        self.env_refs.get(path).map(String::as_str)
+    }
+
     /// The value at `path`, if any.
     pub fn get(&self, path: &[Segment]) -> Option<&Value> {
         path.iter().try_fold(&self.root, |node, seg| match seg {
             Segment::Key(k) => node.get(k),
             Segment::Index(i) => node.get(i),
         })
+    }
+
+    /// Replaces the node at `path`; returns whether it existed.
+    pub fn replace(&mut self, path: &[Segment], value: Value) -> bool {
+        let node = path.iter().try_fold(&mut self.root, |node, seg| match seg {
+            Segment::Key(k) => node.get_mut(k),
+            Segment::Index(i) => node.get_mut(i),
+        });
+        match node {
+            Some(slot) => {
+                *slot = value;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Removes the node at `path` from the content; returns whether something was removed.
@@ -157,6 +180,11 @@ impl Converter<'_> {
         match node.data {
             YamlDataOwned::Representation(text, style, tag) => {
                 let text = if text.contains('$') {
+                    if let Some(name) = text.strip_prefix("${").and_then(|t| t.strip_suffix('}'))
+                        && !name.contains([':', '$', '{', '}'])
+                    {
+                        self.doc.env_refs.insert(path.clone(), name.to_string());
+                    }
                     match expand_env(&text, self.env) {
                         Ok((expanded, used_env)) => {
                             if used_env {
