@@ -83,6 +83,8 @@ pub struct VaultStore {
     session: tokio::sync::Mutex<Option<Session>>,
     mount: String,
     prefix: String,
+    /// Sources only: the secrets to read; empty means all.
+    paths: Vec<glob::Pattern>,
     label: String,
     calls: ApiCalls,
 }
@@ -117,6 +119,11 @@ impl VaultStore {
             session: tokio::sync::Mutex::new(None),
             mount: spec.mount.clone(),
             prefix: spec.prefix.clone(),
+            paths: spec
+                .paths
+                .iter()
+                .map(|p| glob::Pattern::new(p).map_err(|e| err(format!("invalid glob `{p}`: {e}"))))
+                .collect::<Result<_, _>>()?,
             label,
             calls: ApiCalls::default(),
         })
@@ -396,7 +403,16 @@ impl SecretStore for VaultStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
         let base = self.kv_path("");
-        let names = self.list_names(&format!("{base}{prefix}")).await?;
+        let options = glob::MatchOptions { require_literal_separator: true, ..Default::default() };
+        let wanted = |name: &str| {
+            self.paths.is_empty() || self.paths.iter().any(|p| p.matches_with(name, options))
+        };
+        let names: Vec<String> = self
+            .list_names(&format!("{base}{prefix}"))
+            .await?
+            .into_iter()
+            .filter(|path| wanted(&path[base.len()..]))
+            .collect();
         let base = &base;
         let mut entries: Vec<Entry> = stream::iter(names)
             .map(|path| async move {

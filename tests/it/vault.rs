@@ -130,6 +130,7 @@ async fn vault_writes_are_check_and_set() {
         auth: VaultAuth::Token(SecretRef::File(token.path().into())),
         mount: "secret".into(),
         prefix: "cas".into(),
+        paths: Vec::new(),
     })
     .unwrap();
     let value = |v: serde_json::Value| SecretValue::new(v.as_object().unwrap().clone());
@@ -200,6 +201,7 @@ async fn vault_approle_tokens_are_renewed_or_replaced_before_they_lapse() {
         },
         mount: "secret".into(),
         prefix: "approle".into(),
+        paths: Vec::new(),
     })
     .unwrap();
     let value = SecretValue::new(json!({"k": 1}).as_object().unwrap().clone());
@@ -231,4 +233,41 @@ fn vault_approle_from_reference_config_spelling() {
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(counts(&target(&run.json(), "Production")["summary"]), (3, 0, 0, 0));
     assert!(!run.stdout.contains(&secret_id) && !run.stderr.contains(&secret_id));
+}
+
+#[test]
+fn vault_source_paths_select_secrets_by_glob() {
+    let bao = OpenBao::start();
+    for path in ["shared/db", "shared/deep/x", "team-a/y", "team-a/sub/z", "other"] {
+        bao.put(path, &json!({"p": path}));
+    }
+    let ws = Workspace::new();
+    ws.config(&format!(
+        "vault: {{ address: \"{}\", auth: {{ token: {{ env: {TOKEN_ENV} }} }} }}
+source: {{ vault: {{ mount: secret, paths: [\"shared/*\", \"team-a/**\"] }} }}
+targets:
+  T: {{ store: {{ file: {{ dir: out }} }} }}
+",
+        bao.address
+    ));
+    let run = run(&ws, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let names: Vec<String> = target(&run.json(), "T")["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, vec!["shared/db", "team-a/sub/z", "team-a/y"]);
+
+    ws.config(&format!(
+        "vault: {{ address: \"{}\" }}\nsource: {{ file: {{ dir: s }} }}\ntargets:\n  T: {{ store: {{ vault: {{ mount: secret, paths: [\"a/*\"] }} }} }}\n",
+        bao.address
+    ));
+    let check = ws.run(&["validate", "--config", "vss.yaml"]);
+    assert!(
+        check.stderr.contains("targets.T.store.vault.paths: `paths` filters what a source reads"),
+        "{}",
+        check.stderr
+    );
 }

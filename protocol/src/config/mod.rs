@@ -204,6 +204,10 @@ pub struct VaultSpec {
     pub mount: String,
     /// The folder inside the mount (no leading or trailing `/`; empty for the whole mount).
     pub prefix: String,
+    /// Sources only: glob patterns (relative to the folder) of the secrets to read; `*`
+    /// stays within one path segment, `**` spans any number. Empty: everything.
+    #[serde(default)]
+    pub paths: Vec<String>,
 }
 
 impl fmt::Display for StoreSpec {

@@ -113,7 +113,7 @@ struct RawVaultStore {
     path: Option<String>,
     mount: Option<String>,
     prefix: Option<String>,
-    paths: Option<IgnoredAny>,
+    paths: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -644,11 +644,25 @@ fn vault_store(
     raw: &RawVaultStore,
     connection: &VaultConnection,
 ) -> Option<StoreSpec> {
-    if raw.paths.is_some() {
+    let is_source = matches!(at.first(), Some(Segment::Key(k)) if k == "sources" || k == "source");
+    let paths = raw.paths.clone().unwrap_or_default();
+    if !paths.is_empty() && !is_source {
         let mut at = at.to_vec();
         at.push(key("paths"));
-        ck.not_supported(&at, "`paths` globs on a vault store");
+        ck.error(
+            &at,
+            "`paths` filters what a source reads; it is not allowed on a store vss writes to"
+                .into(),
+        );
         return None;
+    }
+    for (i, pattern) in paths.iter().enumerate() {
+        if let Err(e) = glob::Pattern::new(pattern) {
+            let mut at = at.to_vec();
+            at.extend([key("paths"), Segment::Index(i)]);
+            ck.error(&at, format!("invalid glob: {e}"));
+            return None;
+        }
     }
     let trim = |s: &str| s.trim_matches('/').to_string();
     let (mount, prefix) = match (&raw.path, &raw.mount) {
@@ -678,6 +692,7 @@ fn vault_store(
             auth: auth.clone(),
             mount,
             prefix,
+            paths,
         })),
         Err(message) => {
             ck.error(at, message.clone());
