@@ -92,7 +92,7 @@ pub struct VaultStore {
 impl VaultStore {
     /// Opens the store; reads the token from the reference in `spec`.
     pub fn open(spec: &VaultSpec) -> Result<Self, StoreError> {
-        let label = vss_protocol::config::StoreSpec::Vault(spec.clone()).to_string();
+        let label = vss_protocol::config::StoreSpec::Vault(Box::new(spec.clone())).to_string();
         let err = |message: String| StoreError::new(ErrorKind::Invalid, &label, None, message);
         let address =
             Url::parse(&spec.address).map_err(|e| err(format!("invalid Vault address: {e}")))?;

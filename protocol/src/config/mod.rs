@@ -187,8 +187,8 @@ pub enum StoreSpec {
         /// The folder (absolute once loaded).
         dir: PathBuf,
     },
-    /// A folder of a Vault (or OpenBao) KV v2 mount.
-    Vault(VaultSpec),
+    /// A folder of a Vault (or OpenBao) KV v2 mount (boxed: far larger than a path).
+    Vault(Box<VaultSpec>),
 }
 
 /// Where a Vault store lives and how to reach it. Holds references, never a token.

@@ -686,14 +686,14 @@ fn vault_store(
         return None;
     }
     match connection {
-        Ok((address, namespace, auth)) => Some(StoreSpec::Vault(VaultSpec {
+        Ok((address, namespace, auth)) => Some(StoreSpec::Vault(Box::new(VaultSpec {
             address: address.clone(),
             namespace: namespace.clone(),
             auth: auth.clone(),
             mount,
             prefix,
             paths,
-        })),
+        }))),
         Err(message) => {
             ck.error(at, message.clone());
             None
