@@ -271,3 +271,65 @@ targets:
         check.stderr
     );
 }
+
+/// Store calls of one run of every job of `config`, in-process, by store.
+async fn calls_of_run(
+    config: &str,
+    root: &std::path::Path,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>> {
+    use vss_protocol::config::Config;
+    use vss_protocol::job::Outcome;
+    use vss_protocol::plan::{PlanRequest, plan_run};
+    let cfg = Config::from_yaml(config, "vss.yaml", root, &|_| None).unwrap();
+    let plan = plan_run(&cfg, "run", &PlanRequest::default()).unwrap();
+    let ctx = vss_worker::WorkerContext::new(false);
+    for job in &plan.jobs {
+        let result = vss_worker::execute(job, &ctx).await;
+        assert_eq!(result.outcome, Outcome::Succeeded, "{}", job.id);
+    }
+    ctx.stores().api_calls()
+}
+
+#[tokio::test]
+async fn vault_unchanged_resync_is_listings_and_metadata_only() {
+    let bao = OpenBao::start();
+    for i in 0..20 {
+        bao.put(&format!("src/app{i:02}"), &json!({"i": i}));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, ROOT_TOKEN).unwrap();
+    let config = format!(
+        "vault: {{ address: \"{}\", auth: {{ token: {{ file: \"{}\" }} }} }}
+merge_store: {{ vault: {{ path: secret/merged }} }}
+sources:
+  src: {{ vault: {{ path: secret/src }} }}
+targets:
+  T: {{ imports: [src], store: {{ vault: {{ path: secret/out }} }}, delete: true }}
+",
+        bao.address,
+        token.display()
+    );
+    let first = calls_of_run(&config, dir.path()).await;
+    let target =
+        |calls: &std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
+         op: &str| {
+            calls
+                .iter()
+                .find(|(s, _)| s.ends_with("/secret/out"))
+                .and_then(|(_, c)| c.get(op))
+                .copied()
+                .unwrap_or(0)
+        };
+    assert_eq!(target(&first, "write"), 20, "{first:?}");
+
+    let second = calls_of_run(&config, dir.path()).await;
+    for (store, calls) in &second {
+        assert_eq!(calls.get("write"), None, "{store} wrote on an unchanged run: {second:?}");
+    }
+    let source = second.iter().find(|(s, _)| s.ends_with("/secret/src")).unwrap().1;
+    assert_eq!(source.get("read"), None, "no source value read: {second:?}");
+    assert_eq!(target(&second, "read"), 0, "no target value read: {second:?}");
+    assert_eq!(target(&second, "metadata"), 20, "one metadata read per target secret: {second:?}");
+    assert_eq!(target(&second, "list"), 1, "{second:?}");
+}
