@@ -156,15 +156,24 @@ impl VaultStore {
         }
     }
 
-    /// `<address>/v1/<mount>/<kind>/<path>`, each segment percent-encoded.
-    fn url(&self, kind: &str, path: &str) -> Url {
+    /// `<address>/v1/<segments…>`, each segment percent-encoded; the address may carry a path
+    /// of its own (a proxy prefix).
+    fn api_url(&self, segments: &[&str]) -> Url {
         let mut url = self.address.clone();
-        {
-            let mut segments = url.path_segments_mut().expect("http(s) URLs have paths");
-            segments.pop_if_empty().push("v1").extend(self.mount.split('/')).push(kind);
-            segments.extend(path.split('/'));
-        }
+        url.path_segments_mut()
+            .expect("http(s) URLs have paths")
+            .pop_if_empty()
+            .push("v1")
+            .extend(segments);
         url
+    }
+
+    /// `<address>/v1/<mount>/<kind>/<path>`.
+    fn url(&self, kind: &str, path: &str) -> Url {
+        let mut segments: Vec<&str> = self.mount.split('/').collect();
+        segments.push(kind);
+        segments.extend(path.split('/'));
+        self.api_url(&segments)
     }
 
     /// One HTTP request, counted as `operation`. `Ok(None)`: 404.
@@ -269,7 +278,7 @@ impl VaultStore {
             if current.renew_at.is_none_or(|at| Instant::now() < at) {
                 return Ok(current.token.clone());
             }
-            let url = self.address.join("v1/auth/token/renew-self").expect("a fixed path");
+            let url = self.api_url(&["auth", "token", "renew-self"]);
             let renewed = self
                 .send_retrying(
                     "renew",
@@ -287,13 +296,10 @@ impl VaultStore {
                 return Ok(token);
             }
         }
-        let mut url = self.address.clone();
-        url.path_segments_mut()
-            .expect("http(s) URLs have paths")
-            .pop_if_empty()
-            .extend(["v1", "auth"])
-            .extend(mount.split('/'))
-            .push("login");
+        let mut segments = vec!["auth"];
+        segments.extend(mount.split('/'));
+        segments.push("login");
+        let url = self.api_url(&segments);
         let mut body = serde_json::to_vec(
             &json!({"role_id": role_id.as_str(), "secret_id": secret_id.as_str()}),
         )
