@@ -175,6 +175,13 @@ impl Drop for HashKey {
 pub struct ContentHash(String);
 
 impl ContentHash {
+    /// A hash in its stored form (64 lowercase hex digits), e.g. from store metadata.
+    pub fn parse(text: &str) -> Option<Self> {
+        let valid =
+            text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        valid.then(|| Self(text.to_string()))
+    }
+
     /// The full hex form.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -126,6 +126,7 @@ impl Inner {
                     out.push(Entry {
                         name: format!("{name_prefix}{stem}"),
                         version: Self::version_of(&meta),
+                        stamp: None,
                     });
                 }
             }
@@ -297,7 +298,7 @@ mod tests {
         let names: Vec<_> = store.list("").await.unwrap().into_iter().map(|e| e.name).collect();
         assert_eq!(names, vec!["app/db", "top"]);
         let listed = store.list("app/").await.unwrap();
-        assert_eq!(listed, vec![Entry { name: "app/db".into(), version: v1.clone() }]);
+        assert_eq!(listed, vec![Entry { name: "app/db".into(), version: v1.clone(), stamp: None }]);
         let read = store.read("app/db").await.unwrap().unwrap();
         assert_eq!(read.value.expose()["user"], "u");
         assert_eq!(read.version, v1);

@@ -19,8 +19,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use vss_protocol::SecretValue;
 use vss_protocol::config::StoreSpec;
+use vss_protocol::{ContentHash, SecretValue};
 
 /// A store's cheap version of one secret, compared to tell whether it moved since vss wrote
 /// it (file: mtime and size; later backends: KV version, etag, resourceVersion …).
@@ -35,6 +35,26 @@ pub struct Entry {
     pub name: String,
     /// Its current version.
     pub version: Version,
+    /// What vss stamped into the store's metadata with the current version, if anything.
+    pub stamp: Option<Stamp>,
+}
+
+/// What vss writes beside a value in stores with metadata (Vault `custom_metadata`, …): the
+/// value's content hash and which target owns it. A store reports a stamp back only while it
+/// still describes the current version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    /// Keyed hash of the value written.
+    pub hash: ContentHash,
+    /// The ownership marker, `vss:<target>`.
+    pub owner: String,
+}
+
+impl Stamp {
+    /// The ownership marker of `target`.
+    pub fn owner_of(target: &str) -> String {
+        format!("vss:{target}")
+    }
 }
 
 /// A value with the version it was read at.
@@ -177,6 +197,19 @@ pub trait SecretStore: Send + Sync {
         value: &SecretValue,
         pre: Precondition,
     ) -> Result<Version, StoreError>;
+
+    /// [`write`](Self::write), and stamps the hash and owner into the store's metadata where it
+    /// has any (the default has none to stamp).
+    async fn write_stamped(
+        &self,
+        name: &str,
+        value: &SecretValue,
+        pre: Precondition,
+        stamp: &Stamp,
+    ) -> Result<Version, StoreError> {
+        let _ = stamp;
+        self.write(name, value, pre).await
+    }
 
     /// Deletes a secret; deleting a missing secret is not an error.
     async fn delete(&self, name: &str, pre: Precondition) -> Result<(), StoreError>;

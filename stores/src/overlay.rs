@@ -39,18 +39,23 @@ impl SecretStore for OverlayStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
-        let mut entries: BTreeMap<String, Version> =
-            self.inner.list(prefix).await?.into_iter().map(|e| (e.name, e.version)).collect();
+        let mut entries: BTreeMap<String, Entry> =
+            self.inner.list(prefix).await?.into_iter().map(|e| (e.name.clone(), e)).collect();
         for (name, change) in self.pending().range(prefix.to_string()..) {
             if !name.starts_with(prefix) {
                 break;
             }
             match change {
-                Some((_, version)) => entries.insert(name.clone(), version.clone()),
-                None => entries.remove(name),
-            };
+                Some((_, version)) => {
+                    let entry = Entry { name: name.clone(), version: version.clone(), stamp: None };
+                    entries.insert(name.clone(), entry);
+                }
+                None => {
+                    entries.remove(name);
+                }
+            }
         }
-        Ok(entries.into_iter().map(|(name, version)| Entry { name, version }).collect())
+        Ok(entries.into_values().collect())
     }
 
     async fn read(&self, name: &str) -> Result<Option<Versioned<SecretValue>>, StoreError> {

@@ -14,13 +14,13 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
-use vss_protocol::SecretValue;
 use vss_protocol::config::{SecretRef, VaultAuth, VaultSpec};
+use vss_protocol::{ContentHash, SecretValue};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::{
-    ApiCalls, Capabilities, Entry, ErrorKind, Precondition, SecretStore, StoreError, Version,
-    Versioned,
+    ApiCalls, Capabilities, Entry, ErrorKind, Precondition, SecretStore, Stamp, StoreError,
+    Version, Versioned,
 };
 
 /// Metadata reads a listing keeps in flight at once.
@@ -187,7 +187,7 @@ impl VaultStore {
         secret: Option<&str>,
     ) -> Result<Option<Value>, StoreError> {
         self.calls.record(operation);
-        let mut request = self.client.request(method, url);
+        let mut request = self.client.request(method.clone(), url);
         if let Some(token) = token {
             request = request.header("X-Vault-Token", token);
         }
@@ -195,7 +195,13 @@ impl VaultStore {
             request = request.header("X-Vault-Namespace", ns.as_str());
         }
         if let Some(body) = body {
-            request = request.header(CONTENT_TYPE, "application/json").body(body.to_vec());
+            // KV v2 metadata PATCH takes a JSON merge patch; everything else plain JSON.
+            let content_type = if method == Method::PATCH {
+                "application/merge-patch+json"
+            } else {
+                "application/json"
+            };
+            request = request.header(CONTENT_TYPE, content_type).body(body.to_vec());
         }
         let unavailable = |e: reqwest::Error| {
             self.err(ErrorKind::Unavailable, secret, format!("{operation}: {}", without_url(&e)))
@@ -375,21 +381,41 @@ impl VaultStore {
         Ok(names)
     }
 
-    /// The current version of the KV secret at `path`, unless its latest version is deleted.
-    async fn current_version(&self, path: &str, name: &str) -> Result<Option<Version>, StoreError> {
-        let Some(meta) = self
-            .call("metadata", Method::GET, self.url("metadata", path), None, Some(name))
-            .await?
-        else {
+    /// The current version of the KV secret at `path` (unless its latest version is deleted),
+    /// with vss's stamp if it was written for that version.
+    async fn current_version(
+        &self,
+        path: &str,
+        name: &str,
+    ) -> Result<Option<(Version, Option<Stamp>)>, StoreError> {
+        let url = self.url("metadata", path);
+        let Some(meta) = self.call("metadata", Method::GET, url, None, Some(name)).await? else {
             return Ok(None);
         };
-        let current = meta["data"]["current_version"].as_u64().unwrap_or(0);
-        let latest = &meta["data"]["versions"][current.to_string()];
+        let meta = &meta["data"];
+        let current = meta["current_version"].as_u64().unwrap_or(0);
+        let latest = &meta["versions"][current.to_string()];
         let gone = latest["destroyed"].as_bool() == Some(true)
             || latest["deletion_time"].as_str().is_some_and(|t| !t.is_empty());
-        Ok((current > 0 && !gone).then(|| Version(current.to_string())))
+        if current == 0 || gone {
+            return Ok(None);
+        }
+        let version = Version(current.to_string());
+        let custom = &meta["custom_metadata"];
+        let stamp = match (custom[STAMP_HASH].as_str(), custom[STAMP_OWNER].as_str()) {
+            (Some(hash), Some(owner)) if custom[STAMP_VERSION].as_str() == Some(&version.0) => {
+                ContentHash::parse(hash).map(|hash| Stamp { hash, owner: owner.to_string() })
+            }
+            _ => None,
+        };
+        Ok(Some((version, stamp)))
     }
 }
+
+/// `custom_metadata` keys of vss's stamp.
+const STAMP_HASH: &str = "vss-content-hash";
+const STAMP_OWNER: &str = "vss-managed-by";
+const STAMP_VERSION: &str = "vss-version";
 
 /// A reqwest error without its URL (which holds secret names, not values, but is noise).
 fn without_url(e: &reqwest::Error) -> String {
@@ -423,8 +449,8 @@ impl SecretStore for VaultStore {
         let mut entries: Vec<Entry> = stream::iter(names)
             .map(|path| async move {
                 let name = path[base.len()..].to_string();
-                let version = self.current_version(&path, &name).await?;
-                Ok::<_, StoreError>(version.map(|version| Entry { name, version }))
+                let found = self.current_version(&path, &name).await?;
+                Ok::<_, StoreError>(found.map(|(version, stamp)| Entry { name, version, stamp }))
             })
             .buffer_unordered(CONCURRENT_METADATA_READS)
             .try_filter_map(|entry| async move { Ok(entry) })
@@ -492,11 +518,36 @@ impl SecretStore for VaultStore {
         Ok(Version(version.to_string()))
     }
 
+    async fn write_stamped(
+        &self,
+        name: &str,
+        value: &SecretValue,
+        pre: Precondition,
+        stamp: &Stamp,
+    ) -> Result<Version, StoreError> {
+        let version = self.write(name, value, pre).await?;
+        // A merge patch keeps whatever else users keep in `custom_metadata`.
+        let patch = json!({ "custom_metadata": {
+            STAMP_HASH: stamp.hash.as_str(),
+            STAMP_OWNER: stamp.owner,
+            STAMP_VERSION: version.0,
+        }});
+        let bytes = serde_json::to_vec(&patch).expect("JSON values serialize");
+        let url = self.url("metadata", &self.kv_path(name));
+        // The value is written; a missing stamp only costs a read on the next run (and the
+        // ledger still records ownership), so a refused stamp (no `patch` capability on
+        // `<mount>/metadata/*`) is a warning, not a failure.
+        if let Err(e) = self.call("stamp", Method::PATCH, url, Some(&bytes), Some(name)).await {
+            tracing::warn!(error = %e, "secret written but not stamped");
+        }
+        Ok(version)
+    }
+
     async fn delete(&self, name: &str, pre: Precondition) -> Result<(), StoreError> {
         self.check_name(name)?;
         let path = self.kv_path(name);
         if !matches!(pre, Precondition::None)
-            && !pre.holds(self.current_version(&path, name).await?.as_ref())
+            && !pre.holds(self.current_version(&path, name).await?.map(|(v, _)| v).as_ref())
         {
             return Err(StoreError::conflict(&self.label, name));
         }

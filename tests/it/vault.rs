@@ -333,3 +333,33 @@ targets:
     assert_eq!(target(&second, "metadata"), 20, "one metadata read per target secret: {second:?}");
     assert_eq!(target(&second, "list"), 1, "{second:?}");
 }
+
+#[test]
+fn vault_stamps_let_a_run_without_its_ledger_skip_reads_and_keep_ownership() {
+    let (bao, ws) = seeded();
+    assert_eq!(run(&ws, &[]).code, 0);
+    let meta = bao.metadata("out/prod/app/db");
+    assert_eq!(meta["custom_metadata"]["vss-managed-by"], "vss:Production", "{meta}");
+    assert_eq!(meta["custom_metadata"]["vss-version"], "1", "{meta}");
+    assert_eq!(meta["custom_metadata"]["vss-content-hash"].as_str().unwrap().len(), 64);
+
+    // Without the ledger (a new machine, a stateless worker) the stamps still vouch for the
+    // current values and mark what vss owns.
+    std::fs::remove_dir_all(ws.path().join(".vss/state/targets")).unwrap();
+    bao.delete("src/prod/payments/key");
+    let run = ws.run_env(
+        &["pipeline", "--config", "vss.yaml", "--output", "json"],
+        &[(TOKEN_ENV, ROOT_TOKEN), ("RUST_LOG", "vss_coordinator=debug")],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(counts(&target(&run.json(), "Production")["summary"]), (0, 0, 1, 2));
+    assert!(bao.get("out/prod/payments/key").is_none(), "the stamped orphan was deleted");
+    // One LIST per folder (4), one metadata read per secret plus one before the delete, and a
+    // single value read: the orphan's, for its key names.
+    let calls = run.stderr.lines().find(|l| l.contains("api_calls")).expect("call counts logged");
+    let target_calls = calls.split("secret/out/prod\": ").nth(1).expect("target store calls");
+    assert!(
+        target_calls.starts_with("{\"delete\": 1, \"list\": 4, \"metadata\": 4, \"read\": 1}"),
+        "{target_calls}"
+    );
+}

@@ -141,6 +141,12 @@ impl OpenBao {
         (role_id, secret_id)
     }
 
+    /// A KV v2 secret's metadata (`current_version`, `custom_metadata`, …).
+    pub fn metadata(&self, path: &str) -> Value {
+        let out = self.cli_ok(&["kv", "metadata", "get", "-format=json", "-mount=secret", path]);
+        serde_json::from_str::<Value>(&out).unwrap()["data"].clone()
+    }
+
     /// Deletes a KV v2 secret with all its versions.
     pub fn delete(&self, path: &str) {
         let out = self.cli(&["kv", "metadata", "delete", "-mount=secret", path]);

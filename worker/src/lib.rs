@@ -16,7 +16,7 @@ use tracing::Instrument;
 use vss_protocol::job::{Job, JobResult, JobSpec, Outcome, RunOptions};
 use vss_protocol::{ContentHash, HashKey, SecretValue};
 use vss_stores::ledger::{LedgerError, StateLedger};
-use vss_stores::{ErrorKind, Precondition, SecretStore, StoreCache, StoreError, Version};
+use vss_stores::{ErrorKind, Precondition, SecretStore, Stamp, StoreCache, StoreError, Version};
 
 /// Store calls a job keeps in flight at once.
 const CONCURRENT_CALLS: usize = 16;
@@ -184,15 +184,25 @@ type Outcomes = Vec<(String, Result<Option<(ContentHash, Version)>, StoreError>)
 
 /// Applies writes and deletes concurrently. Returns, per secret, its new record (`None` for a
 /// delete) or the error; one failure does not stop the others.
-async fn apply(store: &Arc<dyn SecretStore>, prefix: &str, writes: Vec<Write>) -> Outcomes {
+/// With `owner`, writes are stamped (hash and ownership marker) in stores with metadata.
+async fn apply(
+    store: &Arc<dyn SecretStore>,
+    prefix: &str,
+    writes: Vec<Write>,
+    owner: Option<&str>,
+) -> Outcomes {
     stream::iter(writes)
         .map(|w| async move {
             let full = format!("{prefix}{}", w.name);
-            let done = match w.value {
-                Some((value, hash)) => {
+            let done = match (w.value, owner) {
+                (Some((value, hash)), Some(owner)) => {
+                    let stamp = Stamp { hash: hash.clone(), owner: owner.to_string() };
+                    store.write_stamped(&full, &value, w.pre, &stamp).await.map(|v| Some((hash, v)))
+                }
+                (Some((value, hash)), None) => {
                     store.write(&full, &value, w.pre).await.map(|v| Some((hash, v)))
                 }
-                None => store.delete(&full, w.pre).await.map(|()| None),
+                (None, _) => store.delete(&full, w.pre).await.map(|()| None),
             };
             (w.name, done)
         })

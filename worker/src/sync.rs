@@ -12,7 +12,7 @@ use vss_protocol::diff::SecretChange;
 use vss_protocol::job::{DesiredState, Job, JobResult, SyncSpec};
 use vss_protocol::{ContentHash, HashKey, SecretValue};
 use vss_stores::ledger::Record;
-use vss_stores::{Precondition, SecretStore};
+use vss_stores::{Precondition, SecretStore, Stamp, Version};
 
 use crate::{
     JobError, Manifest, WorkerContext, Write, apply, ledger, list_versions, merged_prefix,
@@ -97,9 +97,30 @@ pub(crate) async fn run(
     let target = ctx.store(&spec.store)?;
     let ledger_store = ledger(&job.options);
     let mut records = ledger_store.load(&job.target, &target.describe())?;
-    let listed = list_versions(&target, "").await?;
+    let owner = Stamp::owner_of(&job.target);
+    let mut listed = BTreeMap::new();
+    let mut stamps = BTreeMap::new();
+    for entry in target.list("").await? {
+        if let Some(stamp) = entry.stamp {
+            stamps.insert(entry.name.clone(), stamp);
+        }
+        listed.insert(entry.name, entry.version);
+    }
     // Records of secrets that no longer exist are dropped.
     records.secrets.retain(|name, _| listed.contains_key(name));
+    // What vss knows of a secret's current content without reading it: its ledger record
+    // while the version is the one recorded, else the stamp the store keeps beside it.
+    let known_hash = |name: &str, version: &Version| {
+        records
+            .secrets
+            .get(name)
+            .filter(|r| &r.version == version)
+            .map(|r| &r.hash)
+            .or_else(|| stamps.get(name).map(|s| &s.hash))
+    };
+    let owned = |name: &str| {
+        records.secrets.contains_key(name) || stamps.get(name).is_some_and(|s| s.owner == owner)
+    };
 
     // Classify without reading: created, known unchanged, or needing the current value.
     let mut added = Vec::new();
@@ -108,8 +129,7 @@ pub(crate) async fn run(
         match listed.get(name) {
             None => added.push(name.clone()),
             Some(version) => {
-                let recorded = records.secrets.get(name).filter(|r| &r.version == version);
-                if recorded.is_some_and(|r| r.hash == *hash) {
+                if known_hash(name, version) == Some(hash) {
                     tracing::trace!(secret = %name, "unchanged");
                     result.unchanged += 1;
                 } else {
@@ -118,11 +138,8 @@ pub(crate) async fn run(
             }
         }
     }
-    let orphans: Vec<String> = listed
-        .keys()
-        .filter(|n| !desired.hashes.contains_key(*n) && records.secrets.contains_key(*n))
-        .cloned()
-        .collect();
+    let orphans: Vec<String> =
+        listed.keys().filter(|n| !desired.hashes.contains_key(*n) && owned(n)).cloned().collect();
     let deleting = match spec.delete {
         Some(_) if orphans.is_empty() => false,
         Some(_) if desired.hashes.is_empty() => {
@@ -215,7 +232,7 @@ pub(crate) async fn run(
     if job.options.dry_run {
         return Ok(());
     }
-    let outcomes = apply(&target, "", writes).await;
+    let outcomes = apply(&target, "", writes, Some(&owner)).await;
     let applied = record_outcomes(outcomes, &mut records.secrets, |_, hash, version| Record {
         hash,
         version,
