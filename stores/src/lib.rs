@@ -130,6 +130,8 @@ pub struct StoreError {
     pub secret: Option<String>,
     /// What happened.
     pub message: String,
+    /// How long the store asked us to wait before trying again (`Retry-After`).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl StoreError {
@@ -145,7 +147,14 @@ impl StoreError {
             store: store.to_string(),
             secret: secret.map(str::to_string),
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, with the wait the store asked for.
+    pub fn with_retry_after(mut self, wait: Option<std::time::Duration>) -> Self {
+        self.retry_after = wait;
+        self
     }
 
     /// A precondition failed: someone else changed `secret` since it was read.

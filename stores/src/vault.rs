@@ -4,14 +4,15 @@
 //! mount `secret`. Versions are KV v2 version numbers; writes use check-and-set (`cas: 0` to
 //! create, `cas: <version read>` to replace), so a concurrent writer is never overwritten.
 //! Listing is a recursive `LIST` plus one metadata read per secret (KV v2 lists names only).
-//! Throttling and unavailability are retried with jittered exponential backoff.
+//! Throttling and unavailability are retried with jittered exponential backoff, waiting at
+//! least as long as a `Retry-After` asks.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use futures_util::{StreamExt, TryStreamExt, stream};
-use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
 use vss_protocol::config::{SecretRef, VaultAuth, VaultSpec};
@@ -25,6 +26,9 @@ use crate::{
 
 /// Metadata reads a listing keeps in flight at once.
 const CONCURRENT_METADATA_READS: usize = 16;
+
+/// The longest `Retry-After` honoured; a larger one is capped.
+const MAX_RETRY_AFTER_SECS: u64 = 60;
 
 /// How the store gets its token.
 enum Login {
@@ -211,9 +215,17 @@ impl VaultStore {
         if status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|secs| Duration::from_secs(secs.min(MAX_RETRY_AFTER_SECS)));
         let text = Zeroizing::new(response.text().await.map_err(unavailable)?);
         if !status.is_success() {
-            return Err(self.status_error(operation, status, &text, secret));
+            return Err(self
+                .status_error(operation, status, &text, secret)
+                .with_retry_after(retry_after));
         }
         if text.trim().is_empty() {
             return Ok(Some(Value::Null));
@@ -237,13 +249,18 @@ impl VaultStore {
             || self.send(operation, method.clone(), url.clone(), body, token.clone(), secret);
         attempt
             .retry(
+                // Up to ~40 s of patience: enough for a rate-limit quota to refill.
                 ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(100))
-                    .with_max_delay(Duration::from_secs(5))
-                    .with_max_times(4)
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(10))
+                    .with_max_times(8)
                     .with_jitter(),
             )
             .when(|e: &StoreError| matches!(e.kind, ErrorKind::Throttled | ErrorKind::Unavailable))
+            // A server's Retry-After overrides a shorter backoff (a `None` still ends retrying).
+            .adjust(|e: &StoreError, backoff| {
+                backoff.map(|d| e.retry_after.map_or(d, |wait| wait.max(d)))
+            })
             .await
     }
 

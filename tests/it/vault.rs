@@ -363,3 +363,29 @@ fn vault_stamps_let_a_run_without_its_ledger_skip_reads_and_keep_ownership() {
         "{target_calls}"
     );
 }
+
+#[tokio::test]
+async fn vault_throttling_is_retried_after_the_wait_the_server_asks_for() {
+    let bao = OpenBao::start();
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), ROOT_TOKEN).unwrap();
+    let store = VaultStore::open(&VaultSpec {
+        address: bao.address.clone(),
+        namespace: None,
+        auth: VaultAuth::Token(SecretRef::File(token.path().into())),
+        mount: "secret".into(),
+        prefix: "throttled".into(),
+        paths: Vec::new(),
+    })
+    .unwrap();
+    bao.rate_limit(2, "1s");
+    let value = SecretValue::new(json!({"k": 1}).as_object().unwrap().clone());
+    let started = std::time::Instant::now();
+    for i in 0..6 {
+        store.write(&format!("s{i}"), &value, Precondition::Absent).await.unwrap();
+    }
+    let calls = store.api_calls()["write"];
+    assert!(calls > 6, "429s were retried: {calls} write calls for 6 writes");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1), "the waits were honoured");
+    assert_eq!(store.list("").await.unwrap().len(), 6);
+}

@@ -141,6 +141,19 @@ impl OpenBao {
         (role_id, secret_id)
     }
 
+    /// Limits requests under `secret/` to `rate` per `interval`, answering 429 with
+    /// `Retry-After` beyond that (a real rate-limit quota).
+    pub fn rate_limit(&self, rate: u32, interval: &str) {
+        self.cli_ok(&["write", "sys/quotas/config", "enable_rate_limit_response_headers=true"]);
+        self.cli_ok(&[
+            "write",
+            "sys/quotas/rate-limit/vss-test",
+            &format!("rate={rate}"),
+            &format!("interval={interval}"),
+            "path=secret/",
+        ]);
+    }
+
     /// A KV v2 secret's metadata (`current_version`, `custom_metadata`, …).
     pub fn metadata(&self, path: &str) -> Value {
         let out = self.cli_ok(&["kv", "metadata", "get", "-format=json", "-mount=secret", path]);
