@@ -1,5 +1,6 @@
 //! Where secrets live: the [`SecretStore`] trait, one module per backend, and the state ledger.
 //!
+//! - [`aws_sm`]: AWS Secrets Manager (source and target).
 //! - [`file`]: a folder of JSON files (source, merge store and target).
 //! - [`vault`]: a folder of a Vault / OpenBao KV v2 mount (source, merge store and target).
 //! - [`overlay`]: an in-memory layer over a store, so a dry run computes everything and writes
@@ -9,6 +10,7 @@
 //! Every backend counts its API calls by operation ([`ApiCalls`]); tests and benchmarks read
 //! these counts.
 
+pub mod aws_sm;
 pub mod file;
 pub mod ledger;
 pub mod overlay;
@@ -248,6 +250,7 @@ pub fn open(spec: &StoreSpec) -> Result<Arc<dyn SecretStore>, StoreError> {
     match spec {
         StoreSpec::File { dir } => Ok(Arc::new(file::FileStore::new(dir.clone()))),
         StoreSpec::Vault(spec) => Ok(Arc::new(vault::VaultStore::open(spec)?)),
+        StoreSpec::AwsSm(spec) => Ok(Arc::new(aws_sm::AwsSmStore::new(spec))),
     }
 }
 

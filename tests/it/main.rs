@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per area. Each test gets its own workspace and
 //! drives the real `vss` binary.
 
+mod aws;
 mod canary;
 mod config_errors;
 mod deletion;

@@ -186,3 +186,70 @@ impl Drop for OpenBao {
         let _ = self.child.wait();
     }
 }
+
+/// A moto server (AWS APIs: Secrets Manager, S3, STS …), driven in tests with boto3 from the
+/// same venv.
+pub struct Moto {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+}
+
+/// The credentials every test gives vss and boto3 (moto accepts any).
+pub const AWS_TEST_ENV: [(&str, &str); 3] = [
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_REGION", "us-east-1"),
+];
+
+impl Moto {
+    /// Starts a server and waits until it answers.
+    pub fn start() -> Self {
+        for _ in 0..3 {
+            let port = free_port();
+            let mut child = Command::new(server_bin("moto_server"))
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("moto_server runs (scripts/test installs it)");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if http_status(port, "/moto-api/") == Some(200) {
+                    return Self { child, endpoint: format!("http://127.0.0.1:{port}") };
+                }
+                if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("moto did not start");
+    }
+
+    /// Runs Python with `sm`, a boto3 Secrets Manager client on this server; returns what the
+    /// code prints as JSON (`out(value)`).
+    pub fn secretsmanager(&self, code: &str) -> Value {
+        let script = format!(
+            "import boto3, json\nsm = boto3.client('secretsmanager', endpoint_url='{}', region_name='us-east-1')\ndef out(v):\n    print(json.dumps(v, default=str))\n{code}\n",
+            self.endpoint
+        );
+        let output = Command::new(server_bin("python"))
+            .args(["-c", &script])
+            .envs(AWS_TEST_ENV)
+            .output()
+            .expect("python runs");
+        assert!(output.status.success(), "boto3: {}", String::from_utf8_lossy(&output.stderr));
+        let text = String::from_utf8(output.stdout).unwrap();
+        if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

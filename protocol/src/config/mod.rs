@@ -189,6 +189,20 @@ pub enum StoreSpec {
     },
     /// A folder of a Vault (or OpenBao) KV v2 mount (boxed: far larger than a path).
     Vault(Box<VaultSpec>),
+    /// AWS Secrets Manager in one region, optionally under a name prefix.
+    AwsSm(Box<AwsSmSpec>),
+}
+
+/// Where an AWS Secrets Manager store lives. Credentials come from the default chain of the
+/// process that uses it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AwsSmSpec {
+    /// The region, e.g. `us-east-1`.
+    pub region: String,
+    /// An endpoint override (tests, VPC endpoints).
+    pub endpoint: Option<String>,
+    /// Prepended to every secret name (e.g. `app/`); empty for none.
+    pub prefix: String,
 }
 
 /// Where a Vault store lives and how to reach it. Holds references, never a token.
@@ -214,6 +228,7 @@ impl fmt::Display for StoreSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreSpec::File { dir } => write!(f, "file:{}", dir.display()),
+            StoreSpec::AwsSm(a) => write!(f, "aws-sm:{}/{}", a.region, a.prefix),
             StoreSpec::Vault(v) => {
                 write!(f, "vault:{}/{}", v.address.trim_end_matches('/'), v.mount)?;
                 if !v.prefix.is_empty() {

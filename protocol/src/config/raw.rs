@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use super::yaml::{Document, KeyPath, Segment, display_path};
 use super::{
-    Config, DeleteThreshold, Diagnostic, Layer, LogFormat, LogSettings, PipelineSettings,
-    SecretRef, StateSpec, StoreSpec, Target, VaultAuth, VaultSpec,
+    AwsSmSpec, Config, DeleteThreshold, Diagnostic, Layer, LogFormat, LogSettings,
+    PipelineSettings, SecretRef, StateSpec, StoreSpec, Target, VaultAuth, VaultSpec,
 };
 use crate::merge::ListMerge;
 
@@ -32,7 +32,7 @@ struct RawConfig {
     // Keys of the reference format that later releases implement: named, so that using one
     // is a clear "not supported yet" rather than an unknown key or silence.
     vault: Option<RawVault>,
-    aws: Option<IgnoredAny>,
+    aws: Option<RawAws>,
     dynamic_targets: Option<IgnoredAny>,
     execution: Option<IgnoredAny>,
 }
@@ -73,12 +73,36 @@ struct RawSync {
 enum RawStore {
     File(RawFileStore),
     Vault(RawVaultStore),
-    Aws(IgnoredAny),
+    Aws(RawAwsStore),
     S3(IgnoredAny),
     Http(IgnoredAny),
     Gcp(IgnoredAny),
     Github(IgnoredAny),
     Kubernetes(IgnoredAny),
+}
+
+/// The top-level `aws:` block: the region and endpoint every AWS store uses.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAws {
+    region: Option<String>,
+    endpoint: Option<String>,
+    execution_role: Option<IgnoredAny>,
+    external_id: Option<IgnoredAny>,
+    control_tower: Option<IgnoredAny>,
+    execution_context: Option<IgnoredAny>,
+    organizations: Option<IgnoredAny>,
+    identity_center: Option<IgnoredAny>,
+}
+
+/// `{aws: {prefix, region}}`: AWS Secrets Manager (the reference's source spelling).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAwsStore {
+    prefix: Option<String>,
+    region: Option<String>,
+    account_id: Option<IgnoredAny>,
+    tags: Option<IgnoredAny>,
 }
 
 /// The top-level `vault:` block: the connection every vault store uses.
@@ -347,17 +371,16 @@ pub(super) fn build(
     let mut ck = Checker { file, doc: &doc, diags };
     let resolve = |p: &str| base.join(p);
 
-    for (k, present) in [
-        ("aws", raw.aws.is_some()),
-        ("dynamic_targets", raw.dynamic_targets.is_some()),
-        ("execution", raw.execution.is_some()),
-    ] {
+    for (k, present) in
+        [("dynamic_targets", raw.dynamic_targets.is_some()), ("execution", raw.execution.is_some())]
+    {
         if present {
             ck.not_supported(&path(&[k]), &format!("the `{k}` section"));
         }
     }
 
     let vault = vault_connection(&mut ck, raw.vault.as_ref(), env, base);
+    check_aws_block(&mut ck, raw.aws.as_ref());
     let store = |ck: &mut Checker, at: KeyPath, s: &RawStore| -> Option<StoreSpec> {
         let kind = match s {
             RawStore::File(f) => return Some(StoreSpec::File { dir: resolve(&f.dir) }),
@@ -366,7 +389,11 @@ pub(super) fn build(
                 at.push(key("vault"));
                 return vault_store(ck, &at, v, &vault);
             }
-            RawStore::Aws(_) => "aws",
+            RawStore::Aws(a) => {
+                let mut at = at;
+                at.push(key("aws"));
+                return aws_store(ck, &at, a, raw.aws.as_ref(), env);
+            }
             RawStore::S3(_) => "s3",
             RawStore::Http(_) => "http",
             RawStore::Gcp(_) => "gcp",
@@ -697,6 +724,54 @@ fn vault_store(
         Err(message) => {
             ck.error(at, message.clone());
             None
+        }
+    }
+}
+
+/// An AWS Secrets Manager store: region from the store, the `aws:` block, `AWS_REGION` or
+/// `AWS_DEFAULT_REGION`, else `us-east-1` (the reference's default).
+fn aws_store(
+    ck: &mut Checker,
+    at: &[Segment],
+    raw: &RawAwsStore,
+    aws: Option<&RawAws>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<StoreSpec> {
+    for (k, present) in [("account_id", raw.account_id.is_some()), ("tags", raw.tags.is_some())] {
+        if present {
+            let mut at = at.to_vec();
+            at.push(key(k));
+            ck.not_supported(&at, &format!("`{k}` on an AWS store (cross-account AssumeRole)"));
+            return None;
+        }
+    }
+    let region = raw
+        .region
+        .clone()
+        .or_else(|| aws.and_then(|a| a.region.clone()))
+        .or_else(|| env("AWS_REGION"))
+        .or_else(|| env("AWS_DEFAULT_REGION"))
+        .unwrap_or_else(|| "us-east-1".into());
+    Some(StoreSpec::AwsSm(Box::new(AwsSmSpec {
+        region,
+        endpoint: aws.and_then(|a| a.endpoint.clone()),
+        prefix: raw.prefix.clone().unwrap_or_default(),
+    })))
+}
+
+/// Reports the keys of the `aws:` block that need cross-account roles (not built yet).
+fn check_aws_block(ck: &mut Checker, aws: Option<&RawAws>) {
+    let Some(aws) = aws else { return };
+    for (k, present) in [
+        ("execution_role", aws.execution_role.is_some()),
+        ("external_id", aws.external_id.is_some()),
+        ("control_tower", aws.control_tower.is_some()),
+        ("execution_context", aws.execution_context.is_some()),
+        ("organizations", aws.organizations.is_some()),
+        ("identity_center", aws.identity_center.is_some()),
+    ] {
+        if present {
+            ck.not_supported(&path(&["aws", k]), &format!("`aws.{k}`"));
         }
     }
 }

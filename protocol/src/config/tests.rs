@@ -171,10 +171,11 @@ fn reference_spellings_are_accepted() {
 #[test]
 fn unimplemented_reference_keys_are_named_not_ignored() {
     let errs = errors(
-        "aws: { region: us-east-1 }\ndynamic_targets: { x: {} }\nmerge_store: { s3: { bucket: merged } }\ntargets:\n  A: { account_id: \"123456789012\" }\n",
+        "aws: { region: us-east-1, control_tower: { enabled: true } }\ndynamic_targets: { x: {} }\nmerge_store: { s3: { bucket: merged } }\ntargets:\n  A: { account_id: \"123456789012\" }\n",
     );
     assert!(
-        errs.iter().any(|e| e.contains(":1: aws: the `aws` section is not supported yet")),
+        errs.iter()
+            .any(|e| e.contains(":1: aws.control_tower: `aws.control_tower` is not supported yet")),
         "{errs:#?}"
     );
     assert!(

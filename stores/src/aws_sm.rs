@@ -1,0 +1,403 @@
+//! The `aws` store: AWS Secrets Manager in one region, optionally under a name prefix.
+//!
+//! Secret `a/b` of the store `{prefix: app/}` is the Secrets Manager secret `app/a/b`; a name
+//! with a leading `/` counts as the same secret as one without, and when both exist that name is
+//! a conflict: it is listed as neither and writing it fails. A secret's version is its
+//! `AWSCURRENT` version id. Writes carry a `ClientRequestToken` derived from (name, content
+//! hash, version replaced): a retried write never makes a second version, and the token becomes
+//! the version id, so the stamp tags (`vss:content-hash`, `vss:managed-by`, `vss:version`) name it
+//! before the write. Deletes use a recovery window; a secret scheduled for deletion is absent
+//! from listings and restored when written again. Secrets Manager has no conditional write,
+//! so preconditions are best-effort here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
+use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType, Tag};
+use serde_json::Value;
+use tokio::sync::OnceCell;
+use vss_protocol::config::AwsSmSpec;
+use vss_protocol::{ContentHash, SecretValue};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::{
+    ApiCalls, Capabilities, Entry, ErrorKind, Precondition, SecretStore, Stamp, StoreError,
+    Version, Versioned,
+};
+
+/// Tags of vss's stamp.
+const TAG_HASH: &str = "vss:content-hash";
+const TAG_OWNER: &str = "vss:managed-by";
+const TAG_VERSION: &str = "vss:version";
+
+/// Days a deleted secret stays recoverable.
+const RECOVERY_WINDOW_DAYS: i64 = 7;
+
+/// AWS Secrets Manager.
+pub struct AwsSmStore {
+    spec: AwsSmSpec,
+    client: OnceCell<Client>,
+    label: String,
+    /// Names (relative) scheduled for deletion at the last listing: restored on write.
+    scheduled: Mutex<BTreeSet<String>>,
+    /// Names (relative) that exist both with and without a leading `/`.
+    conflicts: Mutex<BTreeSet<String>>,
+    /// Names (relative) whose secret is spelled with a leading `/` in Secrets Manager.
+    slashed: Mutex<BTreeSet<String>>,
+    calls: ApiCalls,
+}
+
+impl AwsSmStore {
+    /// A store for `spec`; the client is built on first use from the default credential chain.
+    pub fn new(spec: &AwsSmSpec) -> Self {
+        Self {
+            spec: spec.clone(),
+            client: OnceCell::new(),
+            label: vss_protocol::config::StoreSpec::AwsSm(Box::new(spec.clone())).to_string(),
+            scheduled: Mutex::new(BTreeSet::new()),
+            conflicts: Mutex::new(BTreeSet::new()),
+            slashed: Mutex::new(BTreeSet::new()),
+            calls: ApiCalls::default(),
+        }
+    }
+
+    async fn client(&self) -> &Client {
+        self.client
+            .get_or_init(|| async {
+                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .region(aws_config::Region::new(self.spec.region.clone()));
+                if let Some(endpoint) = &self.spec.endpoint {
+                    loader = loader.endpoint_url(endpoint);
+                }
+                Client::new(&loader.load().await)
+            })
+            .await
+    }
+
+    fn err(&self, kind: ErrorKind, secret: Option<&str>, message: impl Into<String>) -> StoreError {
+        StoreError::new(kind, &self.label, secret, message)
+    }
+
+    /// Maps an SDK error by its AWS error code; the message is AWS's, which names no values.
+    fn sdk_err<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+        &self,
+        operation: &str,
+        secret: Option<&str>,
+        e: aws_sdk_secretsmanager::error::SdkError<E>,
+    ) -> StoreError {
+        let (code, message) = match e.as_service_error() {
+            Some(service) => (
+                service.code().unwrap_or("Unknown").to_string(),
+                service.message().unwrap_or("").to_string(),
+            ),
+            None => (
+                "Unavailable".to_string(),
+                format!("{}", aws_sdk_secretsmanager::error::DisplayErrorContext(&e)),
+            ),
+        };
+        let kind = match code.as_str() {
+            "ResourceNotFoundException" => ErrorKind::NotFound,
+            "ThrottlingException" | "TooManyRequestsException" => ErrorKind::Throttled,
+            "InternalServiceError" | "ServiceUnavailable" | "Unavailable" => ErrorKind::Unavailable,
+            "AccessDeniedException" | "UnrecognizedClientException" => ErrorKind::Unauthorized,
+            "ResourceExistsException" => ErrorKind::Conflict,
+            _ => ErrorKind::Invalid,
+        };
+        self.err(kind, secret, format!("{operation}: {code}: {message}"))
+    }
+
+    /// The Secrets Manager name of `name`: prefixed, and with the leading `/` it was listed
+    /// with, if any.
+    fn full_name(&self, name: &str) -> String {
+        let slash =
+            if self.slashed.lock().expect("slashed lock").contains(name) { "/" } else { "" };
+        format!("{slash}{}{name}", self.spec.prefix)
+    }
+
+    fn check_writable(&self, name: &str) -> Result<(), StoreError> {
+        if name.is_empty() || name.starts_with('/') {
+            return Err(self.err(ErrorKind::Invalid, Some(name), "invalid secret name"));
+        }
+        if self.conflicts.lock().expect("conflict lock").contains(name) {
+            return Err(self.err(
+                ErrorKind::Conflict,
+                Some(name),
+                format!(
+                    "both `/{name}` and `{name}` exist; resolve that by hand, vss writes neither"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The token of a write, derived from the name, the keyed content hash and the version it
+    /// replaces: a retried write repeats it (no second version), while writing a value back
+    /// over a drifted version gets a new one (an old token would be a no-op). The token
+    /// becomes the new version's id.
+    fn request_token(&self, name: &str, hash: &ContentHash, pre: &Precondition) -> String {
+        let replaces = match pre {
+            Precondition::Matches(v) => v.0.as_str(),
+            Precondition::Absent | Precondition::None => "",
+        };
+        let mut input = self.full_name(name).into_bytes();
+        for part in [hash.as_str(), replaces] {
+            input.push(0);
+            input.extend(part.as_bytes());
+        }
+        blake3::hash(&input).to_hex()[..64].to_string()
+    }
+
+    /// Writes `text` as the next version of `name`, with `token` as its version id.
+    async fn put(
+        &self,
+        name: &str,
+        text: &str,
+        token: &str,
+        tags: Vec<Tag>,
+        pre: &Precondition,
+    ) -> Result<Version, StoreError> {
+        let full = self.full_name(name);
+        let client = self.client().await;
+        let scheduled = self.scheduled.lock().expect("scheduled lock").remove(name);
+        if scheduled {
+            self.calls.record("RestoreSecret");
+            client
+                .restore_secret()
+                .secret_id(&full)
+                .send()
+                .await
+                .map_err(|e| self.sdk_err("RestoreSecret", Some(name), e))?;
+        }
+        if matches!(pre, Precondition::Absent) && !scheduled {
+            self.calls.record("CreateSecret");
+            let created = client
+                .create_secret()
+                .name(&full)
+                .secret_string(text)
+                .client_request_token(token)
+                .set_tags((!tags.is_empty()).then_some(tags))
+                .send()
+                .await;
+            return match created {
+                Ok(out) => Ok(Version(out.version_id().unwrap_or(token).to_string())),
+                Err(e) => Err(self.sdk_err("CreateSecret", Some(name), e)),
+            };
+        }
+        if !tags.is_empty() {
+            self.calls.record("TagResource");
+            client
+                .tag_resource()
+                .secret_id(&full)
+                .set_tags(Some(tags))
+                .send()
+                .await
+                .map_err(|e| self.sdk_err("TagResource", Some(name), e))?;
+        }
+        self.calls.record("PutSecretValue");
+        let put = client
+            .put_secret_value()
+            .secret_id(&full)
+            .secret_string(text)
+            .client_request_token(token)
+            .send()
+            .await
+            .map_err(|e| self.sdk_err("PutSecretValue", Some(name), e))?;
+        Ok(Version(put.version_id().unwrap_or(token).to_string()))
+    }
+}
+
+/// The stored text of a value: a lone `value` string is written as a plain string secret (the
+/// shape such secrets are read in), anything else as a JSON object.
+fn encode(value: &SecretValue) -> Zeroizing<String> {
+    let fields = value.expose();
+    if fields.len() == 1
+        && let Some(Value::String(s)) = fields.get("value")
+    {
+        return Zeroizing::new(s.clone());
+    }
+    Zeroizing::new(serde_json::to_string(fields).expect("a JSON map always serializes"))
+}
+
+#[async_trait::async_trait]
+impl SecretStore for AwsSmStore {
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { read_values: true, metadata: true, conditional_writes: false }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let client = self.client().await;
+        let full_prefix = format!("{}{prefix}", self.spec.prefix);
+        let mut found: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+        let mut scheduled = BTreeSet::new();
+        let mut slashed = BTreeSet::new();
+        let mut next = None;
+        loop {
+            self.calls.record("ListSecrets");
+            let mut request = client.list_secrets().max_results(100).include_planned_deletion(true);
+            if !full_prefix.is_empty() {
+                // Values of one filter are ORed: the name with and without a leading `/`.
+                let filter = Filter::builder()
+                    .key(FilterNameStringType::Name)
+                    .values(full_prefix.clone())
+                    .values(format!("/{full_prefix}"))
+                    .build();
+                request = request.filters(filter);
+            }
+            let page = request
+                .set_next_token(next.take())
+                .send()
+                .await
+                .map_err(|e| self.sdk_err("ListSecrets", None, e))?;
+            for secret in page.secret_list() {
+                let Some(full) = secret.name() else { continue };
+                let bare = full.strip_prefix('/').unwrap_or(full);
+                let Some(name) =
+                    bare.strip_prefix(&self.spec.prefix).filter(|n| n.starts_with(prefix))
+                else {
+                    continue;
+                };
+                if full.starts_with('/') {
+                    slashed.insert(name.to_string());
+                }
+                if secret.deleted_date().is_some() {
+                    scheduled.insert(name.to_string());
+                    continue;
+                }
+                let current = secret
+                    .secret_versions_to_stages()
+                    .and_then(|versions| {
+                        versions.iter().find(|(_, stages)| stages.iter().any(|s| s == "AWSCURRENT"))
+                    })
+                    .map(|(id, _)| Version(id.clone()));
+                let Some(version) = current else { continue };
+                let tag = |key: &str| {
+                    secret.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
+                };
+                let stamp = match (tag(TAG_HASH).and_then(ContentHash::parse), tag(TAG_OWNER)) {
+                    (Some(hash), Some(owner)) if tag(TAG_VERSION) == Some(version.0.as_str()) => {
+                        Some(Stamp { hash, owner: owner.to_string() })
+                    }
+                    _ => None,
+                };
+                found.entry(name.to_string()).or_default().push(Entry {
+                    name: name.to_string(),
+                    version,
+                    stamp,
+                });
+            }
+            next = page.next_token().map(str::to_string);
+            if next.is_none() {
+                break;
+            }
+        }
+        let conflicts: BTreeSet<String> =
+            found.iter().filter(|(_, e)| e.len() > 1).map(|(n, _)| n.clone()).collect();
+        for name in &conflicts {
+            tracing::warn!(store = %self.label, secret = %name, "both `/name` and `name` exist; vss writes neither");
+        }
+        *self.scheduled.lock().expect("scheduled lock") = scheduled;
+        *self.slashed.lock().expect("slashed lock") = slashed;
+        *self.conflicts.lock().expect("conflict lock") = conflicts;
+        Ok(found.into_values().filter(|e| e.len() == 1).flatten().collect())
+    }
+
+    async fn read(&self, name: &str) -> Result<Option<Versioned<SecretValue>>, StoreError> {
+        self.check_writable(name)?;
+        self.calls.record("GetSecretValue");
+        let got =
+            self.client().await.get_secret_value().secret_id(self.full_name(name)).send().await;
+        let out = match got {
+            Ok(out) => out,
+            Err(e) => {
+                let e = self.sdk_err("GetSecretValue", Some(name), e);
+                return if e.kind == ErrorKind::NotFound { Ok(None) } else { Err(e) };
+            }
+        };
+        let version = Version(out.version_id().unwrap_or_default().to_string());
+        let Some(text) = out.secret_string() else {
+            return Err(self.err(
+                ErrorKind::Invalid,
+                Some(name),
+                "binary secrets are not supported",
+            ));
+        };
+        let value = match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => SecretValue::new(map),
+            Ok(other) => {
+                vss_protocol::secret::zeroize_value(other);
+                let mut map = serde_json::Map::new();
+                map.insert("value".into(), Value::String(text.to_string()));
+                SecretValue::new(map)
+            }
+            Err(_) => {
+                let mut map = serde_json::Map::new();
+                map.insert("value".into(), Value::String(text.to_string()));
+                SecretValue::new(map)
+            }
+        };
+        Ok(Some(Versioned { value, version }))
+    }
+
+    async fn write(
+        &self,
+        name: &str,
+        value: &SecretValue,
+        pre: Precondition,
+    ) -> Result<Version, StoreError> {
+        self.check_writable(name)?;
+        let mut random = [0u8; 32];
+        getrandom::fill(&mut random)
+            .map_err(|e| self.err(ErrorKind::Io, Some(name), e.to_string()))?;
+        let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        random.zeroize();
+        self.put(name, &encode(value), &token, Vec::new(), &pre).await
+    }
+
+    async fn write_stamped(
+        &self,
+        name: &str,
+        value: &SecretValue,
+        pre: Precondition,
+        stamp: &Stamp,
+    ) -> Result<Version, StoreError> {
+        self.check_writable(name)?;
+        let token = self.request_token(name, &stamp.hash, &pre);
+        let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
+        let tags = vec![
+            tag(TAG_HASH, stamp.hash.as_str()),
+            tag(TAG_OWNER, &stamp.owner),
+            tag(TAG_VERSION, &token),
+        ];
+        self.put(name, &encode(value), &token, tags, &pre).await
+    }
+
+    async fn delete(&self, name: &str, _pre: Precondition) -> Result<(), StoreError> {
+        self.check_writable(name)?;
+        self.calls.record("DeleteSecret");
+        let deleted = self
+            .client()
+            .await
+            .delete_secret()
+            .secret_id(self.full_name(name))
+            .recovery_window_in_days(RECOVERY_WINDOW_DAYS)
+            .send()
+            .await;
+        match deleted {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = self.sdk_err("DeleteSecret", Some(name), e);
+                if e.kind == ErrorKind::NotFound { Ok(()) } else { Err(e) }
+            }
+        }
+    }
+
+    fn api_calls(&self) -> BTreeMap<String, u64> {
+        self.calls.snapshot()
+    }
+}

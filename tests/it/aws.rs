@@ -1,0 +1,163 @@
+//! The AWS Secrets Manager store against a real moto server.
+
+use serde_json::{Value, json};
+use vss_tests::servers::{AWS_TEST_ENV, Moto};
+use vss_tests::{Run, Workspace, counts, target};
+
+fn config(moto: &Moto) -> String {
+    format!(
+        "aws: {{ region: us-east-1, endpoint: \"{}\" }}
+source: {{ file: {{ dir: src }} }}
+targets:
+  T: {{ store: {{ aws: {{ prefix: app/ }} }}, delete: true }}
+",
+        moto.endpoint
+    )
+}
+
+fn run(ws: &Workspace, args: &[&str]) -> Run {
+    let mut all = vec!["pipeline", "--config", "vss.yaml", "--output", "json"];
+    all.extend_from_slice(args);
+    let mut env: Vec<(&str, &str)> = AWS_TEST_ENV.to_vec();
+    env.push(("RUST_LOG", "vss_coordinator=debug"));
+    ws.run_env(&all, &env)
+}
+
+/// The store calls of the target, from the run's debug log.
+fn target_calls(run: &Run) -> Value {
+    let line = run.stderr.lines().find(|l| l.contains("api_calls")).expect("call counts logged");
+    let start = line.find("\"aws-sm:us-east-1/app/\": ").expect("target calls")
+        + "\"aws-sm:us-east-1/app/\": ".len();
+    let end = start + line[start..].find('}').unwrap() + 1;
+    serde_json::from_str(&line[start..end]).unwrap()
+}
+
+fn versions(moto: &Moto, name: &str) -> usize {
+    moto.secretsmanager(&format!(
+        "out(len(sm.list_secret_version_ids(SecretId='{name}')['Versions']))"
+    ))
+    .as_u64()
+    .unwrap() as usize
+}
+
+#[test]
+fn aws_target_create_unchanged_update_drift_delete_and_restore() {
+    let moto = Moto::start();
+    let ws = Workspace::new();
+    ws.config(&config(&moto));
+    ws.secret("src", "db", json!({"user": "u", "password": "p1"}));
+    ws.secret("src", "token", json!({"value": "plain-string"}));
+
+    let first = run(&ws, &[]);
+    assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
+    assert_eq!(counts(&target(&first.json(), "T")["summary"]), (2, 0, 0, 0));
+    let db = moto.secretsmanager("out(sm.get_secret_value(SecretId='app/db')['SecretString'])");
+    assert_eq!(
+        serde_json::from_str::<Value>(db.as_str().unwrap()).unwrap(),
+        json!({"user": "u", "password": "p1"})
+    );
+    assert_eq!(
+        moto.secretsmanager("out(sm.get_secret_value(SecretId='app/token')['SecretString'])"),
+        "plain-string"
+    );
+    let tags = moto.secretsmanager(
+        "out({t['Key']: t['Value'] for t in sm.describe_secret(SecretId='app/db')['Tags']})",
+    );
+    assert_eq!(tags["vss:managed-by"], "vss:T", "{tags}");
+    assert_eq!(tags["vss:content-hash"].as_str().unwrap().len(), 64);
+
+    // Unchanged: listing only, no new version.
+    let second = run(&ws, &["--exit-code"]);
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(target_calls(&second), json!({"ListSecrets": 1}));
+    assert_eq!(versions(&moto, "app/db"), 1);
+
+    // A change is one PutSecretValue (and its tags); drift behind vss's back is repaired.
+    ws.secret("src", "db", json!({"user": "u", "password": "p2"}));
+    moto.secretsmanager("sm.put_secret_value(SecretId='app/token', SecretString='tampered')");
+    let third = run(&ws, &[]);
+    assert_eq!(counts(&target(&third.json(), "T")["summary"]), (0, 2, 0, 0));
+    assert_eq!(target_calls(&third)["PutSecretValue"], 2);
+    assert_eq!(
+        moto.secretsmanager("out(sm.get_secret_value(SecretId='app/token')['SecretString'])"),
+        "plain-string"
+    );
+
+    // Deletes keep a recovery window; a secret desired again is restored.
+    ws.secret("src", "extra", json!({"k": 1}));
+    assert_eq!(run(&ws, &[]).code, 0);
+    std::fs::remove_file(ws.path().join("src/extra.json")).unwrap();
+    let fourth = run(&ws, &[]);
+    assert_eq!(counts(&target(&fourth.json(), "T")["summary"]), (0, 0, 1, 2));
+    let deleted = moto.secretsmanager(
+        "out(sm.describe_secret(SecretId='app/extra').get('DeletedDate') is not None)",
+    );
+    assert_eq!(deleted, true, "scheduled for deletion, not gone");
+    ws.secret("src", "extra", json!({"k": 2}));
+    let fifth = run(&ws, &[]);
+    assert_eq!(fifth.code, 0, "{}", fifth.stderr);
+    assert_eq!(
+        counts(&target(&fifth.json(), "T")["summary"]),
+        (1, 0, 0, 2),
+        "absent while scheduled"
+    );
+    assert_eq!(target_calls(&fifth)["RestoreSecret"], 1);
+    let restored = moto
+        .secretsmanager("out(sm.describe_secret(SecretId='app/extra').get('DeletedDate') is None)");
+    assert_eq!(restored, true);
+}
+
+#[test]
+fn aws_slash_and_bare_names_are_one_secret_and_a_conflict_when_both_exist() {
+    let moto = Moto::start();
+    moto.secretsmanager(
+        "sm.create_secret(Name='/app/x', SecretString='{\"a\": 1}')\nsm.create_secret(Name='app/x', SecretString='{\"a\": 2}')",
+    );
+    let ws = Workspace::new();
+    ws.config(&config(&moto));
+    ws.secret("src", "x", json!({"a": 3}));
+    let run = run(&ws, &[]);
+    assert_eq!(run.code, 2);
+    let t = target(&run.json(), "T").clone();
+    assert!(t["error"].as_str().unwrap().contains("both `/x` and `x` exist"), "{t}");
+    for name in ["/app/x", "app/x"] {
+        assert_eq!(versions(&moto, name), 1, "{name} was written");
+    }
+}
+
+#[test]
+fn aws_canary_values_never_leave_the_stores() {
+    const CANARY: &str = "CANARY-aws-93be";
+    let moto = Moto::start();
+    let ws = Workspace::new();
+    ws.config(&config(&moto));
+    ws.secret("src", "db", json!({"password": format!("{CANARY}-1")}));
+    ws.secret("src", "token", json!({"value": format!("{CANARY}-plain")}));
+    let mut outputs = Vec::new();
+    let mut all_formats = |ws: &Workspace, extra: &[&str]| {
+        for format in ["human", "json", "github"] {
+            let mut args = vec!["pipeline", "--config", "vss.yaml", "--output", format];
+            args.extend_from_slice(extra);
+            let mut env: Vec<(&str, &str)> = AWS_TEST_ENV.to_vec();
+            env.push(("RUST_LOG", "trace"));
+            let run = ws.run_env(&args, &env);
+            outputs.push(run.stdout);
+            outputs.push(run.stderr);
+        }
+    };
+    all_formats(&ws, &["--dry-run"]);
+    all_formats(&ws, &[]);
+    ws.secret("src", "db", json!({"password": format!("{CANARY}-2")}));
+    moto.secretsmanager(&format!(
+        "sm.put_secret_value(SecretId='app/token', SecretString='{CANARY}-drift')"
+    ));
+    all_formats(&ws, &[]);
+    assert!(outputs.iter().any(|o| o.contains("TRACE")), "trace logging was on");
+    for text in &outputs {
+        assert!(
+            !text.contains(CANARY),
+            "canary leaked:\n{}",
+            &text[text.find(CANARY).unwrap().saturating_sub(300)..]
+        );
+    }
+}
