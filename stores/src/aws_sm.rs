@@ -71,7 +71,19 @@ impl AwsSmStore {
                 if let Some(endpoint) = &self.spec.endpoint {
                     loader = loader.endpoint_url(endpoint);
                 }
-                Client::new(&loader.load().await)
+                let base = loader.load().await;
+                let Some(role) = &self.spec.role_arn else { return Client::new(&base) };
+                // Credentials of the role, cached and refreshed before they expire.
+                let mut provider =
+                    aws_config::sts::AssumeRoleProvider::builder(role).session_name("vss");
+                if let Some(id) = &self.spec.external_id {
+                    provider = provider.external_id(id);
+                }
+                let provider = provider.configure(&base).build().await;
+                let config = aws_sdk_secretsmanager::config::Builder::from(&base)
+                    .credentials_provider(provider)
+                    .build();
+                Client::from_conf(config)
             })
             .await
     }

@@ -161,3 +161,36 @@ fn aws_canary_values_never_leave_the_stores() {
         );
     }
 }
+
+#[test]
+fn aws_account_targets_write_into_that_account_through_its_role() {
+    let moto = Moto::start();
+    let ws = Workspace::new();
+    ws.config(&format!(
+        "aws: {{ region: us-east-1, endpoint: \"{}\", execution_role: \"arn:aws:iam::{{account_id}}:role/vss-sync\" }}
+source: {{ file: {{ dir: src }} }}
+targets:
+  Staging: {{ account_id: \"222222222222\", secret_prefix: stg/ }}
+  Production: {{ account_id: \"333333333333\" }}
+",
+        moto.endpoint
+    ));
+    ws.secret("src", "db", json!({"k": 1}));
+    let first = run(&ws, &[]);
+    assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
+    assert_eq!(counts(&first.json()["summary"]), (2, 0, 0, 0));
+    let names_in = |account: &str| {
+        moto.secretsmanager(&format!(
+            "sts = boto3.client('sts', endpoint_url='{}', region_name='us-east-1')\n\
+             c = sts.assume_role(RoleArn='arn:aws:iam::{account}:role/vss-sync', RoleSessionName='vss-test')['Credentials']\n\
+             s = boto3.client('secretsmanager', endpoint_url='{}', region_name='us-east-1', aws_access_key_id=c['AccessKeyId'], aws_secret_access_key=c['SecretAccessKey'], aws_session_token=c['SessionToken'])\n\
+             out(sorted(x['Name'] for x in s.list_secrets()['SecretList']))",
+            moto.endpoint, moto.endpoint
+        ))
+    };
+    assert_eq!(names_in("222222222222"), json!(["stg/db"]));
+    assert_eq!(names_in("333333333333"), json!(["db"]));
+    let own = moto.secretsmanager("out([x['Name'] for x in sm.list_secrets()['SecretList']])");
+    assert_eq!(own, json!([]), "nothing lands in the caller's own account");
+    assert_eq!(counts(&run(&ws, &[]).json()["summary"]), (0, 0, 0, 2));
+}

@@ -203,6 +203,10 @@ pub struct AwsSmSpec {
     pub endpoint: Option<String>,
     /// Prepended to every secret name (e.g. `app/`); empty for none.
     pub prefix: String,
+    /// A role to assume (another account's), if any.
+    pub role_arn: Option<String>,
+    /// The external id the role's trust policy asks for.
+    pub external_id: Option<String>,
 }
 
 /// Where a Vault store lives and how to reach it. Holds references, never a token.
@@ -228,7 +232,13 @@ impl fmt::Display for StoreSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreSpec::File { dir } => write!(f, "file:{}", dir.display()),
-            StoreSpec::AwsSm(a) => write!(f, "aws-sm:{}/{}", a.region, a.prefix),
+            StoreSpec::AwsSm(a) => {
+                write!(f, "aws-sm:{}/{}", a.region, a.prefix)?;
+                match &a.role_arn {
+                    Some(role) => write!(f, " via {role}"),
+                    None => Ok(()),
+                }
+            }
             StoreSpec::Vault(v) => {
                 write!(f, "vault:{}/{}", v.address.trim_end_matches('/'), v.mount)?;
                 if !v.prefix.is_empty() {

@@ -87,21 +87,51 @@ enum RawStore {
 struct RawAws {
     region: Option<String>,
     endpoint: Option<String>,
-    execution_role: Option<IgnoredAny>,
-    external_id: Option<IgnoredAny>,
-    control_tower: Option<IgnoredAny>,
-    execution_context: Option<IgnoredAny>,
+    /// Role ARN template, `{account_id}` replaced.
+    execution_role: Option<String>,
+    external_id: Option<String>,
+    control_tower: Option<RawControlTower>,
+    execution_context: Option<RawExecutionContext>,
     organizations: Option<IgnoredAny>,
     identity_center: Option<IgnoredAny>,
 }
 
-/// `{aws: {prefix, region}}`: AWS Secrets Manager (the reference's source spelling).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControlTower {
+    enabled: Option<bool>,
+    execution_role: Option<RawRoleName>,
+    account_factory: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoleName {
+    name: Option<String>,
+    path: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExecutionContext {
+    // `type` and `account_id` describe where vss runs; they change nothing here.
+    #[serde(rename = "type")]
+    _kind: Option<IgnoredAny>,
+    #[serde(rename = "account_id")]
+    _account_id: Option<IgnoredAny>,
+    delegation: Option<IgnoredAny>,
+    custom_role_pattern: Option<String>,
+}
+
+/// `{aws: {prefix, region, account_id}}`: AWS Secrets Manager (the reference's source
+/// spelling); with `account_id`, reached through a role in that account.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAwsStore {
     prefix: Option<String>,
     region: Option<String>,
-    account_id: Option<IgnoredAny>,
+    account_id: Option<String>,
+    role_arn: Option<String>,
     tags: Option<IgnoredAny>,
 }
 
@@ -169,9 +199,9 @@ struct RawTarget {
     account_id: Option<String>,
     delete: Option<bool>,
     list_merge: Option<ListMerge>,
-    region: Option<IgnoredAny>,
-    role_arn: Option<IgnoredAny>,
-    secret_prefix: Option<IgnoredAny>,
+    region: Option<String>,
+    role_arn: Option<String>,
+    secret_prefix: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -506,31 +536,32 @@ pub(super) fn build(
                 "an AWS account id is exactly 12 digits (quote it to keep leading zeros)".into(),
             );
         }
-        for (k, present) in [
-            ("region", t.region.is_some()),
-            ("role_arn", t.role_arn.is_some()),
-            ("secret_prefix", t.secret_prefix.is_some()),
-        ] {
-            if present {
-                let mut at = at.clone();
-                at.push(key(k));
-                ck.not_supported(&at, &format!("`{k}` (AWS Secrets Manager targets)"));
-            }
+        let aws_keys_without_account = t.account_id.is_none()
+            && (t.region.is_some() || t.role_arn.is_some() || t.secret_prefix.is_some());
+        if aws_keys_without_account {
+            ck.error(&at, "`region`, `role_arn` and `secret_prefix` need an `account_id`".into());
         }
         let target_store = match (&t.store, &t.account_id) {
-            (Some(s), _) => {
+            (Some(_), Some(_)) => {
+                let mut at = at.clone();
+                at.push(key("account_id"));
+                ck.error(&at, "`account_id` names an AWS target; this target has a `store`".into());
+                None
+            }
+            (Some(s), None) => {
                 let mut at = at.clone();
                 at.push(key("store"));
                 store(&mut ck, at, s)
             }
-            (None, Some(_)) => {
-                let mut at = at.clone();
-                at.push(key("account_id"));
-                ck.not_supported(
-                    &at,
-                    "an AWS Secrets Manager target (`account_id` without `store`)",
-                );
-                None
+            (None, Some(account)) => {
+                let store = RawAwsStore {
+                    prefix: t.secret_prefix.clone(),
+                    region: t.region.clone(),
+                    account_id: Some(account.clone()),
+                    role_arn: t.role_arn.clone(),
+                    tags: None,
+                };
+                aws_store(&mut ck, &at, &store, raw.aws.as_ref(), env)
             }
             (None, None) if sync_enabled => {
                 ck.error(&at, "the target has no `store` to sync to".into());
@@ -729,7 +760,8 @@ fn vault_store(
 }
 
 /// An AWS Secrets Manager store: region from the store, the `aws:` block, `AWS_REGION` or
-/// `AWS_DEFAULT_REGION`, else `us-east-1` (the reference's default).
+/// `AWS_DEFAULT_REGION`, else `us-east-1` (the reference's default). With an `account_id`,
+/// the store is reached through a role in that account (see [`role_for`]).
 fn aws_store(
     ck: &mut Checker,
     at: &[Segment],
@@ -737,13 +769,22 @@ fn aws_store(
     aws: Option<&RawAws>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<StoreSpec> {
-    for (k, present) in [("account_id", raw.account_id.is_some()), ("tags", raw.tags.is_some())] {
-        if present {
-            let mut at = at.to_vec();
-            at.push(key(k));
-            ck.not_supported(&at, &format!("`{k}` on an AWS store (cross-account AssumeRole)"));
-            return None;
-        }
+    if raw.tags.is_some() {
+        let mut at = at.to_vec();
+        at.push(key("tags"));
+        ck.not_supported(&at, "`tags` filters on an AWS store");
+        return None;
+    }
+    if let Some(id) = &raw.account_id
+        && (id.len() != 12 || !id.chars().all(|c| c.is_ascii_digit()))
+    {
+        let mut at = at.to_vec();
+        at.push(key("account_id"));
+        ck.error(
+            &at,
+            "an AWS account id is exactly 12 digits (quote it to keep leading zeros)".into(),
+        );
+        return None;
     }
     let region = raw
         .region
@@ -752,26 +793,58 @@ fn aws_store(
         .or_else(|| env("AWS_REGION"))
         .or_else(|| env("AWS_DEFAULT_REGION"))
         .unwrap_or_else(|| "us-east-1".into());
+    let role_arn = raw.account_id.as_deref().map(|id| role_for(id, raw.role_arn.as_deref(), aws));
     Some(StoreSpec::AwsSm(Box::new(AwsSmSpec {
         region,
         endpoint: aws.and_then(|a| a.endpoint.clone()),
         prefix: raw.prefix.clone().unwrap_or_default(),
+        role_arn,
+        external_id: aws.and_then(|a| a.external_id.clone()),
     })))
 }
 
-/// Reports the keys of the `aws:` block that need cross-account roles (not built yet).
+/// The role to assume in `account`: the store's or target's `role_arn`, else the
+/// `aws.execution_role` template, else the Control Tower execution role (`path` + `name`,
+/// default `AWSControlTowerExecution`), else `execution_context.custom_role_pattern`, else the
+/// Control Tower default. `{account_id}` and `{{.AccountID}}` are replaced.
+fn role_for(account: &str, explicit: Option<&str>, aws: Option<&RawAws>) -> String {
+    let control_tower =
+        aws.and_then(|a| a.control_tower.as_ref()).filter(|c| c.enabled != Some(false));
+    let template = explicit
+        .map(str::to_string)
+        .or_else(|| aws.and_then(|a| a.execution_role.clone()))
+        .or_else(|| {
+            control_tower.map(|c| {
+                let role = c.execution_role.as_ref();
+                let name =
+                    role.and_then(|r| r.name.as_deref()).unwrap_or("AWSControlTowerExecution");
+                let path = role.and_then(|r| r.path.as_deref()).unwrap_or("/").trim_matches('/');
+                let path = if path.is_empty() { "/".to_string() } else { format!("/{path}/") };
+                format!("arn:aws:iam::{{account_id}}:role{path}{name}")
+            })
+        })
+        .or_else(|| {
+            aws.and_then(|a| a.execution_context.as_ref())
+                .and_then(|e| e.custom_role_pattern.clone())
+        })
+        .unwrap_or_else(|| "arn:aws:iam::{account_id}:role/AWSControlTowerExecution".into());
+    template.replace("{{.AccountID}}", account).replace("{account_id}", account)
+}
+
+/// Reports the keys of the `aws:` block that vss does not implement yet.
 fn check_aws_block(ck: &mut Checker, aws: Option<&RawAws>) {
     let Some(aws) = aws else { return };
+    let context = aws.execution_context.as_ref();
+    let factory = aws.control_tower.as_ref().is_some_and(|c| c.account_factory.is_some());
     for (k, present) in [
-        ("execution_role", aws.execution_role.is_some()),
-        ("external_id", aws.external_id.is_some()),
-        ("control_tower", aws.control_tower.is_some()),
-        ("execution_context", aws.execution_context.is_some()),
         ("organizations", aws.organizations.is_some()),
         ("identity_center", aws.identity_center.is_some()),
+        ("control_tower.account_factory", factory),
+        ("execution_context.delegation", context.is_some_and(|c| c.delegation.is_some())),
     ] {
         if present {
-            ck.not_supported(&path(&["aws", k]), &format!("`aws.{k}`"));
+            let parts: Vec<&str> = std::iter::once("aws").chain(k.split('.')).collect();
+            ck.not_supported(&path(&parts), &format!("`aws.{k}`"));
         }
     }
 }

@@ -171,11 +171,11 @@ fn reference_spellings_are_accepted() {
 #[test]
 fn unimplemented_reference_keys_are_named_not_ignored() {
     let errs = errors(
-        "aws: { region: us-east-1, control_tower: { enabled: true } }\ndynamic_targets: { x: {} }\nmerge_store: { s3: { bucket: merged } }\ntargets:\n  A: { account_id: \"123456789012\" }\n",
+        "aws: { region: us-east-1, organizations: { auto_discover: true } }\ndynamic_targets: { x: {} }\nmerge_store: { s3: { bucket: merged } }\ntargets:\n  A: { account_id: \"123456789012\" }\n",
     );
     assert!(
         errs.iter()
-            .any(|e| e.contains(":1: aws.control_tower: `aws.control_tower` is not supported yet")),
+            .any(|e| e.contains(":1: aws.organizations: `aws.organizations` is not supported yet")),
         "{errs:#?}"
     );
     assert!(
@@ -187,10 +187,7 @@ fn unimplemented_reference_keys_are_named_not_ignored() {
         errs.iter().any(|e| e.contains(":3: merge_store.s3: the `s3` store is not supported yet")),
         "{errs:#?}"
     );
-    assert!(
-        errs.iter().any(|e| e.contains(":5: targets.A.account_id: an AWS Secrets Manager target")),
-        "{errs:#?}"
-    );
+    assert_eq!(errs.len(), 3, "an `account_id` target is an AWS target now: {errs:#?}");
 }
 
 #[test]
@@ -341,4 +338,57 @@ fn credentials_stay_references() {
         "{err}"
     );
     assert!(!err.contains("canary"), "{err}");
+}
+
+#[test]
+fn aws_targets_by_account_assume_the_configured_role() {
+    let role = |aws: &str, target: &str| {
+        let text = format!(
+            "{aws}\nsource: {{ file: {{ dir: s }} }}\ntargets:\n  T: {{ account_id: \"222222222222\"{target} }}\n"
+        );
+        let cfg = Config::from_yaml(&text, "a.yaml", Path::new("/b"), &no_env)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let StoreSpec::AwsSm(spec) = &cfg.targets["T"].store else { panic!() };
+        (**spec).clone()
+    };
+    let spec = role(
+        "aws: { region: eu-west-1, execution_role: \"arn:aws:iam::{account_id}:role/vss-sync\", external_id: x }",
+        "",
+    );
+    assert_eq!(spec.role_arn.as_deref(), Some("arn:aws:iam::222222222222:role/vss-sync"));
+    assert_eq!((spec.region.as_str(), spec.external_id.as_deref()), ("eu-west-1", Some("x")));
+    let spec = role(
+        "aws: { control_tower: { enabled: true, execution_role: { name: Sync, path: /secrets/ } } }",
+        "",
+    );
+    assert_eq!(spec.role_arn.as_deref(), Some("arn:aws:iam::222222222222:role/secrets/Sync"));
+    let spec = role(
+        "aws: { execution_context: { type: hub_account, custom_role_pattern: \"arn:aws:iam::{{.AccountID}}:role/Hub\" } }",
+        "",
+    );
+    assert_eq!(spec.role_arn.as_deref(), Some("arn:aws:iam::222222222222:role/Hub"));
+    let spec = role("aws: { region: us-east-1 }", "");
+    assert_eq!(
+        spec.role_arn.as_deref(),
+        Some("arn:aws:iam::222222222222:role/AWSControlTowerExecution")
+    );
+    let spec = role(
+        "aws: { execution_role: \"arn:aws:iam::{account_id}:role/ignored\" }",
+        ", role_arn: \"arn:aws:iam::222222222222:role/Own\", region: ap-south-1, secret_prefix: team/",
+    );
+    assert_eq!(spec.role_arn.as_deref(), Some("arn:aws:iam::222222222222:role/Own"));
+    assert_eq!((spec.region.as_str(), spec.prefix.as_str()), ("ap-south-1", "team/"));
+
+    let errs = errors(
+        "source: { file: { dir: s } }\ntargets:\n  T: { account_id: \"222222222222\", store: { file: { dir: o } } }\n  U: { region: us-east-1, store: { file: { dir: p } } }\n",
+    );
+    assert!(
+        errs.iter().any(|e| e.contains("targets.T.account_id: `account_id` names an AWS target")),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter().any(|e| e
+            .contains("targets.U: `region`, `role_arn` and `secret_prefix` need an `account_id`")),
+        "{errs:#?}"
+    );
 }
