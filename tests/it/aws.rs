@@ -194,3 +194,64 @@ targets:
     assert_eq!(own, json!([]), "nothing lands in the caller's own account");
     assert_eq!(counts(&run(&ws, &[]).json()["summary"]), (0, 0, 0, 2));
 }
+
+#[test]
+fn aws_resync_of_200_secrets_from_vault_through_a_vault_merge_store_is_two_listings() {
+    let bao = vss_tests::servers::OpenBao::start();
+    let moto = Moto::start();
+    let ws = Workspace::new();
+    for i in 0..200 {
+        ws.secret(
+            "seed",
+            &format!("team{}/app{i:03}", i % 4),
+            json!({"user": format!("u{i}"), "n": i}),
+        );
+    }
+    let token_env = ("VSS_TEST_VAULT_TOKEN", vss_tests::servers::ROOT_TOKEN);
+    let vault_block = format!(
+        "vault: {{ address: \"{}\", auth: {{ token: {{ env: VSS_TEST_VAULT_TOKEN }} }} }}",
+        bao.address
+    );
+    // Seed Vault with vss itself: file → Vault.
+    ws.config(&format!("{vault_block}\nsource: {{ file: {{ dir: seed }} }}\ntargets:\n  Seed: {{ store: {{ vault: {{ path: secret/src }} }} }}\n"));
+    assert_eq!(ws.run_env(&["pipeline", "--config", "vss.yaml"], &[token_env]).code, 0);
+
+    ws.config(&format!(
+        "{vault_block}
+aws: {{ region: us-east-1, endpoint: \"{}\" }}
+merge_store: {{ vault: {{ path: secret/merged }} }}
+sources:
+  src: {{ vault: {{ path: secret/src }} }}
+targets:
+  T: {{ imports: [src], store: {{ aws: {{ prefix: app/ }} }} }}
+",
+        moto.endpoint
+    ));
+    let mut env: Vec<(&str, &str)> = AWS_TEST_ENV.to_vec();
+    env.extend([token_env, ("RUST_LOG", "vss_coordinator=debug")]);
+    let args = ["pipeline", "--config", "vss.yaml", "--output", "json"];
+    let first = ws.run_env(&args, &env);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(counts(&first.json()["summary"]), (200, 0, 0, 0));
+    assert_eq!(target_calls(&first)["CreateSecret"], 200);
+
+    let second = ws.run_env(&args, &env);
+    assert_eq!(counts(&second.json()["summary"]), (0, 0, 0, 200));
+    assert_eq!(target_calls(&second), json!({"ListSecrets": 2}), "pages of 100, nothing else");
+    let line = second.stderr.lines().find(|l| l.contains("api_calls")).unwrap();
+    let store_calls = |store: &str| {
+        let start =
+            line.find(&format!("{store}\": ")).unwrap_or_else(|| panic!("{store} in {line}"))
+                + store.len()
+                + 3;
+        let end = start + line[start..].find('}').unwrap() + 1;
+        serde_json::from_str::<Value>(&line[start..end]).unwrap()
+    };
+    let source = store_calls("/secret/src");
+    assert!(source.get("read").is_none(), "no source value read: {source}");
+    let merged = store_calls("/secret/merged");
+    assert!(
+        merged.get("write").is_none() && merged.get("stamp").is_none(),
+        "merge store untouched: {merged}"
+    );
+}
