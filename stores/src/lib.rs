@@ -2,6 +2,7 @@
 //!
 //! - [`aws_sm`]: AWS Secrets Manager (source and target).
 //! - [`file`]: a folder of JSON files (source, merge store and target).
+//! - [`s3`]: an S3 bucket under a key prefix (merge store).
 //! - [`vault`]: a folder of a Vault / OpenBao KV v2 mount (source, merge store and target).
 //! - [`overlay`]: an in-memory layer over a store, so a dry run computes everything and writes
 //!   nothing.
@@ -14,6 +15,7 @@ pub mod aws_sm;
 pub mod file;
 pub mod ledger;
 pub mod overlay;
+pub mod s3;
 pub mod vault;
 
 use std::collections::{BTreeMap, HashMap};
@@ -251,6 +253,7 @@ pub fn open(spec: &StoreSpec) -> Result<Arc<dyn SecretStore>, StoreError> {
         StoreSpec::File { dir } => Ok(Arc::new(file::FileStore::new(dir.clone()))),
         StoreSpec::Vault(spec) => Ok(Arc::new(vault::VaultStore::open(spec)?)),
         StoreSpec::AwsSm(spec) => Ok(Arc::new(aws_sm::AwsSmStore::new(spec))),
+        StoreSpec::S3(spec) => Ok(Arc::new(s3::S3Store::new(spec))),
     }
 }
 

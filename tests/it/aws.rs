@@ -255,3 +255,37 @@ targets:
         "merge store untouched: {merged}"
     );
 }
+
+#[test]
+fn aws_s3_merge_store_feeds_secrets_manager_and_resyncs_without_writes() {
+    let moto = Moto::start();
+    moto.secretsmanager("boto3.client('s3', endpoint_url=sm.meta.endpoint_url, region_name='us-east-1').create_bucket(Bucket='merge')");
+    let ws = Workspace::new();
+    ws.config(&format!(
+        "aws: {{ region: us-east-1, endpoint: \"{}\" }}
+merge_store: {{ s3: {{ bucket: merge, prefix: merged/ }} }}
+sources:
+  base: {{ file: {{ dir: base }} }}
+  over: {{ file: {{ dir: over }} }}
+targets:
+  T: {{ imports: [base, over], store: {{ aws: {{ prefix: app/ }} }} }}
+",
+        moto.endpoint
+    ));
+    ws.secret("base", "db", json!({"user": "u", "tags": ["a"]}));
+    ws.secret("over", "db", json!({"password": "p", "tags": ["b"]}));
+    let first = run(&ws, &[]);
+    assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
+    let db = moto
+        .secretsmanager("out(json.loads(sm.get_secret_value(SecretId='app/db')['SecretString']))");
+    assert_eq!(db, json!({"user": "u", "password": "p", "tags": ["a", "b"]}));
+    let keys = moto.secretsmanager(
+        "s3 = boto3.client('s3', endpoint_url=sm.meta.endpoint_url, region_name='us-east-1')\nout(sorted(o['Key'] for o in s3.list_objects_v2(Bucket='merge')['Contents']))",
+    );
+    assert_eq!(keys, json!(["merged/manifests/T.json", "merged/targets/T/db.json"]));
+
+    let second = run(&ws, &["--exit-code"]);
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    let line = second.stderr.lines().find(|l| l.contains("api_calls")).unwrap();
+    assert!(!line.contains("PutObject") && !line.contains("PutSecretValue"), "{line}");
+}

@@ -191,6 +191,21 @@ pub enum StoreSpec {
     Vault(Box<VaultSpec>),
     /// AWS Secrets Manager in one region, optionally under a name prefix.
     AwsSm(Box<AwsSmSpec>),
+    /// An S3 bucket (a merge store): one JSON object per secret under a key prefix.
+    S3(Box<S3Spec>),
+}
+
+/// Where an S3 store lives. Credentials come from the default chain of the process.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct S3Spec {
+    /// The bucket.
+    pub bucket: String,
+    /// Prepended to every key (e.g. `merged/`).
+    pub prefix: String,
+    /// The bucket's region.
+    pub region: String,
+    /// An endpoint override (tests, VPC endpoints); path-style addressing is used with one.
+    pub endpoint: Option<String>,
 }
 
 /// Where an AWS Secrets Manager store lives. Credentials come from the default chain of the
@@ -232,6 +247,7 @@ impl fmt::Display for StoreSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreSpec::File { dir } => write!(f, "file:{}", dir.display()),
+            StoreSpec::S3(b) => write!(f, "s3://{}/{}", b.bucket, b.prefix),
             StoreSpec::AwsSm(a) => {
                 write!(f, "aws-sm:{}/{}", a.region, a.prefix)?;
                 match &a.role_arn {

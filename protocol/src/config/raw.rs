@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::yaml::{Document, KeyPath, Segment, display_path};
 use super::{
     AwsSmSpec, Config, DeleteThreshold, Diagnostic, Layer, LogFormat, LogSettings,
-    PipelineSettings, SecretRef, StateSpec, StoreSpec, Target, VaultAuth, VaultSpec,
+    PipelineSettings, S3Spec, SecretRef, StateSpec, StoreSpec, Target, VaultAuth, VaultSpec,
 };
 use crate::merge::ListMerge;
 
@@ -74,7 +74,7 @@ enum RawStore {
     File(RawFileStore),
     Vault(RawVaultStore),
     Aws(RawAwsStore),
-    S3(IgnoredAny),
+    S3(RawS3Store),
     Http(IgnoredAny),
     Gcp(IgnoredAny),
     Github(IgnoredAny),
@@ -133,6 +133,16 @@ struct RawAwsStore {
     account_id: Option<String>,
     role_arn: Option<String>,
     tags: Option<IgnoredAny>,
+}
+
+/// `{s3: {bucket, prefix}}`: a merge store in S3.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawS3Store {
+    bucket: String,
+    prefix: Option<String>,
+    region: Option<String>,
+    kms_key_id: Option<IgnoredAny>,
 }
 
 /// The top-level `vault:` block: the connection every vault store uses.
@@ -424,7 +434,26 @@ pub(super) fn build(
                 at.push(key("aws"));
                 return aws_store(ck, &at, a, raw.aws.as_ref(), env);
             }
-            RawStore::S3(_) => "s3",
+            RawStore::S3(s3) => {
+                let mut at = at;
+                at.push(key("s3"));
+                if s3.kms_key_id.is_some() {
+                    at.push(key("kms_key_id"));
+                    ck.not_supported(&at, "`kms_key_id` (the bucket's default encryption applies)");
+                    return None;
+                }
+                if s3.bucket.is_empty() {
+                    ck.error(&at, "`bucket` is empty".into());
+                    return None;
+                }
+                let aws = raw.aws.as_ref();
+                return Some(StoreSpec::S3(Box::new(S3Spec {
+                    bucket: s3.bucket.clone(),
+                    prefix: s3.prefix.clone().unwrap_or_default(),
+                    region: aws_region(s3.region.as_deref(), aws, env),
+                    endpoint: aws.and_then(|a| a.endpoint.clone()),
+                })));
+            }
             RawStore::Http(_) => "http",
             RawStore::Gcp(_) => "gcp",
             RawStore::Github(_) => "github",
@@ -786,13 +815,7 @@ fn aws_store(
         );
         return None;
     }
-    let region = raw
-        .region
-        .clone()
-        .or_else(|| aws.and_then(|a| a.region.clone()))
-        .or_else(|| env("AWS_REGION"))
-        .or_else(|| env("AWS_DEFAULT_REGION"))
-        .unwrap_or_else(|| "us-east-1".into());
+    let region = aws_region(raw.region.as_deref(), aws, env);
     let role_arn = raw.account_id.as_deref().map(|id| role_for(id, raw.role_arn.as_deref(), aws));
     Some(StoreSpec::AwsSm(Box::new(AwsSmSpec {
         region,
@@ -801,6 +824,20 @@ fn aws_store(
         role_arn,
         external_id: aws.and_then(|a| a.external_id.clone()),
     })))
+}
+
+/// A store's region: its own, else `aws.region`, else `AWS_REGION` / `AWS_DEFAULT_REGION`,
+/// else `us-east-1` (the reference's default).
+fn aws_region(
+    own: Option<&str>,
+    aws: Option<&RawAws>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> String {
+    own.map(str::to_string)
+        .or_else(|| aws.and_then(|a| a.region.clone()))
+        .or_else(|| env("AWS_REGION"))
+        .or_else(|| env("AWS_DEFAULT_REGION"))
+        .unwrap_or_else(|| "us-east-1".into())
 }
 
 /// The role to assume in `account`: the store's or target's `role_arn`, else the

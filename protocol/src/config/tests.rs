@@ -171,7 +171,7 @@ fn reference_spellings_are_accepted() {
 #[test]
 fn unimplemented_reference_keys_are_named_not_ignored() {
     let errs = errors(
-        "aws: { region: us-east-1, organizations: { auto_discover: true } }\ndynamic_targets: { x: {} }\nmerge_store: { s3: { bucket: merged } }\ntargets:\n  A: { account_id: \"123456789012\" }\n",
+        "aws: { region: us-east-1, organizations: { auto_discover: true } }\ndynamic_targets: { x: {} }\nmerge_store: { gcp: { project: p } }\ntargets:\n  A: { account_id: \"123456789012\" }\n",
     );
     assert!(
         errs.iter()
@@ -184,7 +184,8 @@ fn unimplemented_reference_keys_are_named_not_ignored() {
         "{errs:#?}"
     );
     assert!(
-        errs.iter().any(|e| e.contains(":3: merge_store.s3: the `s3` store is not supported yet")),
+        errs.iter()
+            .any(|e| e.contains(":3: merge_store.gcp: the `gcp` store is not supported yet")),
         "{errs:#?}"
     );
     assert_eq!(errs.len(), 3, "an `account_id` target is an AWS target now: {errs:#?}");
