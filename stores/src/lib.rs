@@ -2,6 +2,7 @@
 //!
 //! - [`aws_sm`]: AWS Secrets Manager (source and target).
 //! - [`file`]: a folder of JSON files (source, merge store and target).
+//! - [`http`]: an HTTP endpoint returning `{name: {key: value}}` (source).
 //! - [`s3`]: an S3 bucket under a key prefix (merge store).
 //! - [`vault`]: a folder of a Vault / OpenBao KV v2 mount (source, merge store and target).
 //! - [`overlay`]: an in-memory layer over a store, so a dry run computes everything and writes
@@ -13,6 +14,7 @@
 
 pub mod aws_sm;
 pub mod file;
+pub mod http;
 pub mod ledger;
 pub mod overlay;
 pub mod s3;
@@ -24,7 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use vss_protocol::config::StoreSpec;
-use vss_protocol::{ContentHash, SecretValue};
+use vss_protocol::{ContentHash, HashKey, SecretValue};
 
 /// A store's cheap version of one secret, compared to tell whether it moved since vss wrote
 /// it (file: mtime and size; later backends: KV version, etag, resourceVersion …).
@@ -248,12 +250,24 @@ impl ApiCalls {
 }
 
 /// Opens a store from its spec.
-pub fn open(spec: &StoreSpec) -> Result<Arc<dyn SecretStore>, StoreError> {
+/// `key` is the run's content-hash key; stores that version content themselves (http) need it.
+pub fn open(spec: &StoreSpec, key: Option<&HashKey>) -> Result<Arc<dyn SecretStore>, StoreError> {
     match spec {
         StoreSpec::File { dir } => Ok(Arc::new(file::FileStore::new(dir.clone()))),
         StoreSpec::Vault(spec) => Ok(Arc::new(vault::VaultStore::open(spec)?)),
         StoreSpec::AwsSm(spec) => Ok(Arc::new(aws_sm::AwsSmStore::new(spec))),
         StoreSpec::S3(spec) => Ok(Arc::new(s3::S3Store::new(spec))),
+        StoreSpec::Http(spec) => {
+            let key = key.ok_or_else(|| {
+                StoreError::new(
+                    ErrorKind::Invalid,
+                    &format!("http:{}", spec.url),
+                    None,
+                    "no content-hash key yet",
+                )
+            })?;
+            Ok(Arc::new(http::HttpStore::open(spec, key.clone())?))
+        }
     }
 }
 
@@ -271,13 +285,17 @@ impl StoreCache {
         Self { dry_run, stores: Mutex::new(HashMap::new()) }
     }
 
-    /// The shared handle of the store at `spec`.
-    pub fn get(&self, spec: &StoreSpec) -> Result<Arc<dyn SecretStore>, StoreError> {
+    /// The shared handle of the store at `spec` (`key`: the run's content-hash key).
+    pub fn get(
+        &self,
+        spec: &StoreSpec,
+        key: Option<&HashKey>,
+    ) -> Result<Arc<dyn SecretStore>, StoreError> {
         let mut stores = self.stores.lock().expect("store cache lock");
         if let Some(store) = stores.get(spec) {
             return Ok(store.clone());
         }
-        let mut store = open(spec)?;
+        let mut store = open(spec, key)?;
         if self.dry_run {
             store = Arc::new(overlay::OverlayStore::new(store));
         }

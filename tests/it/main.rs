@@ -5,6 +5,7 @@ mod aws;
 mod canary;
 mod config_errors;
 mod deletion;
+mod http;
 mod outputs;
 mod pipeline;
 mod vault;

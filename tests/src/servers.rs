@@ -253,3 +253,70 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+
+/// A small HTTP server for the `http` source: answers `GET` with the queued responses (the
+/// last one repeats), `401` when the request lacks `required_header`, and counts requests.
+pub struct JsonServer {
+    /// `http://127.0.0.1:<port>/secrets.json`.
+    pub url: String,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl JsonServer {
+    /// Serves `responses` (status, extra headers, body) in order, the last one forever.
+    pub fn start(required_header: &str, responses: Vec<(u16, &str, String)>) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, stopped) = (requests.clone(), stop.clone());
+        let required = required_header.to_ascii_lowercase();
+        let responses: Vec<(u16, String, String)> =
+            responses.into_iter().map(|(s, h, b)| (s, h.to_string(), b)).collect();
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                stream.set_nonblocking(false).unwrap();
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                let head = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                let (status, headers, body) = if head.lines().any(|l| l.trim() == required) {
+                    responses[n.min(responses.len() - 1)].clone()
+                } else {
+                    (401, String::new(), "{\"error\": \"unauthorized\"}".to_string())
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Self { url: format!("http://127.0.0.1:{port}/secrets.json"), requests, stop }
+    }
+
+    /// Requests answered so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for JsonServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -74,7 +74,8 @@ impl WorkerContext {
         &self,
         spec: &vss_protocol::config::StoreSpec,
     ) -> Result<Arc<dyn SecretStore>, JobError> {
-        Ok(self.stores.get(spec)?)
+        let key = self.hash_key.lock().expect("hash key lock").clone();
+        Ok(self.stores.get(spec, key.as_ref())?)
     }
 
     /// The content-hash key of the run's ledger, resolved once.

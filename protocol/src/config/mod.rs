@@ -193,6 +193,19 @@ pub enum StoreSpec {
     AwsSm(Box<AwsSmSpec>),
     /// An S3 bucket (a merge store): one JSON object per secret under a key prefix.
     S3(Box<S3Spec>),
+    /// An HTTP endpoint returning `{name: {key: value}}` (a source).
+    Http(Box<HttpSpec>),
+}
+
+/// Where an HTTP source is fetched from. Header values are references, never values.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HttpSpec {
+    /// The URL.
+    pub url: String,
+    /// Request headers, by name.
+    pub headers: BTreeMap<String, SecretRef>,
+    /// Seconds before a request is abandoned.
+    pub timeout_secs: u64,
 }
 
 /// Where an S3 store lives. Credentials come from the default chain of the process.
@@ -248,6 +261,7 @@ impl fmt::Display for StoreSpec {
         match self {
             StoreSpec::File { dir } => write!(f, "file:{}", dir.display()),
             StoreSpec::S3(b) => write!(f, "s3://{}/{}", b.bucket, b.prefix),
+            StoreSpec::Http(h) => write!(f, "http:{}", h.url),
             StoreSpec::AwsSm(a) => {
                 write!(f, "aws-sm:{}/{}", a.region, a.prefix)?;
                 match &a.role_arn {

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::yaml::{Document, KeyPath, Segment, display_path};
 use super::{
-    AwsSmSpec, Config, DeleteThreshold, Diagnostic, Layer, LogFormat, LogSettings,
+    AwsSmSpec, Config, DeleteThreshold, Diagnostic, HttpSpec, Layer, LogFormat, LogSettings,
     PipelineSettings, S3Spec, SecretRef, StateSpec, StoreSpec, Target, VaultAuth, VaultSpec,
 };
 use crate::merge::ListMerge;
@@ -75,7 +75,7 @@ enum RawStore {
     Vault(RawVaultStore),
     Aws(RawAwsStore),
     S3(RawS3Store),
-    Http(IgnoredAny),
+    Http(RawHttpStore),
     Gcp(IgnoredAny),
     Github(IgnoredAny),
     Kubernetes(IgnoredAny),
@@ -133,6 +133,16 @@ struct RawAwsStore {
     account_id: Option<String>,
     role_arn: Option<String>,
     tags: Option<IgnoredAny>,
+}
+
+/// `{http: {url, headers, timeout}}`: a source fetched over HTTP.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpStore {
+    url: String,
+    #[serde(default)]
+    headers: BTreeMap<String, RawSecretRef>,
+    timeout: Option<u64>,
 }
 
 /// `{s3: {bucket, prefix}}`: a merge store in S3.
@@ -261,6 +271,11 @@ fn normalize_shorthands(root: &mut Value) {
     }
 }
 
+/// Whether a key path is inside `sources` or `source` (stores vss only reads).
+fn is_source_path(at: &[Segment]) -> bool {
+    matches!(at.first(), Some(Segment::Key(k)) if k == "sources" || k == "source")
+}
+
 /// Credentials in the config must stay references: `${NAME}` becomes `{env: NAME}` (the
 /// reference configs' spelling), and a literal value is refused without being quoted.
 fn credential_references(doc: &mut Document, file: &str) -> Vec<Diagnostic> {
@@ -271,8 +286,24 @@ fn credential_references(doc: &mut Document, file: &str) -> Vec<Diagnostic> {
         &["vault", "auth", "approle", "role_id"],
         &["vault", "auth", "approle", "secret_id"],
     ];
-    for parts in credential_paths {
-        let at = path(parts);
+    let mut paths: Vec<KeyPath> = credential_paths.iter().map(|p| path(p)).collect();
+    // HTTP source headers carry credentials too.
+    let sources =
+        doc.get(&path(&["sources"])).and_then(Value::as_object).cloned().unwrap_or_default();
+    let http_sources =
+        sources.keys().map(|n| vec![key("sources"), key(n)]).chain([vec![key("source")]]);
+    for source in http_sources {
+        let mut headers = source.clone();
+        headers.extend([key("http"), key("headers")]);
+        if let Some(Value::Object(map)) = doc.get(&headers) {
+            for name in map.keys() {
+                let mut at = headers.clone();
+                at.push(key(name));
+                paths.push(at);
+            }
+        }
+    }
+    for at in paths {
         if !matches!(doc.get(&at), Some(Value::String(_))) {
             continue;
         }
@@ -434,6 +465,34 @@ pub(super) fn build(
                 at.push(key("aws"));
                 return aws_store(ck, &at, a, raw.aws.as_ref(), env);
             }
+            RawStore::Http(h) => {
+                let mut at = at;
+                at.push(key("http"));
+                if !is_source_path(&at) {
+                    ck.error(&at, "the `http` store is read-only: use it as a source".into());
+                    return None;
+                }
+                if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
+                    ck.error(&at, "`url` must start with http:// or https://".into());
+                    return None;
+                }
+                let headers = h
+                    .headers
+                    .iter()
+                    .map(|(name, r)| {
+                        let reference = match r {
+                            RawSecretRef::Env(v) => SecretRef::Env(v.clone()),
+                            RawSecretRef::File(p) => SecretRef::File(resolve(p)),
+                        };
+                        (name.clone(), reference)
+                    })
+                    .collect();
+                return Some(StoreSpec::Http(Box::new(HttpSpec {
+                    url: h.url.clone(),
+                    headers,
+                    timeout_secs: h.timeout.unwrap_or(30),
+                })));
+            }
             RawStore::S3(s3) => {
                 let mut at = at;
                 at.push(key("s3"));
@@ -454,7 +513,6 @@ pub(super) fn build(
                     endpoint: aws.and_then(|a| a.endpoint.clone()),
                 })));
             }
-            RawStore::Http(_) => "http",
             RawStore::Gcp(_) => "gcp",
             RawStore::Github(_) => "github",
             RawStore::Kubernetes(_) => "kubernetes",
@@ -731,7 +789,7 @@ fn vault_store(
     raw: &RawVaultStore,
     connection: &VaultConnection,
 ) -> Option<StoreSpec> {
-    let is_source = matches!(at.first(), Some(Segment::Key(k)) if k == "sources" || k == "source");
+    let is_source = is_source_path(at);
     let paths = raw.paths.clone().unwrap_or_default();
     if !paths.is_empty() && !is_source {
         let mut at = at.to_vec();

@@ -393,3 +393,38 @@ fn aws_targets_by_account_assume_the_configured_role() {
         "{errs:#?}"
     );
 }
+
+#[test]
+fn http_stores_are_sources_with_referenced_headers() {
+    let env = |n: &str| (n == "TOKEN").then(|| "Bearer canary".to_string());
+    let cfg = Config::from_yaml(
+        "merge_store: { file: { dir: m } }\nsources:\n  v:\n    http:\n      url: https://example.test/s.json\n      headers:\n        Authorization: ${TOKEN}\n        X-Key: { file: key }\ntargets:\n  T: { imports: [v], store: { file: { dir: o } } }\n",
+        "h.yaml",
+        Path::new("/b"),
+        &env,
+    )
+    .unwrap();
+    let StoreSpec::Http(spec) = &cfg.sources["v"] else { panic!() };
+    assert_eq!(spec.headers["Authorization"], SecretRef::Env("TOKEN".into()));
+    assert_eq!(spec.headers["X-Key"], SecretRef::File("/b/key".into()));
+    assert_eq!(spec.timeout_secs, 30);
+    assert!(!format!("{spec:?}").contains("canary"));
+
+    let errs = errors(
+        "source: { file: { dir: s } }\ntargets:\n  T: { store: { http: { url: \"https://x\" } } }\n",
+    );
+    assert!(
+        errs.iter().any(|e| e.contains("targets.T.store.http: the `http` store is read-only")),
+        "{errs:#?}"
+    );
+    let errs = errors(
+        "source: { http: { url: \"https://x\", headers: { A: literal-canary } } }\ntargets:\n  T: { store: { file: { dir: o } } }\n",
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e
+                .contains("source.http.headers.A: a credential cannot be written in the config")),
+        "{errs:#?}"
+    );
+    assert!(errs.iter().all(|e| !e.contains("canary")), "{errs:#?}");
+}
