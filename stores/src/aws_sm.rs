@@ -32,6 +32,9 @@ const TAG_HASH: &str = "vss:content-hash";
 const TAG_OWNER: &str = "vss:managed-by";
 const TAG_VERSION: &str = "vss:version";
 
+/// Secrets per `BatchGetSecretValue` call (the API's limit).
+const BATCH_SIZE: usize = 20;
+
 /// Days a deleted secret stays recoverable.
 const RECOVERY_WINDOW_DAYS: i64 = 7;
 
@@ -220,6 +223,20 @@ impl AwsSmStore {
     }
 }
 
+/// A stored secret: a JSON object as is, anything else as `{"value": text}`.
+fn decode(text: &str) -> SecretValue {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => SecretValue::new(map),
+        other => {
+            if let Ok(v) = other {
+                vss_protocol::secret::zeroize_value(v);
+            }
+            let value = Value::String(text.to_string());
+            SecretValue::new(serde_json::Map::from_iter([("value".into(), value)]))
+        }
+    }
+}
+
 /// The stored text of a value: a lone `value` string is written as a plain string secret (the
 /// shape such secrets are read in), anything else as a JSON object.
 fn encode(value: &SecretValue) -> Zeroizing<String> {
@@ -339,21 +356,54 @@ impl SecretStore for AwsSmStore {
                 "binary secrets are not supported",
             ));
         };
-        let value = match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(map)) => SecretValue::new(map),
-            Ok(other) => {
-                vss_protocol::secret::zeroize_value(other);
-                let mut map = serde_json::Map::new();
-                map.insert("value".into(), Value::String(text.to_string()));
-                SecretValue::new(map)
-            }
-            Err(_) => {
-                let mut map = serde_json::Map::new();
-                map.insert("value".into(), Value::String(text.to_string()));
-                SecretValue::new(map)
-            }
-        };
+        let value = decode(text);
         Ok(Some(Versioned { value, version }))
+    }
+
+    async fn read_batch(
+        &self,
+        names: Vec<String>,
+    ) -> Result<Vec<(String, Option<Versioned<SecretValue>>)>, StoreError> {
+        let client = self.client().await;
+        let mut out = Vec::with_capacity(names.len());
+        for chunk in names.chunks(BATCH_SIZE) {
+            for name in chunk {
+                self.check_writable(name)?;
+            }
+            let by_full: BTreeMap<String, &String> =
+                chunk.iter().map(|n| (self.full_name(n), n)).collect();
+            self.calls.record("BatchGetSecretValue");
+            let page = client
+                .batch_get_secret_value()
+                .set_secret_id_list(Some(by_full.keys().cloned().collect()))
+                .send()
+                .await
+                .map_err(|e| self.sdk_err("BatchGetSecretValue", None, e))?;
+            let failed =
+                page.errors().iter().find(|e| e.error_code() != Some("ResourceNotFoundException"));
+            if let Some(error) = failed {
+                let secret = error.secret_id().and_then(|id| by_full.get(id)).map(|n| n.as_str());
+                return Err(self.err(
+                    ErrorKind::Invalid,
+                    secret,
+                    format!("BatchGetSecretValue: {}", error.error_code().unwrap_or("error")),
+                ));
+            }
+            let mut got: BTreeMap<&str, Versioned<SecretValue>> = BTreeMap::new();
+            for entry in page.secret_values() {
+                let (Some(full), Some(text)) = (entry.name(), entry.secret_string()) else {
+                    continue;
+                };
+                let Some(name) = by_full.get(full) else { continue };
+                let version = Version(entry.version_id().unwrap_or_default().to_string());
+                got.insert(name.as_str(), Versioned { value: decode(text), version });
+            }
+            for name in chunk {
+                let value = got.remove(name.as_str());
+                out.push((name.clone(), value));
+            }
+        }
+        Ok(out)
     }
 
     async fn write(

@@ -204,6 +204,23 @@ pub trait SecretStore: Send + Sync {
     /// One secret's value, or `None` if it does not exist.
     async fn read(&self, name: &str) -> Result<Option<Versioned<SecretValue>>, StoreError>;
 
+    /// Several secrets' values (`None`: absent), in any order. The default reads them one by
+    /// one, 16 at a time; stores with a batch read (AWS `BatchGetSecretValue`) override it.
+    async fn read_batch(
+        &self,
+        names: Vec<String>,
+    ) -> Result<Vec<(String, Option<Versioned<SecretValue>>)>, StoreError> {
+        use futures_util::{StreamExt, TryStreamExt, stream};
+        stream::iter(names)
+            .map(|name| async move {
+                let found = self.read(&name).await?;
+                Ok::<_, StoreError>((name, found))
+            })
+            .buffer_unordered(16)
+            .try_collect()
+            .await
+    }
+
     /// Creates or replaces a secret; returns its new version. Callers write only what changed;
     /// a store may also skip rewriting identical content (the file store does).
     async fn write(

@@ -289,3 +289,27 @@ targets:
     let line = second.stderr.lines().find(|l| l.contains("api_calls")).unwrap();
     assert!(!line.contains("PutObject") && !line.contains("PutSecretValue"), "{line}");
 }
+
+#[test]
+fn aws_sources_are_read_20_secrets_per_call() {
+    let moto = Moto::start();
+    moto.secretsmanager("for i in range(45):\n    sm.create_secret(Name=f'src/s{i:02}', SecretString=json.dumps({'i': i}))\nsm.create_secret(Name='src/plain', SecretString='text')");
+    let ws = Workspace::new();
+    ws.config(&format!(
+        "aws: {{ region: us-east-1, endpoint: \"{}\" }}\nsource: {{ aws: {{ prefix: src/ }} }}\ntargets:\n  T: {{ store: {{ file: {{ dir: out }} }} }}\n",
+        moto.endpoint
+    ));
+    let mut env: Vec<(&str, &str)> = AWS_TEST_ENV.to_vec();
+    env.push(("RUST_LOG", "vss_coordinator=debug"));
+    let run = ws.run_env(&["pipeline", "--config", "vss.yaml", "--output", "json"], &env);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(counts(&run.json()["summary"]), (46, 0, 0, 0));
+    assert_eq!(ws.read_secret("out", "s07").unwrap(), json!({"i": 7}));
+    assert_eq!(ws.read_secret("out", "plain").unwrap(), json!({"value": "text"}));
+    let line = run.stderr.lines().find(|l| l.contains("api_calls")).unwrap();
+    let start =
+        line.find("\"aws-sm:us-east-1/src/\": ").unwrap() + "\"aws-sm:us-east-1/src/\": ".len();
+    let end = start + line[start..].find('}').unwrap() + 1;
+    let calls: Value = serde_json::from_str(&line[start..end]).unwrap();
+    assert_eq!(calls, json!({"BatchGetSecretValue": 3, "ListSecrets": 1}), "46 secrets: 3 batches");
+}

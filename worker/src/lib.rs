@@ -10,7 +10,7 @@ mod sync;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use futures_util::{StreamExt, TryStreamExt, stream};
+use futures_util::{StreamExt, stream};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 use vss_protocol::job::{Job, JobResult, JobSpec, Outcome, RunOptions};
@@ -136,14 +136,31 @@ async fn read_many(
     prefix: &str,
     names: Vec<String>,
 ) -> Result<BTreeMap<String, SecretValue>, StoreError> {
-    stream::iter(names)
-        .map(|name| async move {
-            let value = read_listed(store, &format!("{prefix}{name}")).await?;
-            Ok::<_, StoreError>((name, value))
+    if names.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let full: Vec<String> = names.iter().map(|n| format!("{prefix}{n}")).collect();
+    let mut found: BTreeMap<String, SecretValue> = store
+        .read_batch(full)
+        .await?
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| (name, v.value)))
+        .collect();
+    names
+        .into_iter()
+        .map(|name| {
+            let full = format!("{prefix}{name}");
+            match found.remove(&full) {
+                Some(value) => Ok((name, value)),
+                None => Err(StoreError::new(
+                    ErrorKind::Conflict,
+                    &store.describe(),
+                    Some(&full),
+                    "disappeared while the run was reading it",
+                )),
+            }
         })
-        .buffer_unordered(CONCURRENT_CALLS)
-        .try_collect()
-        .await
+        .collect()
 }
 
 /// Lists `prefix`, keyed by name relative to it.
@@ -157,19 +174,6 @@ async fn list_versions(
         .into_iter()
         .map(|e| (e.name[prefix.len()..].to_string(), e.version))
         .collect())
-}
-
-/// Reads one secret that a listing just showed; its disappearance is a conflict.
-async fn read_listed(store: &Arc<dyn SecretStore>, name: &str) -> Result<SecretValue, StoreError> {
-    match store.read(name).await? {
-        Some(v) => Ok(v.value),
-        None => Err(StoreError::new(
-            ErrorKind::Conflict,
-            &store.describe(),
-            Some(name),
-            "disappeared while the run was reading it",
-        )),
-    }
 }
 
 /// One planned write (`value: Some`) or delete (`value: None`) of `prefix + name`.
