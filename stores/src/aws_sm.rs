@@ -4,11 +4,11 @@
 //! with a leading `/` counts as the same secret as one without, and when both exist that name is
 //! a conflict: it is listed as neither and writing it fails. A secret's version is its
 //! `AWSCURRENT` version id. Writes carry a `ClientRequestToken` derived from (name, content
-//! hash, version replaced): a retried write never makes a second version, and the token becomes
-//! the version id, so the stamp tags (`vss:content-hash`, `vss:managed-by`, `vss:version`) name it
-//! before the write. Deletes use a recovery window; a secret scheduled for deletion is absent
-//! from listings and restored when written again. Secrets Manager has no conditional write,
-//! so preconditions are best-effort here.
+//! hash, version replaced): a retried write never makes a second version, and the token
+//! becomes the version id, so the stamp tags (`vss:content-hash`, `vss:managed-by`,
+//! `vss:version`) name it before the write. Deletes use a recovery window (forced only if
+//! configured); a secret scheduled for deletion is absent from listings and restored when
+//! written again. Secrets Manager has no conditional write, so preconditions are best-effort.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -34,9 +34,6 @@ const TAG_VERSION: &str = "vss:version";
 
 /// Secrets per `BatchGetSecretValue` call (the API's limit).
 const BATCH_SIZE: usize = 20;
-
-/// Days a deleted secret stays recoverable.
-const RECOVERY_WINDOW_DAYS: i64 = 7;
 
 /// AWS Secrets Manager.
 pub struct AwsSmStore {
@@ -442,14 +439,13 @@ impl SecretStore for AwsSmStore {
     async fn delete(&self, name: &str, _pre: Precondition) -> Result<(), StoreError> {
         self.check_writable(name)?;
         self.calls.record("DeleteSecret");
-        let deleted = self
-            .client()
-            .await
-            .delete_secret()
-            .secret_id(self.full_name(name))
-            .recovery_window_in_days(RECOVERY_WINDOW_DAYS)
-            .send()
-            .await;
+        let mut request = self.client().await.delete_secret().secret_id(self.full_name(name));
+        request = if self.spec.force_delete {
+            request.force_delete_without_recovery(true)
+        } else {
+            request.recovery_window_in_days(self.spec.recovery_window_days)
+        };
+        let deleted = request.send().await;
         match deleted {
             Ok(_) => Ok(()),
             Err(e) => {

@@ -313,3 +313,31 @@ fn aws_sources_are_read_20_secrets_per_call() {
     let calls: Value = serde_json::from_str(&line[start..end]).unwrap();
     assert_eq!(calls, json!({"BatchGetSecretValue": 3, "ListSecrets": 1}), "46 secrets: 3 batches");
 }
+
+#[test]
+fn aws_force_delete_only_when_configured() {
+    let moto = Moto::start();
+    let ws = Workspace::new();
+    let config = |extra: &str| {
+        format!(
+            "aws: {{ region: us-east-1, endpoint: \"{}\"{extra} }}\nsource: {{ file: {{ dir: src }} }}\ntargets:\n  T: {{ store: {{ aws: {{ prefix: app/ }} }}, delete: true }}\n",
+            moto.endpoint
+        )
+    };
+    ws.config(&config(", force_delete: true"));
+    ws.secret("src", "keep", json!({"k": 1}));
+    ws.secret("src", "gone", json!({"k": 2}));
+    assert_eq!(run(&ws, &[]).code, 0);
+    std::fs::remove_file(ws.path().join("src/gone.json")).unwrap();
+    assert_eq!(run(&ws, &[]).code, 0);
+    let names = moto.secretsmanager("out(sorted(x['Name'] for x in sm.list_secrets(IncludePlannedDeletion=True)['SecretList']))");
+    assert_eq!(names, json!(["app/keep"]), "deleted at once, no recovery window");
+
+    ws.config(&config(", recovery_window_days: 3"));
+    let check = ws.run(&["validate", "--config", "vss.yaml"]);
+    assert!(
+        check.stderr.contains("aws.recovery_window_days: must be between 7 and 30"),
+        "{}",
+        check.stderr
+    );
+}

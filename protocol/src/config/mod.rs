@@ -235,6 +235,10 @@ pub struct AwsSmSpec {
     pub role_arn: Option<String>,
     /// The external id the role's trust policy asks for.
     pub external_id: Option<String>,
+    /// Days a deleted secret stays recoverable (7–30).
+    pub recovery_window_days: i64,
+    /// Delete at once, without a recovery window (only if configured).
+    pub force_delete: bool,
 }
 
 /// Where a Vault store lives and how to reach it. Holds references, never a token.

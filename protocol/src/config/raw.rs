@@ -89,6 +89,9 @@ struct RawAws {
     endpoint: Option<String>,
     /// Role ARN template, `{account_id}` replaced.
     execution_role: Option<String>,
+    recovery_window_days: Option<i64>,
+    #[serde(default)]
+    force_delete: bool,
     external_id: Option<String>,
     control_tower: Option<RawControlTower>,
     execution_context: Option<RawExecutionContext>,
@@ -881,6 +884,8 @@ fn aws_store(
         prefix: raw.prefix.clone().unwrap_or_default(),
         role_arn,
         external_id: aws.and_then(|a| a.external_id.clone()),
+        recovery_window_days: aws.and_then(|a| a.recovery_window_days).unwrap_or(7),
+        force_delete: aws.is_some_and(|a| a.force_delete),
     })))
 }
 
@@ -926,9 +931,15 @@ fn role_for(account: &str, explicit: Option<&str>, aws: Option<&RawAws>) -> Stri
     template.replace("{{.AccountID}}", account).replace("{account_id}", account)
 }
 
-/// Reports the keys of the `aws:` block that vss does not implement yet.
+/// Checks the `aws:` block and reports the keys vss does not implement yet.
 fn check_aws_block(ck: &mut Checker, aws: Option<&RawAws>) {
     let Some(aws) = aws else { return };
+    if aws.recovery_window_days.is_some_and(|d| !(7..=30).contains(&d)) {
+        ck.error(
+            &path(&["aws", "recovery_window_days"]),
+            "must be between 7 and 30 (AWS's limits)".into(),
+        );
+    }
     let context = aws.execution_context.as_ref();
     let factory = aws.control_tower.as_ref().is_some_and(|c| c.account_factory.is_some());
     for (k, present) in [
