@@ -1,4 +1,6 @@
 //! `vss-bench embedded [--sizes 10000,100000]`: the embedded default on file stores.
+//! `vss-bench vault-aws [--sizes 1000,10000]`: Vault → Vault merge store → AWS Secrets Manager
+//! against real OpenBao and moto servers (see `vault_aws`).
 //!
 //! For each size N it writes three sources (N common secrets, N/10 staging and N/10
 //! production overrides) and a config with three targets in a three-level inheritance chain,
@@ -13,11 +15,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+mod vault_aws;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) != Some("embedded") {
-        bail!("usage: vss-bench embedded [--sizes 10000,100000]");
-    }
+    let usage = "usage: vss-bench embedded [--sizes 10000,100000] | vault-aws [--sizes 1000,10000]";
+    let Some(which) = args.first().filter(|a| *a == "embedded" || *a == "vault-aws") else {
+        bail!("{usage}");
+    };
     let sizes: Vec<usize> = match args.iter().position(|a| a == "--sizes") {
         Some(i) => args
             .get(i + 1)
@@ -25,9 +30,13 @@ fn main() -> anyhow::Result<()> {
             .split(',')
             .map(str::parse)
             .collect::<Result<_, _>>()?,
+        None if which == "vault-aws" => vec![1_000, 10_000],
         None => vec![10_000, 100_000],
     };
     let vss = build_vss()?;
+    if which == "vault-aws" {
+        return vault_aws::run(&vss, &sizes);
+    }
     println!(
         "vss embedded benchmark: file stores, 3 targets (Base -> Staging -> Production), merge + sync"
     );

@@ -295,26 +295,32 @@ impl Manifest {
         target: &str,
     ) -> Result<Option<Manifest>, StoreError> {
         let name = Self::name(target);
-        let Some(mut found) = store.read(&name).await? else {
+        let Some(found) = store.read(&name).await? else {
             return Ok(None);
         };
-        let value = serde_json::Value::Object(std::mem::take(found.value.expose_mut()));
         // A manifest is derived data: one that does not parse is rebuilt by the next merge.
-        match serde_json::from_value(value) {
-            Ok(manifest) => Ok(Some(manifest)),
-            Err(e) => {
+        let text = found.value.expose().get(MANIFEST_FIELD).and_then(serde_json::Value::as_str);
+        match text.map(serde_json::from_str::<Manifest>) {
+            Some(Ok(manifest)) => Ok(Some(manifest)),
+            Some(Err(e)) => {
                 tracing::warn!(store = %store.describe(), manifest = %name, error = %e, "unreadable manifest ignored");
+                Ok(None)
+            }
+            None => {
+                tracing::warn!(store = %store.describe(), manifest = %name, "unreadable manifest ignored");
                 Ok(None)
             }
         }
     }
 
+    /// Stored as one JSON string field: a store sees a single string, not thousands (OpenBao
+    /// refuses JSON with more than a few thousand strings as "too complex").
     async fn write(&self, store: &Arc<dyn SecretStore>, target: &str) -> Result<(), StoreError> {
-        let serde_json::Value::Object(map) =
-            serde_json::to_value(self).expect("manifests serialize")
-        else {
-            unreachable!("a struct serializes to an object")
-        };
+        let text = serde_json::to_string(self).expect("manifests serialize");
+        let map = serde_json::Map::from_iter([(
+            MANIFEST_FIELD.to_string(),
+            serde_json::Value::String(text),
+        )]);
         store
             .write(&Self::name(target), &SecretValue::new(map), vss_stores::Precondition::None)
             .await?;
@@ -331,6 +337,9 @@ impl Manifest {
         self.secrets.get(name).filter(|e| &e.version == listed).map(|e| e.hash.clone())
     }
 }
+
+/// The one field of a stored manifest: the manifest as JSON text.
+const MANIFEST_FIELD: &str = "vss-manifest";
 
 /// The merge store's folder of a target's merged secrets.
 fn merged_prefix(target: &str) -> String {
