@@ -389,3 +389,28 @@ async fn vault_throttling_is_retried_after_the_wait_the_server_asks_for() {
     assert!(started.elapsed() >= std::time::Duration::from_secs(1), "the waits were honoured");
     assert_eq!(store.list("").await.unwrap().len(), 6);
 }
+
+#[test]
+fn vault_merge_store_holds_the_manifest_of_a_large_target() {
+    // OpenBao refuses JSON objects with thousands of strings; a manifest of 1,200 secrets
+    // (3 strings each) must still be writable.
+    let bao = OpenBao::start();
+    let ws = Workspace::new();
+    for i in 0..1200 {
+        ws.secret("src", &format!("s{i:04}"), json!({"i": i}));
+    }
+    ws.config(&format!(
+        "vault: {{ address: \"{}\", auth: {{ token: {{ env: {TOKEN_ENV} }} }} }}
+merge_store: {{ vault: {{ path: secret/merged }} }}
+sources:
+  src: {{ file: {{ dir: src }} }}
+targets:
+  T: {{ imports: [src], store: {{ file: {{ dir: out }} }} }}
+",
+        bao.address
+    ));
+    let first = run(&ws, &[]);
+    assert_eq!(first.code, 0, "{}", first.stdout);
+    assert_eq!(counts(&first.json()["summary"]), (1200, 0, 0, 0));
+    assert_eq!(counts(&run(&ws, &[]).json()["summary"]), (0, 0, 0, 1200));
+}
