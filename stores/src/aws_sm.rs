@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use aws_sdk_secretsmanager::Client;
-use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType, Tag};
 use serde_json::Value;
 use tokio::sync::OnceCell;
@@ -66,12 +66,8 @@ impl AwsSmStore {
     async fn client(&self) -> &Client {
         self.client
             .get_or_init(|| async {
-                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                    .region(aws_config::Region::new(self.spec.region.clone()));
-                if let Some(endpoint) = &self.spec.endpoint {
-                    loader = loader.endpoint_url(endpoint);
-                }
-                let base = loader.load().await;
+                let base =
+                    crate::aws::base_config(&self.spec.region, self.spec.endpoint.as_deref()).await;
                 let Some(role) = &self.spec.role_arn else { return Client::new(&base) };
                 // Credentials of the role, cached and refreshed before they expire.
                 let mut provider =
@@ -92,32 +88,11 @@ impl AwsSmStore {
         StoreError::new(kind, &self.label, secret, message)
     }
 
-    /// Maps an SDK error by its AWS error code; the message is AWS's, which names no values.
-    fn sdk_err<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
-        &self,
-        operation: &str,
-        secret: Option<&str>,
-        e: aws_sdk_secretsmanager::error::SdkError<E>,
-    ) -> StoreError {
-        let (code, message) = match e.as_service_error() {
-            Some(service) => (
-                service.code().unwrap_or("Unknown").to_string(),
-                service.message().unwrap_or("").to_string(),
-            ),
-            None => (
-                "Unavailable".to_string(),
-                format!("{}", aws_sdk_secretsmanager::error::DisplayErrorContext(&e)),
-            ),
-        };
-        let kind = match code.as_str() {
-            "ResourceNotFoundException" => ErrorKind::NotFound,
-            "ThrottlingException" | "TooManyRequestsException" => ErrorKind::Throttled,
-            "InternalServiceError" | "ServiceUnavailable" | "Unavailable" => ErrorKind::Unavailable,
-            "AccessDeniedException" | "UnrecognizedClientException" => ErrorKind::Unauthorized,
-            "ResourceExistsException" => ErrorKind::Conflict,
-            _ => ErrorKind::Invalid,
-        };
-        self.err(kind, secret, format!("{operation}: {code}: {message}"))
+    fn sdk_err<E>(&self, operation: &str, secret: Option<&str>, e: SdkError<E>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        crate::aws::store_error(&self.label, operation, secret, e)
     }
 
     /// The Secrets Manager name of `name`: prefixed, and with the leading `/` it was listed

@@ -10,9 +10,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
 use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{ACCEPT, HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 use vss_protocol::config::{HttpSpec, SecretRef};
@@ -94,22 +93,7 @@ impl HttpStore {
     async fn document(&self) -> Result<&Document, StoreError> {
         self.document
             .get_or_try_init(|| async {
-                let fetch = || self.fetch();
-                let body = fetch
-                    .retry(
-                        ExponentialBuilder::default()
-                            .with_min_delay(Duration::from_millis(200))
-                            .with_max_delay(Duration::from_secs(10))
-                            .with_max_times(5)
-                            .with_jitter(),
-                    )
-                    .when(|e: &StoreError| {
-                        matches!(e.kind, ErrorKind::Throttled | ErrorKind::Unavailable)
-                    })
-                    .adjust(|e: &StoreError, backoff| {
-                        backoff.map(|d| e.retry_after.map_or(d, |w| w.max(d)))
-                    })
-                    .await?;
+                let body = crate::retry::transient(5, || self.fetch()).await?;
                 self.parse(&body)
             })
             .await
@@ -127,12 +111,7 @@ impl HttpStore {
         };
         let response = self.client.get(&self.url).send().await.map_err(unavailable)?;
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|secs| Duration::from_secs(secs.min(60)));
+        let retry_after = crate::retry::retry_after(response.headers());
         let body = Zeroizing::new(response.bytes().await.map_err(unavailable)?.to_vec());
         if status.is_success() {
             return Ok(body);

@@ -12,11 +12,13 @@
 //! Every backend counts its API calls by operation ([`ApiCalls`]); tests and benchmarks read
 //! these counts.
 
+mod aws;
 pub mod aws_sm;
 pub mod file;
 pub mod http;
 pub mod ledger;
 pub mod overlay;
+mod retry;
 pub mod s3;
 pub mod vault;
 

@@ -42,12 +42,8 @@ impl S3Store {
     async fn client(&self) -> &Client {
         self.client
             .get_or_init(|| async {
-                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                    .region(aws_config::Region::new(self.spec.region.clone()));
-                if let Some(endpoint) = &self.spec.endpoint {
-                    loader = loader.endpoint_url(endpoint);
-                }
-                let base = loader.load().await;
+                let base =
+                    crate::aws::base_config(&self.spec.region, self.spec.endpoint.as_deref()).await;
                 let config = aws_sdk_s3::config::Builder::from(&base)
                     .force_path_style(self.spec.endpoint.is_some())
                     .build();
@@ -69,7 +65,6 @@ impl S3Store {
         }
     }
 
-    /// Maps an SDK error by its code; S3's messages name no values.
     fn sdk_err<E>(
         &self,
         operation: &str,
@@ -79,27 +74,7 @@ impl S3Store {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let status = e.raw_response().map(|r| r.status().as_u16());
-        let (code, message) = match e.as_service_error() {
-            Some(service) => (
-                service.code().unwrap_or("Unknown").to_string(),
-                service.message().unwrap_or("").to_string(),
-            ),
-            None => {
-                ("Unavailable".to_string(), aws_sdk_s3::error::DisplayErrorContext(&e).to_string())
-            }
-        };
-        let kind = match (code.as_str(), status) {
-            ("PreconditionFailed" | "ConditionalRequestConflict", _) | (_, Some(409 | 412)) => {
-                ErrorKind::Conflict
-            }
-            ("NoSuchKey" | "NotFound", _) | (_, Some(404)) => ErrorKind::NotFound,
-            ("SlowDown" | "Throttling", _) | (_, Some(429 | 503)) => ErrorKind::Throttled,
-            ("AccessDenied" | "InvalidAccessKeyId", _) | (_, Some(403)) => ErrorKind::Unauthorized,
-            ("Unavailable", _) | (_, Some(500..=599)) => ErrorKind::Unavailable,
-            _ => ErrorKind::Invalid,
-        };
-        StoreError::new(kind, &self.label, secret, format!("{operation}: {code}: {message}"))
+        crate::aws::store_error(&self.label, operation, secret, e)
     }
 }
 

@@ -10,9 +10,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use backon::{ExponentialBuilder, Retryable};
 use futures_util::{StreamExt, TryStreamExt, stream};
-use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
 use vss_protocol::config::{SecretRef, VaultAuth, VaultSpec};
@@ -26,9 +25,6 @@ use crate::{
 
 /// Metadata reads a listing keeps in flight at once.
 const CONCURRENT_METADATA_READS: usize = 16;
-
-/// The longest `Retry-After` honoured; a larger one is capped.
-const MAX_RETRY_AFTER_SECS: u64 = 60;
 
 /// How the store gets its token.
 enum Login {
@@ -215,12 +211,7 @@ impl VaultStore {
         if status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|secs| Duration::from_secs(secs.min(MAX_RETRY_AFTER_SECS)));
+        let retry_after = crate::retry::retry_after(response.headers());
         let text = Zeroizing::new(response.text().await.map_err(unavailable)?);
         if !status.is_success() {
             return Err(self
@@ -245,23 +236,11 @@ impl VaultStore {
         token: Option<HeaderValue>,
         secret: Option<&str>,
     ) -> Result<Option<Value>, StoreError> {
-        let attempt =
-            || self.send(operation, method.clone(), url.clone(), body, token.clone(), secret);
-        attempt
-            .retry(
-                // Up to ~40 s of patience: enough for a rate-limit quota to refill.
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(200))
-                    .with_max_delay(Duration::from_secs(10))
-                    .with_max_times(8)
-                    .with_jitter(),
-            )
-            .when(|e: &StoreError| matches!(e.kind, ErrorKind::Throttled | ErrorKind::Unavailable))
-            // A server's Retry-After overrides a shorter backoff (a `None` still ends retrying).
-            .adjust(|e: &StoreError, backoff| {
-                backoff.map(|d| e.retry_after.map_or(d, |wait| wait.max(d)))
-            })
-            .await
+        // Up to ~40 s of patience: enough for a rate-limit quota to refill.
+        crate::retry::transient(8, || {
+            self.send(operation, method.clone(), url.clone(), body, token.clone(), secret)
+        })
+        .await
     }
 
     /// One authenticated API call. With AppRole, a refused token leads to one fresh login.
