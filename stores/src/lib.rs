@@ -14,6 +14,7 @@
 
 mod aws;
 pub mod aws_sm;
+pub mod conflict;
 pub mod file;
 pub mod http;
 pub mod ledger;

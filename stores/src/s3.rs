@@ -2,7 +2,7 @@
 //!
 //! Secret `a/b` of the store `{bucket: b, prefix: merged/}` is the object `merged/a/b.json`.
 //! A secret's version is its ETag; writes are conditional (`If-None-Match: *` to create,
-//! `If-Match: <etag>` to replace), so a concurrent writer is a conflict (412), never
+//! `If-Match: <etag>` to replace or delete), so a concurrent writer is a conflict (412), never
 //! overwritten.
 
 use std::collections::BTreeMap;
@@ -37,6 +37,14 @@ impl S3Store {
             label: vss_protocol::config::StoreSpec::S3(Box::new(spec.clone())).to_string(),
             calls: ApiCalls::default(),
         }
+    }
+
+    /// A store for `spec` that uses `client` as given (its credentials, endpoint and retry
+    /// settings), for callers that configure the SDK themselves.
+    pub fn with_client(spec: &S3Spec, client: Client) -> Self {
+        let store = Self::new(spec);
+        store.client.set(client).expect("a new store has no client yet");
+        store
     }
 
     async fn client(&self) -> &Client {
@@ -191,18 +199,18 @@ impl SecretStore for S3Store {
         Ok(Version(out.e_tag().unwrap_or_default().to_string()))
     }
 
-    async fn delete(&self, name: &str, _pre: Precondition) -> Result<(), StoreError> {
+    async fn delete(&self, name: &str, pre: Precondition) -> Result<(), StoreError> {
         self.check_name(name)?;
         self.calls.record("DeleteObject");
-        self.client()
-            .await
-            .delete_object()
-            .bucket(&self.spec.bucket)
-            .key(self.key(name))
-            .send()
-            .await
-            .map_err(|e| self.sdk_err("DeleteObject", Some(name), e))?;
-        Ok(())
+        let mut request =
+            self.client().await.delete_object().bucket(&self.spec.bucket).key(self.key(name));
+        if let Precondition::Matches(etag) = &pre {
+            request = request.if_match(&etag.0);
+        }
+        match request.send().await.map_err(|e| self.sdk_err("DeleteObject", Some(name), e)) {
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+            done => done.map(drop),
+        }
     }
 
     fn api_calls(&self) -> BTreeMap<String, u64> {

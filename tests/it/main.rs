@@ -4,6 +4,7 @@
 mod aws;
 mod canary;
 mod config_errors;
+mod conflict;
 mod deletion;
 mod http;
 mod outputs;

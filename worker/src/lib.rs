@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 use vss_protocol::job::{Job, JobResult, JobSpec, Outcome, RunOptions};
 use vss_protocol::{ContentHash, HashKey, SecretValue};
+use vss_stores::conflict::{DesiredWrite, delete_resolving_conflicts, write_resolving_conflicts};
 use vss_stores::ledger::{LedgerError, StateLedger};
 use vss_stores::{ErrorKind, Precondition, SecretStore, Stamp, StoreCache, StoreError, Version};
 
@@ -188,26 +189,29 @@ struct Write {
 type Outcomes = Vec<(String, Result<Option<(ContentHash, Version)>, StoreError>)>;
 
 /// Applies writes and deletes concurrently. Returns, per secret, its new record (`None` for a
-/// delete) or the error; one failure does not stop the others.
+/// delete) or the error; one failure does not stop the others. A conflict (a concurrent writer)
+/// is re-read and retried, never overwritten blindly ([`vss_stores::conflict`]).
 /// With `owner`, writes are stamped (hash and ownership marker) in stores with metadata.
 async fn apply(
     store: &Arc<dyn SecretStore>,
     prefix: &str,
     writes: Vec<Write>,
     owner: Option<&str>,
+    key: &HashKey,
 ) -> Outcomes {
     stream::iter(writes)
         .map(|w| async move {
             let full = format!("{prefix}{}", w.name);
-            let done = match (w.value, owner) {
-                (Some((value, hash)), Some(owner)) => {
-                    let stamp = Stamp { hash: hash.clone(), owner: owner.to_string() };
-                    store.write_stamped(&full, &value, w.pre, &stamp).await.map(|v| Some((hash, v)))
+            let done = match w.value {
+                Some((value, hash)) => {
+                    let stamp = owner.map(|owner| Stamp { hash: hash.clone(), owner: owner.into() });
+                    let write =
+                        DesiredWrite { name: &full, value: &value, hash: &hash, stamp: stamp.as_ref() };
+                    write_resolving_conflicts(store.as_ref(), write, w.pre, key)
+                        .await
+                        .map(|v| Some((hash, v)))
                 }
-                (Some((value, hash)), None) => {
-                    store.write(&full, &value, w.pre).await.map(|v| Some((hash, v)))
-                }
-                (None, _) => store.delete(&full, w.pre).await.map(|()| None),
+                None => delete_resolving_conflicts(store.as_ref(), &full, w.pre).await.map(|()| None),
             };
             (w.name, done)
         })

@@ -165,7 +165,7 @@ pub(crate) async fn run(
         writes.push(Write { name, pre, value: None });
     }
 
-    let outcomes = apply(&merge_store, &prefix, writes, None).await;
+    let outcomes = apply(&merge_store, &prefix, writes, None, &key).await;
     record_outcomes(outcomes, &mut manifest.secrets, |name, hash, version| ManifestEntry {
         hash,
         version,

@@ -232,7 +232,7 @@ pub(crate) async fn run(
     if job.options.dry_run {
         return Ok(());
     }
-    let outcomes = apply(&target, "", writes, Some(&owner)).await;
+    let outcomes = apply(&target, "", writes, Some(&owner), &key).await;
     let applied = record_outcomes(outcomes, &mut records.secrets, |_, hash, version| Record {
         hash,
         version,

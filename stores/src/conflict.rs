@@ -1,0 +1,87 @@
+//! Conditional writes that survive a concurrent writer without overwriting it blindly.
+//!
+//! A write planned against version `v` fails with [`ErrorKind::Conflict`] when someone else
+//! wrote first. The secret is then re-read: if it already holds the desired content (and no
+//! stamp is missing) the write is done; otherwise it is written again against the version just
+//! seen, so whatever the other writer did was looked at before it is replaced. A delete that
+//! conflicts is dropped unless the secret is already gone: someone rewrote it after it was
+//! planned for deletion, and that write wins.
+
+use vss_protocol::{ContentHash, HashKey, SecretValue};
+
+use crate::{ErrorKind, Precondition, SecretStore, Stamp, StoreError, Version};
+
+/// Re-reads after a conflict at most this many times before giving up.
+const MAX_REREADS: usize = 3;
+
+/// One write: the desired value, its hash, and the stamp to put beside it (if any).
+pub struct DesiredWrite<'a> {
+    /// The secret's name in the store.
+    pub name: &'a str,
+    /// The desired value.
+    pub value: &'a SecretValue,
+    /// Its keyed hash.
+    pub hash: &'a ContentHash,
+    /// Hash and owner to stamp into the store's metadata (stores without metadata ignore it).
+    pub stamp: Option<&'a Stamp>,
+}
+
+/// Writes `write` under `pre`; on a conflict re-reads and retries as the module describes.
+/// `key` hashes what is re-read, to see whether it already is the desired content.
+pub async fn write_resolving_conflicts(
+    store: &dyn SecretStore,
+    write: DesiredWrite<'_>,
+    mut pre: Precondition,
+    key: &HashKey,
+) -> Result<Version, StoreError> {
+    let mut rereads = 0;
+    loop {
+        let attempt = match write.stamp {
+            Some(stamp) => store.write_stamped(write.name, write.value, pre.clone(), stamp).await,
+            None => store.write(write.name, write.value, pre.clone()).await,
+        };
+        let conflict = match attempt {
+            Err(e) if e.kind == ErrorKind::Conflict && store.capabilities().read_values => e,
+            other => return other,
+        };
+        if rereads == MAX_REREADS {
+            return Err(conflict);
+        }
+        rereads += 1;
+        tracing::debug!(store = %store.describe(), secret = %write.name, "write conflict; re-reading");
+        pre = match store.read(write.name).await? {
+            None => Precondition::Absent,
+            Some(found) => {
+                let needs_stamp = write.stamp.is_some() && store.capabilities().metadata;
+                if !needs_stamp && &key.hash(&found.value) == write.hash {
+                    return Ok(found.version);
+                }
+                Precondition::Matches(found.version)
+            }
+        };
+    }
+}
+
+/// Deletes `name` under `pre`. On a conflict the secret is re-read: gone is success; still
+/// there means someone rewrote it since it was planned for deletion, and it is left in place
+/// (the conflict is returned).
+pub async fn delete_resolving_conflicts(
+    store: &dyn SecretStore,
+    name: &str,
+    pre: Precondition,
+) -> Result<(), StoreError> {
+    match store.delete(name, pre).await {
+        Err(e) if e.kind == ErrorKind::Conflict && store.capabilities().read_values => {
+            match store.read(name).await? {
+                None => Ok(()),
+                Some(_) => Err(StoreError::new(
+                    ErrorKind::Conflict,
+                    &store.describe(),
+                    Some(name),
+                    "rewritten by someone else after it was planned for deletion; left in place",
+                )),
+            }
+        }
+        other => other,
+    }
+}
