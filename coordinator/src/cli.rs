@@ -3,16 +3,19 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use vss_protocol::config::{Config, ConfigError, LogFormat};
+use vss_protocol::config::{Config, ConfigError, LogFormat, NatsSpec, SecretRef};
 use vss_protocol::job::JobResult;
 use vss_protocol::plan::{Plan, PlanRequest, plan_run};
 use vss_worker::WorkerContext;
 
 use crate::executor::{Executor, InProcess, Limits};
+use crate::nats::JetStream;
+use crate::nats::worker::WorkerOptions;
 use crate::report::{self, Report};
 
 /// Keeps secrets in sync across stores.
@@ -51,6 +54,60 @@ enum Command {
         #[arg(long)]
         sync_only: bool,
     },
+    /// Take jobs from NATS JetStream and run them, until SIGTERM or Ctrl-C.
+    Worker(WorkerArgs),
+}
+
+#[derive(Debug, Args)]
+struct WorkerArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Jobs run at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Seconds a job may go silent before JetStream redelivers it (heartbeats keep long jobs
+    /// alive); applies when the shared consumer is first created.
+    #[arg(long, default_value_t = 30)]
+    ack_wait: u64,
+    /// Deliveries of a job before a retryable failure becomes final; likewise.
+    #[arg(long, default_value_t = 5)]
+    max_deliver: i64,
+    /// Seconds in-flight jobs get to finish after SIGTERM.
+    #[arg(long, default_value_t = 60)]
+    shutdown_grace: u64,
+}
+
+/// How a worker reaches NATS (a coordinator reads the same from `execution.nats`).
+#[derive(Debug, Args)]
+struct NatsArgs {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long = "nats", env = "VSS_NATS_URL")]
+    url: String,
+    /// A `.creds` file (JWT and NKey seed).
+    #[arg(long = "nats-creds", env = "VSS_NATS_CREDS")]
+    credentials: Option<PathBuf>,
+    /// A file holding a token.
+    #[arg(long = "nats-token-file", env = "VSS_NATS_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// A file holding an NKey seed.
+    #[arg(long = "nats-nkey-file", env = "VSS_NATS_NKEY_FILE")]
+    nkey_file: Option<PathBuf>,
+    /// A CA certificate (PEM) to verify the server's TLS certificate with.
+    #[arg(long = "nats-ca", env = "VSS_NATS_CA")]
+    tls_ca: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    fn spec(self) -> NatsSpec {
+        NatsSpec {
+            url: self.url,
+            credentials: self.credentials,
+            token: self.token_file.map(SecretRef::File),
+            nkey: self.nkey_file.map(SecretRef::File),
+            tls_ca: self.tls_ca,
+            job_timeout_secs: NatsSpec::DEFAULT_JOB_TIMEOUT_SECS,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +142,10 @@ struct PipelineArgs {
     /// Report format on stdout.
     #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
     output: OutputFormat,
+    /// Run the jobs on `vss worker`s through this NATS server (overrides the config's
+    /// `execution.nats.url`; its credentials settings still apply).
+    #[arg(long = "nats", env = "VSS_NATS_URL")]
+    nats_url: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -155,6 +216,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Pipeline(args) => pipeline(args, log_format).await,
+        Command::Worker(args) => {
+            // A worker is a daemon: its job lines are its activity log.
+            crate::logging::init(Some("info"), log_format);
+            let options = WorkerOptions {
+                concurrency: args.concurrency,
+                ack_wait: Duration::from_secs(args.ack_wait),
+                max_deliver: args.max_deliver,
+                shutdown_grace: Duration::from_secs(args.shutdown_grace),
+            };
+            crate::nats::worker::run(&args.nats.spec(), options, shutdown_signal()).await?;
+            Ok(0)
+        }
     }
 }
 
@@ -199,7 +272,30 @@ async fn pipeline(args: PipelineArgs, log_format: Option<LogFormat>) -> anyhow::
         sync_parallel: args.parallelism.unwrap_or(cfg.pipeline.sync_parallel),
         continue_on_error: args.continue_on_error || cfg.pipeline.continue_on_error,
     };
-    let results = run_with_progress(&InProcess::new(ctx.clone(), limits), &plan).await;
+    let nats = match (args.nats_url, cfg.nats.clone()) {
+        (Some(url), Some(spec)) => Some(NatsSpec { url, ..spec }),
+        (Some(url), None) => Some(NatsSpec {
+            url,
+            credentials: None,
+            token: None,
+            nkey: None,
+            tls_ca: None,
+            job_timeout_secs: NatsSpec::DEFAULT_JOB_TIMEOUT_SECS,
+        }),
+        (None, spec) => spec,
+    };
+    let results = match nats {
+        // A dry run's merges live in this process's memory, where its syncs must see them.
+        Some(_) if dry_run => {
+            tracing::info!("dry run: jobs run in-process (nothing is written, nothing to share)");
+            run_with_progress(&InProcess::new(ctx.clone(), limits), &plan).await?
+        }
+        Some(spec) => {
+            let executor = JetStream::connect(&spec, limits.continue_on_error).await?;
+            run_with_progress(&executor, &plan).await?
+        }
+        None => run_with_progress(&InProcess::new(ctx.clone(), limits), &plan).await?,
+    };
     tracing::debug!(api_calls = ?ctx.stores().api_calls(), "store calls");
 
     let report = Report::build(&plan, results, dry_run);
@@ -230,7 +326,7 @@ async fn pipeline(args: PipelineArgs, log_format: Option<LogFormat>) -> anyhow::
 }
 
 /// Executes the plan with a progress bar on stderr when it is a terminal.
-async fn run_with_progress(executor: &dyn Executor, plan: &Plan) -> Vec<JobResult> {
+async fn run_with_progress(executor: &dyn Executor, plan: &Plan) -> anyhow::Result<Vec<JobResult>> {
     let bar = if std::io::stderr().is_terminal() && plan.jobs.len() > 1 {
         ProgressBar::with_draw_target(Some(plan.jobs.len() as u64), ProgressDrawTarget::stderr())
     } else {
@@ -248,4 +344,26 @@ async fn run_with_progress(executor: &dyn Executor, plan: &Plan) -> Vec<JobResul
     let results = executor.execute(plan, &on_result).await;
     bar.finish_and_clear();
     results
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
 }

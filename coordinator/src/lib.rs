@@ -3,10 +3,12 @@
 //! - [`cli`]: parses arguments and runs a command.
 //! - [`executor`]: runs a plan's jobs in DAG order ([`executor::InProcess`] is the embedded
 //!   default).
+//! - [`nats`]: distributed runs: the JetStream executor and the `vss worker` loop.
 //! - [`report`]: aggregates job results into one report and renders it (human, JSON, GitHub).
 //! - [`logging`]: tracing to stderr.
 
 pub mod cli;
 pub mod executor;
 pub mod logging;
+pub mod nats;
 pub mod report;

@@ -1,5 +1,5 @@
 //! Logs go to stderr (reports own stdout), filtered by `RUST_LOG`, else the config's
-//! `log.level`, else `warn`.
+//! `log.level`, else `warn` (`info` for `vss worker`).
 
 use std::io::IsTerminal;
 

@@ -48,5 +48,6 @@ where
         | (_, Some(500..=599)) => ErrorKind::Unavailable,
         _ => ErrorKind::Invalid,
     };
-    StoreError::new(kind, store, secret, format!("{operation}: {code}: {message}"))
+    let status = status.map(|s| format!(" (HTTP {s})")).unwrap_or_default();
+    StoreError::new(kind, store, secret, format!("{operation}: {code}{status}: {message}"))
 }

@@ -11,6 +11,7 @@
 //! written again. Secrets Manager has no conditional write, so preconditions are best-effort.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::Mutex;
 
 use aws_sdk_secretsmanager::Client;
@@ -34,6 +35,9 @@ const TAG_VERSION: &str = "vss:version";
 
 /// Secrets per `BatchGetSecretValue` call (the API's limit).
 const BATCH_SIZE: usize = 20;
+
+/// Retries of a throttled or unavailable call, after the SDK's own.
+const MAX_RETRIES: usize = 5;
 
 /// AWS Secrets Manager.
 pub struct AwsSmStore {
@@ -95,6 +99,26 @@ impl AwsSmStore {
         crate::aws::store_error(&self.label, operation, secret, e)
     }
 
+    /// Makes one API call with `send`, counted per attempt; throttling and unavailability are
+    /// retried ([`crate::retry`]) on top of the SDK's own few quick retries.
+    async fn call<T, E, F, Fut>(
+        &self,
+        operation: &'static str,
+        secret: Option<&str>,
+        send: F,
+    ) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        crate::retry::transient(MAX_RETRIES, || async {
+            self.calls.record(operation);
+            send().await.map_err(|e| self.sdk_err(operation, secret, e))
+        })
+        .await
+    }
+
     /// The Secrets Manager name of `name`: prefixed, and with the leading `/` it was listed
     /// with, if any.
     fn full_name(&self, name: &str) -> String {
@@ -149,48 +173,31 @@ impl AwsSmStore {
         let client = self.client().await;
         let scheduled = self.scheduled.lock().expect("scheduled lock").remove(name);
         if scheduled {
-            self.calls.record("RestoreSecret");
-            client
-                .restore_secret()
-                .secret_id(&full)
-                .send()
-                .await
-                .map_err(|e| self.sdk_err("RestoreSecret", Some(name), e))?;
+            self.call("RestoreSecret", Some(name), || {
+                client.restore_secret().secret_id(&full).send()
+            })
+            .await?;
         }
         if matches!(pre, Precondition::Absent) && !scheduled {
-            self.calls.record("CreateSecret");
-            let created = client
+            let request = client
                 .create_secret()
                 .name(&full)
                 .secret_string(text)
                 .client_request_token(token)
-                .set_tags((!tags.is_empty()).then_some(tags))
-                .send()
-                .await;
-            return match created {
-                Ok(out) => Ok(Version(out.version_id().unwrap_or(token).to_string())),
-                Err(e) => Err(self.sdk_err("CreateSecret", Some(name), e)),
-            };
+                .set_tags((!tags.is_empty()).then_some(tags));
+            let created = self.call("CreateSecret", Some(name), || request.clone().send()).await?;
+            return Ok(Version(created.version_id().unwrap_or(token).to_string()));
         }
         if !tags.is_empty() {
-            self.calls.record("TagResource");
-            client
-                .tag_resource()
-                .secret_id(&full)
-                .set_tags(Some(tags))
-                .send()
-                .await
-                .map_err(|e| self.sdk_err("TagResource", Some(name), e))?;
+            let request = client.tag_resource().secret_id(&full).set_tags(Some(tags));
+            self.call("TagResource", Some(name), || request.clone().send()).await?;
         }
-        self.calls.record("PutSecretValue");
-        let put = client
+        let request = client
             .put_secret_value()
             .secret_id(&full)
             .secret_string(text)
-            .client_request_token(token)
-            .send()
-            .await
-            .map_err(|e| self.sdk_err("PutSecretValue", Some(name), e))?;
+            .client_request_token(token);
+        let put = self.call("PutSecretValue", Some(name), || request.clone().send()).await?;
         Ok(Version(put.version_id().unwrap_or(token).to_string()))
     }
 }
@@ -239,7 +246,6 @@ impl SecretStore for AwsSmStore {
         let mut slashed = BTreeSet::new();
         let mut next = None;
         loop {
-            self.calls.record("ListSecrets");
             let mut request = client.list_secrets().max_results(100).include_planned_deletion(true);
             if !full_prefix.is_empty() {
                 // Values of one filter are ORed: the name with and without a leading `/`.
@@ -250,11 +256,8 @@ impl SecretStore for AwsSmStore {
                     .build();
                 request = request.filters(filter);
             }
-            let page = request
-                .set_next_token(next.take())
-                .send()
-                .await
-                .map_err(|e| self.sdk_err("ListSecrets", None, e))?;
+            let request = request.set_next_token(next.take());
+            let page = self.call("ListSecrets", None, || request.clone().send()).await?;
             for secret in page.secret_list() {
                 let Some(full) = secret.name() else { continue };
                 let bare = full.strip_prefix('/').unwrap_or(full);
@@ -310,15 +313,11 @@ impl SecretStore for AwsSmStore {
 
     async fn read(&self, name: &str) -> Result<Option<Versioned<SecretValue>>, StoreError> {
         self.check_writable(name)?;
-        self.calls.record("GetSecretValue");
-        let got =
-            self.client().await.get_secret_value().secret_id(self.full_name(name)).send().await;
-        let out = match got {
+        let request = self.client().await.get_secret_value().secret_id(self.full_name(name));
+        let out = match self.call("GetSecretValue", Some(name), || request.clone().send()).await {
             Ok(out) => out,
-            Err(e) => {
-                let e = self.sdk_err("GetSecretValue", Some(name), e);
-                return if e.kind == ErrorKind::NotFound { Ok(None) } else { Err(e) };
-            }
+            Err(e) if e.kind == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
         };
         let version = Version(out.version_id().unwrap_or_default().to_string());
         let Some(text) = out.secret_string() else {
@@ -344,13 +343,10 @@ impl SecretStore for AwsSmStore {
             }
             let by_full: BTreeMap<String, &String> =
                 chunk.iter().map(|n| (self.full_name(n), n)).collect();
-            self.calls.record("BatchGetSecretValue");
-            let page = client
+            let request = client
                 .batch_get_secret_value()
-                .set_secret_id_list(Some(by_full.keys().cloned().collect()))
-                .send()
-                .await
-                .map_err(|e| self.sdk_err("BatchGetSecretValue", None, e))?;
+                .set_secret_id_list(Some(by_full.keys().cloned().collect()));
+            let page = self.call("BatchGetSecretValue", None, || request.clone().send()).await?;
             let failed =
                 page.errors().iter().find(|e| e.error_code() != Some("ResourceNotFoundException"));
             if let Some(error) = failed {
@@ -413,20 +409,15 @@ impl SecretStore for AwsSmStore {
 
     async fn delete(&self, name: &str, _pre: Precondition) -> Result<(), StoreError> {
         self.check_writable(name)?;
-        self.calls.record("DeleteSecret");
         let mut request = self.client().await.delete_secret().secret_id(self.full_name(name));
         request = if self.spec.force_delete {
             request.force_delete_without_recovery(true)
         } else {
             request.recovery_window_in_days(self.spec.recovery_window_days)
         };
-        let deleted = request.send().await;
-        match deleted {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let e = self.sdk_err("DeleteSecret", Some(name), e);
-                if e.kind == ErrorKind::NotFound { Ok(()) } else { Err(e) }
-            }
+        match self.call("DeleteSecret", Some(name), || request.clone().send()).await {
+            Err(e) if e.kind != ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
         }
     }
 

@@ -14,7 +14,7 @@ use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use tokio::sync::OnceCell;
-use vss_protocol::config::{HttpSpec, SecretRef};
+use vss_protocol::config::HttpSpec;
 use vss_protocol::{HashKey, SecretValue};
 use zeroize::Zeroizing;
 
@@ -44,24 +44,14 @@ impl HttpStore {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         for (name, reference) in &spec.headers {
-            let text = Zeroizing::new(match reference {
-                SecretRef::Env(var) => std::env::var(var).map_err(|_| {
-                    StoreError::new(
-                        ErrorKind::Unauthorized,
-                        &label,
-                        None,
-                        format!("header {name}: environment variable {var} is not set"),
-                    )
-                })?,
-                SecretRef::File(path) => std::fs::read_to_string(path).map_err(|e| {
-                    StoreError::new(
-                        ErrorKind::Unauthorized,
-                        &label,
-                        None,
-                        format!("header {name}: cannot read {}: {e}", path.display()),
-                    )
-                })?,
-            });
+            let text = reference.read().map_err(|e| {
+                StoreError::new(
+                    ErrorKind::Unauthorized,
+                    &label,
+                    None,
+                    format!("header {name}: {e}"),
+                )
+            })?;
             let header = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| invalid(format!("`{name}` is not a valid header name")))?;
             let mut value = HeaderValue::from_str(text.trim()).map_err(|_| {

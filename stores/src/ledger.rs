@@ -117,21 +117,11 @@ impl StateLedger {
     /// once (in a dry run a missing key is generated for this run only).
     pub fn hash_key(&self, reference: Option<&SecretRef>) -> Result<HashKey, LedgerError> {
         match reference {
-            Some(SecretRef::Env(name)) => {
-                let mut text = std::env::var(name).map_err(|_| LedgerError {
-                    path: format!("env:{name}"),
-                    message: "hash_key environment variable is not set".into(),
-                })?;
-                let key = key_from_text(&text);
-                text.zeroize();
-                Ok(key)
-            }
-            Some(SecretRef::File(path)) => {
-                let mut text =
-                    fs::read_to_string(path).map_err(|e| self.err(path, e.to_string()))?;
-                let key = key_from_text(&text);
-                text.zeroize();
-                Ok(key)
+            Some(reference) => {
+                let text = reference
+                    .read()
+                    .map_err(|message| LedgerError { path: "hash_key".into(), message })?;
+                Ok(key_from_text(&text))
             }
             None => self.ledger_key(),
         }

@@ -46,18 +46,9 @@ fn read_credential(
     what: &str,
     label: &str,
 ) -> Result<Zeroizing<String>, StoreError> {
-    let unauthorized =
-        |message: String| StoreError::new(ErrorKind::Unauthorized, label, None, message);
-    let text = match reference {
-        SecretRef::Env(name) => std::env::var(name).map_err(|_| {
-            unauthorized(format!("no Vault {what}: environment variable {name} is not set"))
-        })?,
-        SecretRef::File(path) => std::fs::read_to_string(path).map_err(|e| {
-            unauthorized(format!("no Vault {what}: cannot read {}: {e}", path.display()))
-        })?,
-    };
-    let text = Zeroizing::new(text);
-    Ok(Zeroizing::new(text.trim().to_string()))
+    reference.read().map_err(|e| {
+        StoreError::new(ErrorKind::Unauthorized, label, None, format!("no Vault {what}: {e}"))
+    })
 }
 
 /// A header value that `Debug` never prints.

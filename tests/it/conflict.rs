@@ -35,7 +35,8 @@ impl Interloper {
     }
 
     async fn interfere(&self, name: &str) {
-        let armed = self.rivals.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        let armed =
+            self.rivals.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
         if armed.is_ok() {
             self.inner.write(name, &value(self.rival.clone()), Precondition::None).await.unwrap();
         }

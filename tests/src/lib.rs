@@ -118,6 +118,21 @@ impl Workspace {
         Run::from(cmd.output().expect("vss runs"))
     }
 
+    /// Starts `vss <args>` in the background (e.g. a worker), its output in `log`; the
+    /// process is killed when the returned handle drops.
+    pub fn spawn(&self, args: &[&str], log: &Path) -> Background {
+        let out = std::fs::File::create(log).expect("log file");
+        let child = Command::new(vss_bin())
+            .current_dir(self.dir.path())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("vss starts");
+        Background { child }
+    }
+
     /// Runs `vss <args>` in the workspace.
     pub fn run(&self, args: &[&str]) -> Run {
         self.run_env(args, &[])
@@ -157,6 +172,35 @@ impl Workspace {
                 (p, text)
             })
             .collect()
+    }
+}
+
+/// A `vss` process running in the background; killed on drop.
+pub struct Background {
+    child: std::process::Child,
+}
+
+impl Background {
+    /// Sends SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit (e.g. after a SIGTERM); its exit code.
+    pub fn wait(&mut self) -> Option<i32> {
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

@@ -320,3 +320,60 @@ impl Drop for JsonServer {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// A nats-server with JetStream, its storage in a folder of its own.
+pub struct Nats {
+    child: Child,
+    port: u16,
+    store: tempfile::TempDir,
+    /// `nats://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+impl Nats {
+    /// Starts a server and waits until it accepts connections.
+    pub fn start() -> Self {
+        let store = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Self::spawn(port, store.path());
+        let nats = Self { child, port, store, url: format!("nats://127.0.0.1:{port}") };
+        nats.wait_ready();
+        nats
+    }
+
+    fn spawn(port: u16, store: &std::path::Path) -> Child {
+        Command::new(server_bin("nats-server"))
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts (scripts/test installs it)")
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("nats-server did not start on port {}", self.port);
+    }
+
+    /// Stops the server (SIGKILL) and starts it again on the same port and storage.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.port, self.store.path());
+        self.wait_ready();
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

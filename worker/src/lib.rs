@@ -129,6 +129,16 @@ pub async fn execute(job: &Job, ctx: &WorkerContext) -> JobResult {
     .await
 }
 
+/// [`execute`], and a panic in the job becomes a failed result instead of unwinding into the
+/// caller: a bug in one job fails that job, not the run or the worker.
+pub async fn execute_isolated(job: &Job, ctx: &WorkerContext) -> JobResult {
+    use futures_util::FutureExt;
+    std::panic::AssertUnwindSafe(execute(job, ctx)).catch_unwind().await.unwrap_or_else(|_| {
+        let error = format!("target `{}`: internal error (panic)", job.target);
+        JobResult::new(job, Outcome::Failed { error, retryable: false })
+    })
+}
+
 /// Reads `names` (relative to `prefix`) concurrently. A failed read fails the whole read (a
 /// partial source must never look like a smaller one), and a secret that disappeared since it
 /// was listed is a conflict, not an absence.
@@ -204,14 +214,21 @@ async fn apply(
             let full = format!("{prefix}{}", w.name);
             let done = match w.value {
                 Some((value, hash)) => {
-                    let stamp = owner.map(|owner| Stamp { hash: hash.clone(), owner: owner.into() });
-                    let write =
-                        DesiredWrite { name: &full, value: &value, hash: &hash, stamp: stamp.as_ref() };
+                    let stamp =
+                        owner.map(|owner| Stamp { hash: hash.clone(), owner: owner.into() });
+                    let write = DesiredWrite {
+                        name: &full,
+                        value: &value,
+                        hash: &hash,
+                        stamp: stamp.as_ref(),
+                    };
                     write_resolving_conflicts(store.as_ref(), write, w.pre, key)
                         .await
                         .map(|v| Some((hash, v)))
                 }
-                None => delete_resolving_conflicts(store.as_ref(), &full, w.pre).await.map(|()| None),
+                None => {
+                    delete_resolving_conflicts(store.as_ref(), &full, w.pre).await.map(|()| None)
+                }
             };
             (w.name, done)
         })

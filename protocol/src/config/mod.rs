@@ -97,6 +97,31 @@ pub struct Config {
     pub log: LogSettings,
     /// Where the content-hash key comes from; `None`: generated once, kept in the ledger.
     pub hash_key: Option<SecretRef>,
+    /// `execution.nats`: run jobs on `vss worker`s over NATS JetStream instead of in-process.
+    pub nats: Option<NatsSpec>,
+}
+
+/// How to reach NATS for distributed runs (`execution.nats`). Credentials are references,
+/// read by the process that connects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatsSpec {
+    /// Server URL(s), comma-separated, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// A `.creds` file (JWT + NKey seed).
+    pub credentials: Option<PathBuf>,
+    /// A token.
+    pub token: Option<SecretRef>,
+    /// An NKey seed.
+    pub nkey: Option<SecretRef>,
+    /// A CA certificate (PEM) to verify a TLS server with.
+    pub tls_ca: Option<PathBuf>,
+    /// A job that no worker finishes within this many seconds fails.
+    pub job_timeout_secs: u64,
+}
+
+impl NatsSpec {
+    /// The default of [`NatsSpec::job_timeout_secs`]: 15 minutes.
+    pub const DEFAULT_JOB_TIMEOUT_SECS: u64 = 900;
 }
 
 /// Phase switches and run defaults (`pipeline:`).
@@ -320,6 +345,20 @@ pub enum SecretRef {
     Env(String),
     /// A file's path.
     File(PathBuf),
+}
+
+impl SecretRef {
+    /// The referenced text, trimmed, read from this process's environment or a file. The
+    /// error names the variable or file, never any content.
+    pub fn read(&self) -> Result<zeroize::Zeroizing<String>, String> {
+        let text = zeroize::Zeroizing::new(match self {
+            SecretRef::Env(name) => std::env::var(name)
+                .map_err(|_| format!("environment variable {name} is not set"))?,
+            SecretRef::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        });
+        Ok(zeroize::Zeroizing::new(text.trim().to_string()))
+    }
 }
 
 /// Logging defaults from the config.

@@ -11,7 +11,8 @@ use serde_json::Value;
 use super::yaml::{Document, KeyPath, Segment, display_path};
 use super::{
     AwsSmSpec, Config, DeleteThreshold, Diagnostic, HttpSpec, Layer, LogFormat, LogSettings,
-    PipelineSettings, S3Spec, SecretRef, StateSpec, StoreSpec, Target, VaultAuth, VaultSpec,
+    NatsSpec, PipelineSettings, S3Spec, SecretRef, StateSpec, StoreSpec, Target, VaultAuth,
+    VaultSpec,
 };
 use crate::merge::ListMerge;
 
@@ -34,7 +35,7 @@ struct RawConfig {
     vault: Option<RawVault>,
     aws: Option<RawAws>,
     dynamic_targets: Option<IgnoredAny>,
-    execution: Option<IgnoredAny>,
+    execution: Option<RawExecution>,
 }
 
 #[derive(Default, Deserialize)]
@@ -203,6 +204,23 @@ struct RawFileStore {
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 enum RawState {
     File { path: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExecution {
+    nats: Option<RawNats>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNats {
+    url: String,
+    credentials: Option<String>,
+    token: Option<RawSecretRef>,
+    nkey: Option<RawSecretRef>,
+    tls_ca: Option<String>,
+    job_timeout_secs: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -445,9 +463,7 @@ pub(super) fn build(
     let mut ck = Checker { file, doc: &doc, diags };
     let resolve = |p: &str| base.join(p);
 
-    for (k, present) in
-        [("dynamic_targets", raw.dynamic_targets.is_some()), ("execution", raw.execution.is_some())]
-    {
+    for (k, present) in [("dynamic_targets", raw.dynamic_targets.is_some())] {
         if present {
             ck.not_supported(&path(&[k]), &format!("the `{k}` section"));
         }
@@ -679,9 +695,18 @@ pub(super) fn build(
         Some(RawState::File { path }) => StateSpec::File { path: resolve(path) },
         None => StateSpec::File { path: base.join(".vss/state") },
     };
-    let hash_key = raw.hash_key.map(|r| match r {
+    let reference = |r: RawSecretRef| match r {
         RawSecretRef::Env(name) => SecretRef::Env(name),
         RawSecretRef::File(p) => SecretRef::File(resolve(&p)),
+    };
+    let hash_key = raw.hash_key.map(reference);
+    let nats = raw.execution.and_then(|e| e.nats).map(|n| NatsSpec {
+        url: n.url,
+        credentials: n.credentials.as_deref().map(resolve),
+        token: n.token.map(reference),
+        nkey: n.nkey.map(reference),
+        tls_ca: n.tls_ca.as_deref().map(resolve),
+        job_timeout_secs: n.job_timeout_secs.unwrap_or(NatsSpec::DEFAULT_JOB_TIMEOUT_SECS),
     });
     let log = raw.log.map(|l| LogSettings { level: l.level, format: l.format }).unwrap_or_default();
 
@@ -706,6 +731,7 @@ pub(super) fn build(
         targets,
         log,
         hash_key,
+        nats,
     })
 }
 

@@ -1,0 +1,58 @@
+//! The embedded default: jobs run as tasks of this process, with bounded concurrency per phase.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+use vss_protocol::job::{JobResult, Phase};
+use vss_protocol::plan::Plan;
+use vss_worker::WorkerContext;
+
+use super::{Executor, Limits, Schedule};
+
+/// Runs jobs as tasks of this process.
+pub struct InProcess {
+    ctx: Arc<WorkerContext>,
+    limits: Limits,
+}
+
+impl InProcess {
+    /// An executor over a worker context.
+    pub fn new(ctx: Arc<WorkerContext>, limits: Limits) -> Self {
+        Self { ctx, limits }
+    }
+}
+
+#[async_trait::async_trait]
+impl Executor for InProcess {
+    async fn execute(
+        &self,
+        plan: &Plan,
+        on_result: &(dyn for<'r> Fn(&'r JobResult) + Sync),
+    ) -> anyhow::Result<Vec<JobResult>> {
+        let mut schedule = Schedule::new(plan, self.limits.continue_on_error);
+        let mut running: BTreeMap<Phase, usize> = BTreeMap::new();
+        let mut tasks = JoinSet::new();
+        loop {
+            let (ready, skipped) = schedule.next(|job| {
+                let busy = running.entry(job.phase()).or_default();
+                let admitted = *busy < self.limits.of(job.phase());
+                *busy += usize::from(admitted);
+                admitted
+            });
+            skipped.iter().for_each(on_result);
+            for job in ready {
+                let (job, ctx) = (job.clone(), self.ctx.clone());
+                tasks.spawn(async move { vss_worker::execute_isolated(&job, &ctx).await });
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
+            let result = joined.expect("job tasks catch their panics");
+            *running.entry(result.phase).or_default() -= 1;
+            on_result(&result);
+            schedule.finish(result);
+        }
+        Ok(schedule.into_results())
+    }
+}

@@ -1,0 +1,186 @@
+//! The coordinator's side: publish a run's jobs in DAG order, collect their results.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer, message::PublishMessage};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use vss_protocol::config::NatsSpec;
+use vss_protocol::job::{Job, JobResult, Outcome};
+use vss_protocol::plan::Plan;
+
+use super::{
+    RESULTS_STREAM, RUNS_BUCKET, ensure_streams, job_subject, message_id, results_subject,
+};
+use crate::executor::{Executor, Schedule};
+
+/// How often the coordinator looks for jobs past their deadline while it waits.
+const TICK: Duration = Duration::from_secs(1);
+/// How long without any result before the coordinator says it is still waiting.
+const QUIET_WARNING: Duration = Duration::from_secs(30);
+
+/// Runs jobs on `vss worker`s through NATS JetStream.
+pub struct JetStream {
+    js: jetstream::Context,
+    job_timeout: Duration,
+    continue_on_error: bool,
+}
+
+/// What `vss-runs` keeps per run.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The run.
+    pub run_id: String,
+    /// `running` or `finished`.
+    pub status: String,
+    /// Jobs in the run.
+    pub jobs: usize,
+    /// Jobs with a result.
+    pub finished_jobs: usize,
+    /// Jobs that failed.
+    pub failed_jobs: usize,
+    /// Unix seconds.
+    pub started_at: u64,
+    /// Unix seconds.
+    pub updated_at: u64,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl JetStream {
+    /// Connects and creates the streams and bucket if needed.
+    pub async fn connect(spec: &NatsSpec, continue_on_error: bool) -> anyhow::Result<Self> {
+        let client = super::connect(spec, "vss-coordinator").await?;
+        let js = jetstream::new(client);
+        ensure_streams(&js).await?;
+        Ok(Self { js, job_timeout: Duration::from_secs(spec.job_timeout_secs), continue_on_error })
+    }
+
+    async fn publish(&self, job: &Job) -> anyhow::Result<()> {
+        let message = PublishMessage::build()
+            .payload(job.encode().into())
+            .message_id(message_id(&job.run_id, &job.id));
+        let ack = self
+            .js
+            .send_publish(job_subject(job), message)
+            .await
+            .with_context(|| format!("cannot publish job {}", job.id))?
+            .await
+            .with_context(|| format!("JetStream did not store job {}", job.id))?;
+        tracing::debug!(job = %job.id, sequence = ack.sequence, duplicate = ack.duplicate, "job published");
+        Ok(())
+    }
+
+    async fn record(&self, record: &RunRecord) {
+        let stored = async {
+            let runs = self.js.get_key_value(RUNS_BUCKET).await?;
+            runs.put(&record.run_id, serde_json::to_vec(record)?.into()).await?;
+            Ok::<_, anyhow::Error>(())
+        };
+        if let Err(e) = stored.await {
+            tracing::warn!(run = %record.run_id, error = %e, "cannot update the run record");
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Executor for JetStream {
+    async fn execute(
+        &self,
+        plan: &Plan,
+        on_result: &(dyn for<'r> Fn(&'r JobResult) + Sync),
+    ) -> anyhow::Result<Vec<JobResult>> {
+        let mut record = RunRecord {
+            run_id: plan.run_id.clone(),
+            status: "running".into(),
+            jobs: plan.jobs.len(),
+            finished_jobs: 0,
+            failed_jobs: 0,
+            started_at: now(),
+            updated_at: now(),
+        };
+        self.record(&record).await;
+        // Subscribe before publishing anything, from the start of the run's subject.
+        let results = self
+            .js
+            .get_stream(RESULTS_STREAM)
+            .await?
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: results_subject(&plan.run_id),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .context("cannot subscribe to the run's results")?;
+        let mut results = results.messages().await.context("cannot read the run's results")?;
+
+        let mut schedule = Schedule::new(plan, self.continue_on_error);
+        let mut pending: BTreeMap<String, (Instant, &Job)> = BTreeMap::new();
+        let mut last_heard = Instant::now();
+        loop {
+            let (ready, skipped) = schedule.next(|_| true);
+            skipped.iter().for_each(on_result);
+            for job in ready {
+                self.publish(job).await?;
+                pending.insert(job.id.clone(), (Instant::now(), job));
+            }
+            if schedule.is_done() {
+                break;
+            }
+            let mut arrived = Vec::new();
+            match tokio::time::timeout(TICK, results.next()).await {
+                Ok(Some(Ok(message))) => match JobResult::decode(&message.payload) {
+                    Ok(result) => arrived.push(result),
+                    Err(e) => tracing::warn!(error = %e, "undecodable result ignored"),
+                },
+                Ok(Some(Err(e))) => tracing::warn!(error = %e, "reading results; retrying"),
+                Ok(None) => anyhow::bail!("the results stream ended"),
+                Err(_) => {
+                    for (id, (sent, job)) in &pending {
+                        if sent.elapsed() >= self.job_timeout {
+                            let error = format!(
+                                "target `{}`: no worker finished job {id} within {} s",
+                                job.target,
+                                self.job_timeout.as_secs()
+                            );
+                            arrived.push(JobResult::new(
+                                job,
+                                Outcome::Failed { error, retryable: true },
+                            ));
+                        }
+                    }
+                    if last_heard.elapsed() >= QUIET_WARNING {
+                        tracing::warn!(
+                            waiting = pending.len(),
+                            "no job result for 30 s; are workers running?"
+                        );
+                        last_heard = Instant::now();
+                    }
+                }
+            }
+            for result in arrived {
+                last_heard = Instant::now();
+                if result.run_id != plan.run_id {
+                    continue;
+                }
+                let failed = matches!(result.outcome, Outcome::Failed { .. });
+                let id = result.job_id.clone();
+                if schedule.finish(result.clone()) {
+                    pending.remove(&id);
+                    record.finished_jobs += 1;
+                    record.failed_jobs += usize::from(failed);
+                    on_result(&result);
+                }
+            }
+        }
+        record.status = "finished".into();
+        record.finished_jobs = plan.jobs.len();
+        record.updated_at = now();
+        self.record(&record).await;
+        Ok(schedule.into_results())
+    }
+}

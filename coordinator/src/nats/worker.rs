@@ -1,0 +1,243 @@
+//! `vss worker`: takes jobs from `VSS_JOBS`, runs them, publishes their results.
+//!
+//! One durable pull consumer shared by every worker, explicit acks. A job that outlives a third
+//! of AckWait sends `Progress` so it is not redelivered while it runs. A retryable failure is
+//! `Nak`ed with backoff until `max_deliver`; a permanent one (or the last attempt) publishes its
+//! failed result and is `Term`inated. A result is published, and JetStream has stored it,
+//! before the job is acked: a crash in between redelivers the job, and the idempotent writes
+//! (and the results' `Nats-Msg-Id`) make running it twice harmless.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, AckKind, consumer, message::PublishMessage};
+use futures_util::StreamExt;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+use vss_protocol::config::NatsSpec;
+use vss_protocol::job::{Job, JobResult, Outcome};
+use vss_worker::WorkerContext;
+
+use super::{JOBS_STREAM, WORKERS_CONSUMER, ensure_streams, message_id, results_subject};
+
+/// How a worker takes and runs jobs.
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerOptions {
+    /// Jobs run at once.
+    pub concurrency: usize,
+    /// How long a job may go without an ack or a heartbeat before JetStream redelivers it
+    /// (applies when the shared consumer is first created).
+    pub ack_wait: Duration,
+    /// Deliveries of a job before its failure is final (likewise).
+    pub max_deliver: i64,
+    /// On shutdown, how long in-flight jobs may take to finish.
+    pub shutdown_grace: Duration,
+}
+
+/// A run's context: its id, whether it is a dry run, its open stores.
+type RunContext = (String, bool, Arc<WorkerContext>);
+
+/// Run contexts kept so one run's jobs share open stores; a handful, oldest dropped first.
+#[derive(Clone, Default)]
+struct RunContexts(Arc<Mutex<VecDeque<RunContext>>>);
+
+impl RunContexts {
+    const KEPT: usize = 8;
+
+    fn for_job(&self, job: &Job) -> Arc<WorkerContext> {
+        let mut kept = self.0.lock().expect("run contexts lock");
+        let dry_run = job.options.dry_run;
+        if let Some((_, _, ctx)) =
+            kept.iter().find(|(run, dry, _)| run == &job.run_id && *dry == dry_run)
+        {
+            return ctx.clone();
+        }
+        let ctx = Arc::new(WorkerContext::new(dry_run));
+        kept.push_back((job.run_id.clone(), dry_run, ctx.clone()));
+        if kept.len() > Self::KEPT {
+            kept.pop_front();
+        }
+        ctx
+    }
+}
+
+/// Runs a worker until `shutdown` resolves; then stops taking jobs and gives in-flight ones
+/// [`WorkerOptions::shutdown_grace`] to finish (unfinished ones are redelivered elsewhere).
+pub async fn run(
+    spec: &NatsSpec,
+    options: WorkerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let client = super::connect(spec, "vss-worker").await?;
+    let js = jetstream::new(client);
+    ensure_streams(&js).await?;
+    let jobs = js
+        .get_stream(JOBS_STREAM)
+        .await?
+        .get_or_create_consumer(
+            WORKERS_CONSUMER,
+            consumer::pull::Config {
+                durable_name: Some(WORKERS_CONSUMER.into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: options.ack_wait,
+                max_deliver: options.max_deliver,
+                ..Default::default()
+            },
+        )
+        .await
+        .context("cannot create the workers' consumer")?;
+    let ack_wait = jobs.cached_info().config.ack_wait;
+    let max_deliver = jobs.cached_info().config.max_deliver;
+    let concurrency = options.concurrency.max(1);
+    tracing::info!(concurrency, ?ack_wait, max_deliver, "worker ready");
+
+    let contexts = RunContexts::default();
+    let mut running = JoinSet::new();
+    tokio::pin!(shutdown);
+    'taking: loop {
+        while running.try_join_next().is_some() {}
+        let free = concurrency - running.len();
+        if free == 0 {
+            tokio::select! {
+                _ = running.join_next() => continue,
+                () = &mut shutdown => break 'taking,
+            }
+        }
+        let fetch = jobs.fetch().max_messages(free).expires(Duration::from_secs(5)).messages();
+        let mut batch = tokio::select! {
+            batch = fetch => match batch {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot fetch jobs; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break 'taking,
+        };
+        loop {
+            let next = tokio::select! {
+                next = batch.next() => next,
+                () = &mut shutdown => break 'taking,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    let (js, contexts) = (js.clone(), contexts.clone());
+                    running.spawn(async move {
+                        handle(&js, message, &contexts, ack_wait, max_deliver).await;
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "fetch ended");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+    tracing::info!(in_flight = running.len(), "shutting down: finishing in-flight jobs");
+    let drained = tokio::time::timeout(options.shutdown_grace, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            abandoned = running.len(),
+            "shutdown grace ran out; those jobs will be redelivered"
+        );
+        running.abort_all();
+    }
+    Ok(())
+}
+
+/// Runs one delivered job and settles it (ack, nak or term).
+async fn handle(
+    js: &jetstream::Context,
+    message: jetstream::Message,
+    contexts: &RunContexts,
+    ack_wait: Duration,
+    max_deliver: i64,
+) {
+    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+    let job = match Job::decode(&message.payload) {
+        Ok(job) => job,
+        Err(e) => {
+            tracing::error!(subject = %message.subject, error = %e, "undecodable job terminated");
+            settle(&message, AckKind::Term).await;
+            return;
+        }
+    };
+    let span = tracing::info_span!("delivery", job = %job.id, attempt = delivered);
+    run_and_settle(js, &message, &job, contexts, ack_wait, delivered, max_deliver)
+        .instrument(span)
+        .await;
+}
+
+async fn run_and_settle(
+    js: &jetstream::Context,
+    message: &jetstream::Message,
+    job: &Job,
+    contexts: &RunContexts,
+    ack_wait: Duration,
+    delivered: i64,
+    max_deliver: i64,
+) {
+    let ctx = contexts.for_job(job);
+    let result = with_heartbeat(message, ack_wait, vss_worker::execute_isolated(job, &ctx)).await;
+
+    let last_attempt = max_deliver > 0 && delivered >= max_deliver;
+    if let Outcome::Failed { retryable: true, error } = &result.outcome
+        && !last_attempt
+    {
+        let delay = Duration::from_secs(1 << delivered.clamp(0, 5));
+        tracing::warn!(error = %error, retry_in = ?delay, "retryable failure; redelivering");
+        settle(message, AckKind::Nak(Some(delay))).await;
+        return;
+    }
+    if let Err(e) = publish_result(js, &result).await {
+        tracing::error!(error = %e, "cannot publish the result; redelivering the job");
+        settle(message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+        return;
+    }
+    if matches!(result.outcome, Outcome::Failed { .. }) {
+        settle(message, AckKind::Term).await;
+    } else if let Err(e) = message.double_ack().await {
+        // The result is stored; a redelivery repeats idempotent work and a duplicate result.
+        tracing::warn!(error = %e, "ack not confirmed");
+    }
+}
+
+async fn settle(message: &jetstream::Message, kind: AckKind) {
+    if let Err(e) = message.ack_with(kind).await {
+        tracing::warn!(error = %e, "cannot settle the job message");
+    }
+}
+
+/// Awaits `work`, telling JetStream the job is still in progress every third of AckWait.
+async fn with_heartbeat(
+    message: &jetstream::Message,
+    ack_wait: Duration,
+    work: impl Future<Output = JobResult>,
+) -> JobResult {
+    tokio::pin!(work);
+    let period = (ack_wait / 3).max(Duration::from_millis(100));
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        tokio::select! {
+            result = &mut work => return result,
+            _ = beat.tick() => settle(message, AckKind::Progress).await,
+        }
+    }
+}
+
+/// Publishes a result and waits until JetStream has stored it.
+async fn publish_result(js: &jetstream::Context, result: &JobResult) -> anyhow::Result<()> {
+    let message = PublishMessage::build()
+        .payload(result.encode().into())
+        .message_id(message_id(&result.run_id, &result.job_id));
+    js.send_publish(results_subject(&result.run_id), message).await?.await?;
+    Ok(())
+}

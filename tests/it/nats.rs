@@ -1,0 +1,205 @@
+//! Distributed runs through a real nats-server (JetStream) and `vss worker` processes.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures_util::StreamExt;
+use serde_json::json;
+use vss_protocol::config::Config;
+use vss_protocol::job::{Job, JobResult, Outcome};
+use vss_protocol::plan::{PlanRequest, plan_run};
+use vss_tests::servers::Nats;
+use vss_tests::{Background, Workspace, target};
+
+use crate::{THREE_LEVELS, three_levels};
+
+/// Starts `n` workers in `ws`, logging into `ws/worker-<i>.log`.
+fn workers(ws: &Workspace, nats: &Nats, n: usize) -> Vec<Background> {
+    (0..n)
+        .map(|i| {
+            let log = ws.path().join(format!("worker-{i}.log"));
+            ws.spawn(&["worker", "--nats", &nats.url, "--concurrency", "2"], &log)
+        })
+        .collect()
+}
+
+fn logs(ws: &Workspace) -> String {
+    let mut all = String::new();
+    for i in 0..4 {
+        if let Ok(text) = std::fs::read_to_string(ws.path().join(format!("worker-{i}.log"))) {
+            all.push_str(&text);
+        }
+    }
+    all
+}
+
+/// Every file under `dir`, relative, with its contents.
+fn tree(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let rel = path.strip_prefix(dir).unwrap().display().to_string();
+                out.push((rel, std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn nats_run_reports_exactly_what_an_in_process_run_reports() {
+    let nats = Nats::start();
+    let (local, remote) = (three_levels(), three_levels());
+    // One hash key for both, so their reports' hashes compare.
+    for ws in [&local, &remote] {
+        ws.config(&format!("{THREE_LEVELS}hash_key: {{ file: hash.key }}\n"));
+        ws.write("hash.key", "a shared hash key");
+    }
+    let _workers = workers(&remote, &nats, 2);
+
+    let here = local.pipeline(&[]);
+    let there = remote.pipeline(&["--nats", &nats.url]);
+    assert_eq!(here.code, 0, "{}", here.stderr);
+    assert_eq!(there.code, 0, "{}\nworkers:\n{}", there.stderr, logs(&remote));
+    assert_eq!(here.json(), there.json(), "the same report either way");
+    assert_eq!(tree(&local.path().join("out")), tree(&remote.path().join("out")));
+
+    // A source change, then nothing: both runs report as a local run would.
+    for ws in [&local, &remote] {
+        ws.secret("src/prod", "payments/key", json!({"key": "k2"}));
+    }
+    let here = local.pipeline(&["--exit-code"]);
+    let there = remote.pipeline(&["--exit-code", "--nats", &nats.url]);
+    assert_eq!((here.code, there.code), (1, 1), "{}", there.stderr);
+    assert_eq!(here.json(), there.json());
+    let unchanged = remote.pipeline(&["--exit-code", "--nats", &nats.url]);
+    assert_eq!(unchanged.code, 0, "{}", unchanged.stdout);
+}
+
+#[test]
+fn nats_permanent_failure_fails_that_target_only_and_exits_2() {
+    let nats = Nats::start();
+    let ws = Workspace::new();
+    ws.config(
+        "source: { file: { dir: src } }
+targets:
+  Good: { store: { file: { dir: out/good } } }
+  Broken: { store: { file: { dir: blocker/out } } }
+",
+    );
+    ws.write("blocker", "a file where a folder should be");
+    ws.secret("src", "app/db", json!({"password": "p"}));
+    let _workers = workers(&ws, &nats, 1);
+
+    let run = ws.pipeline(&["--exit-code", "--continue-on-error", "--nats", &nats.url]);
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    let report = run.json();
+    assert_eq!(target(&report, "Good")["status"], "ok", "{report:#}");
+    let broken = target(&report, "Broken");
+    assert_eq!(broken["status"], "failed", "{report:#}");
+    assert!(broken["error"].as_str().unwrap().contains("target `Broken`"), "{report:#}");
+    assert_eq!(ws.read_secret("out/good", "app/db"), Some(json!({"password": "p"})));
+    // Failed for good on its first delivery: terminated, not retried.
+    assert!(!logs(&ws).contains("redelivering"), "{}", logs(&ws));
+}
+
+#[tokio::test]
+async fn nats_the_same_job_published_twice_runs_once() {
+    let nats = Nats::start();
+    let ws = Workspace::new();
+    ws.config("source: { file: { dir: src } }\ntargets:\n  T: { store: { file: { dir: out } } }\n");
+    ws.secret("src", "app/db", json!({"password": "p"}));
+    let _workers = workers(&ws, &nats, 2);
+
+    let config = std::fs::read_to_string(ws.path().join("vss.yaml")).unwrap();
+    let cfg = Config::from_yaml(&config, "vss.yaml", ws.path(), &|_| None).unwrap();
+    let plan = plan_run(&cfg, "dup-run", &PlanRequest::default()).unwrap();
+    let job: &Job = &plan.jobs[0];
+
+    let js = jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    // The workers create the streams at start.
+    let mut tries = 0;
+    while js.get_stream("VSS_JOBS").await.is_err() {
+        tries += 1;
+        assert!(tries < 100, "no VSS_JOBS stream");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut acks = Vec::new();
+    for _ in 0..2 {
+        let message = jetstream::message::PublishMessage::build()
+            .payload(job.encode().into())
+            .message_id(format!("{}/{}", job.run_id, job.id));
+        acks.push(js.send_publish("vss.jobs.sync", message).await.unwrap().await.unwrap());
+    }
+    assert_eq!((acks[0].duplicate, acks[1].duplicate), (false, true));
+
+    // One result arrives; after a pause there is still only one.
+    let mut results = js.get_stream("VSS_RESULTS").await.unwrap();
+    let mut count = 0;
+    for _ in 0..100 {
+        count = results.info().await.unwrap().state.messages;
+        if count > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!((count, results.info().await.unwrap().state.messages), (1, 1), "{}", logs(&ws));
+    let message = results.get_last_raw_message_by_subject("vss.results.dup-run").await.unwrap();
+    let result = JobResult::decode(&message.payload).unwrap();
+    assert_eq!(result.outcome, Outcome::Succeeded);
+    assert_eq!(result.summary().added, 1);
+    assert_eq!(ws.read_secret("out", "app/db"), Some(json!({"password": "p"})));
+    assert_eq!(logs(&ws).matches("job finished").count(), 1, "{}", logs(&ws));
+}
+
+#[tokio::test]
+async fn nats_messages_carry_no_secret_values() {
+    const CANARY: &str = "CANARY-nats-8e41";
+    let nats = Nats::start();
+    let ws = three_levels();
+    for i in 0..5 {
+        let value = json!({"password": format!("{CANARY}-{i}"), "list": [CANARY]});
+        ws.secret("src/common", &format!("canary/s{i}"), value);
+    }
+    ws.secret("src/prod", "canary/s0", json!({"password": format!("{CANARY}-prod")}));
+    let _workers = workers(&ws, &nats, 2);
+
+    // Everything published on vss.> while the run goes, as any subscriber would see it.
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let mut wire = client.subscribe("vss.>").await.unwrap();
+    client.flush().await.unwrap();
+    let url = nats.url.clone();
+    let (ws, run) = tokio::task::spawn_blocking(move || {
+        let run = ws.pipeline(&["--nats", &url]);
+        (ws, run)
+    })
+    .await
+    .unwrap();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+
+    let (mut jobs, mut results) = (0, 0);
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_millis(500), wire.next()).await
+    {
+        let text = String::from_utf8_lossy(&message.payload);
+        assert!(!text.contains(CANARY), "canary on {}: {text}", message.subject);
+        if message.subject.starts_with("vss.jobs.") {
+            Job::decode(&message.payload).expect("a job");
+            jobs += 1;
+        } else if message.subject.starts_with("vss.results.") {
+            JobResult::decode(&message.payload).expect("a result");
+            results += 1;
+        }
+    }
+    assert_eq!((jobs, results), (6, 6), "three merges and three syncs, each way");
+    assert!(!logs(&ws).contains(CANARY), "canary in worker logs");
+    assert!(!run.stdout.contains(CANARY) && !run.stderr.contains(CANARY));
+}
