@@ -9,7 +9,7 @@ use serde_json::json;
 use vss_protocol::config::Config;
 use vss_protocol::job::{Job, JobResult, Outcome};
 use vss_protocol::plan::{PlanRequest, plan_run};
-use vss_tests::servers::Nats;
+use vss_tests::servers::{AWS_TEST_ENV, Moto, Nats};
 use vss_tests::{Background, Workspace, target};
 
 use crate::{THREE_LEVELS, three_levels};
@@ -202,4 +202,93 @@ async fn nats_messages_carry_no_secret_values() {
     assert_eq!((jobs, results), (6, 6), "three merges and three syncs, each way");
     assert!(!logs(&ws).contains(CANARY), "canary in worker logs");
     assert!(!run.stdout.contains(CANARY) && !run.stderr.contains(CANARY));
+}
+
+/// A sync-only run of 500 secrets into Secrets Manager (moto): slow enough to interrupt.
+fn aws_workspace(moto: &Moto) -> Workspace {
+    let ws = Workspace::new();
+    ws.config(&format!(
+        "aws: {{ region: us-east-1, endpoint: \"{}\" }}
+source: {{ file: {{ dir: src }} }}
+targets:
+  T: {{ store: {{ aws: {{ prefix: app/ }} }} }}
+",
+        moto.endpoint
+    ));
+    for i in 0..500 {
+        ws.secret("src", &format!("s{i:03}"), json!({"n": i}));
+    }
+    ws
+}
+
+/// Starts worker `i` with AWS credentials and a short AckWait (so a dead worker's job is
+/// redelivered within seconds).
+fn aws_worker(ws: &Workspace, nats: &Nats, i: usize) -> Background {
+    let log = ws.path().join(format!("worker-{i}.log"));
+    let args = ["worker", "--nats", &nats.url, "--ack-wait", "2", "--concurrency", "1"];
+    ws.spawn_env(&args, &log, &AWS_TEST_ENV)
+}
+
+/// Waits until a worker log says a job started; the index of that worker.
+fn started(ws: &Workspace, n: usize) -> usize {
+    for _ in 0..600 {
+        for i in 0..n {
+            let log = std::fs::read_to_string(ws.path().join(format!("worker-{i}.log")));
+            if log.is_ok_and(|l| l.contains("job started")) {
+                return i;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no job started:\n{}", logs(ws));
+}
+
+/// Every secret under `app/` holds its value and has exactly one version.
+fn assert_desired_once(moto: &Moto) {
+    let found = moto.secretsmanager(
+        "names = [s['Name'] for p in sm.get_paginator('list_secrets').paginate() for s in p['SecretList']]
+out({'count': len(names), 'multi': [n for n in names if len(sm.list_secret_version_ids(SecretId=n)['Versions']) != 1],
+     'sample': json.loads(sm.get_secret_value(SecretId='app/s499')['SecretString'])})",
+    );
+    assert_eq!(found, json!({"count": 500, "multi": [], "sample": {"n": 499}}));
+}
+
+#[test]
+fn nats_a_worker_killed_mid_job_loses_nothing_and_duplicates_nothing() {
+    let (nats, moto) = (Nats::start(), Moto::start());
+    let ws = aws_workspace(&moto);
+    let mut pool = vec![aws_worker(&ws, &nats, 0), aws_worker(&ws, &nats, 1)];
+    let run = std::thread::scope(|s| {
+        let run = s.spawn(|| ws.pipeline(&["--nats", &nats.url]));
+        let busy = started(&ws, 2);
+        std::thread::sleep(Duration::from_millis(800));
+        pool[busy].kill();
+        run.join().unwrap()
+    });
+    assert_eq!(run.code, 0, "{}\n{}", run.stderr, logs(&ws));
+    let report = run.json();
+    let t = target(&report, "T");
+    // The surviving worker's result is the only one: each secret counted once, as created
+    // by the first worker or by the second.
+    let (added, unchanged) = (t["summary"]["added"].as_u64(), t["summary"]["unchanged"].as_u64());
+    assert_eq!(added.unwrap() + unchanged.unwrap(), 500, "{report:#}");
+    assert!(unchanged.unwrap() > 0, "the killed worker had written some: {report:#}");
+    assert_desired_once(&moto);
+}
+
+#[test]
+fn nats_a_server_restart_mid_run_still_completes_the_run() {
+    let (mut nats, moto) = (Nats::start(), Moto::start());
+    let ws = aws_workspace(&moto);
+    let _worker = aws_worker(&ws, &nats, 0);
+    let url = nats.url.clone();
+    let run = std::thread::scope(|s| {
+        let run = s.spawn(|| ws.pipeline(&["--nats", &url]));
+        started(&ws, 1);
+        nats.restart();
+        run.join().unwrap()
+    });
+    assert_eq!(run.code, 0, "{}\n{}", run.stderr, logs(&ws));
+    assert_eq!(target(&run.json(), "T")["summary"]["total"], 500);
+    assert_desired_once(&moto);
 }

@@ -121,11 +121,17 @@ impl Workspace {
     /// Starts `vss <args>` in the background (e.g. a worker), its output in `log`; the
     /// process is killed when the returned handle drops.
     pub fn spawn(&self, args: &[&str], log: &Path) -> Background {
+        self.spawn_env(args, log, &[])
+    }
+
+    /// [`spawn`](Self::spawn) with `env` added to the environment.
+    pub fn spawn_env(&self, args: &[&str], log: &Path, env: &[(&str, &str)]) -> Background {
         let out = std::fs::File::create(log).expect("log file");
         let child = Command::new(vss_bin())
             .current_dir(self.dir.path())
             .args(args)
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()

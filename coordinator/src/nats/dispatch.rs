@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use backon::{ExponentialBuilder, Retryable};
 use async_nats::jetstream::{self, consumer, message::PublishMessage};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -60,15 +61,23 @@ impl JetStream {
         Ok(Self { js, job_timeout: Duration::from_secs(spec.job_timeout_secs), continue_on_error })
     }
 
+    /// Publishes a job and waits until JetStream stored it, retrying for about a minute while
+    /// the server is unreachable (the message id makes a retried publish harmless).
     async fn publish(&self, job: &Job) -> anyhow::Result<()> {
-        let message = PublishMessage::build()
-            .payload(job.encode().into())
-            .message_id(message_id(&job.run_id, &job.id));
-        let ack = self
-            .js
-            .send_publish(job_subject(job), message)
-            .await
-            .with_context(|| format!("cannot publish job {}", job.id))?
+        let attempt = || async {
+            let message = PublishMessage::build()
+                .payload(job.encode().into())
+                .message_id(message_id(&job.run_id, &job.id));
+            self.js.send_publish(job_subject(job), message).await?.await
+        };
+        let ack = attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_max_times(15),
+            )
+            .notify(|e, wait| tracing::warn!(job = %job.id, error = %e, ?wait, "publish failed; retrying"))
             .await
             .with_context(|| format!("JetStream did not store job {}", job.id))?;
         tracing::debug!(job = %job.id, sequence = ack.sequence, duplicate = ack.duplicate, "job published");

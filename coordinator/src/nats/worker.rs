@@ -186,6 +186,7 @@ async fn run_and_settle(
     max_deliver: i64,
 ) {
     let ctx = contexts.for_job(job);
+    tracing::info!("job started");
     let result = with_heartbeat(message, ack_wait, vss_worker::execute_isolated(job, &ctx)).await;
 
     let last_attempt = max_deliver > 0 && delivered >= max_deliver;
