@@ -56,6 +56,24 @@ enum Command {
     },
     /// Take jobs from NATS JetStream and run them, until SIGTERM or Ctrl-C.
     Worker(WorkerArgs),
+    /// Distributed runs kept in NATS (`vss-runs`).
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// One line per run: id, status, jobs finished and failed.
+    List,
+    /// One run's record as JSON.
+    Show {
+        /// The run id.
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +164,10 @@ struct PipelineArgs {
     /// `execution.nats.url`; its credentials settings still apply).
     #[arg(long = "nats", env = "VSS_NATS_URL")]
     nats_url: Option<String>,
+    /// Resume a distributed run whose coordinator stopped: its stored plan runs to the end,
+    /// with the results already in (see `vss runs list`).
+    #[arg(long, value_name = "RUN_ID", conflicts_with_all = ["dry_run", "merge_only", "sync_only", "targets"])]
+    resume: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -216,6 +238,30 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Pipeline(args) => pipeline(args, log_format).await,
+        Command::Runs { command, nats } => {
+            crate::logging::init(None, log_format);
+            let coordinator = JetStream::connect(&nats.spec(), false).await?;
+            match command {
+                RunsCommand::List => {
+                    for run in coordinator.runs().await? {
+                        println!(
+                            "{}  {:8}  {}/{} jobs finished, {} failed",
+                            run.run_id, run.status, run.finished_jobs, run.jobs, run.failed_jobs
+                        );
+                    }
+                }
+                RunsCommand::Show { id } => {
+                    let run = coordinator
+                        .runs()
+                        .await?
+                        .into_iter()
+                        .find(|r| r.run_id == id)
+                        .with_context(|| format!("no run {id}"))?;
+                    println!("{}", serde_json::to_string_pretty(&run)?);
+                }
+            }
+            Ok(0)
+        }
         Command::Worker(args) => {
             // A worker is a daemon: its job lines are its activity log.
             crate::logging::init(Some("info"), log_format);
@@ -250,7 +296,7 @@ async fn pipeline(args: PipelineArgs, log_format: Option<LogFormat>) -> anyhow::
     };
     crate::logging::init(cfg.log.level.as_deref(), log_format.or(cfg.log.format));
 
-    let dry_run = args.dry_run || cfg.pipeline.dry_run;
+    let dry_run = (args.dry_run || cfg.pipeline.dry_run) && args.resume.is_none();
     let run_id = uuid::Uuid::now_v7().to_string();
     let req = PlanRequest {
         merge_only: args.merge_only,
@@ -258,19 +304,6 @@ async fn pipeline(args: PipelineArgs, log_format: Option<LogFormat>) -> anyhow::
         targets: args.targets.clone(),
         dry_run,
         allow_mass_delete: args.allow_mass_delete,
-    };
-    let plan = plan_run(&cfg, &run_id, &req)?;
-    tracing::info!(run = %run_id, jobs = plan.jobs.len(), dry_run, "run planned");
-
-    let ctx = Arc::new(WorkerContext::new(dry_run));
-    // Resolve the hash key before jobs run in parallel, so only one is ever generated.
-    if let Some(job) = plan.jobs.first() {
-        ctx.hash_key(&job.options).context("cannot resolve the content-hash key")?;
-    }
-    let limits = Limits {
-        merge_parallel: args.parallelism.unwrap_or(cfg.pipeline.merge_parallel),
-        sync_parallel: args.parallelism.unwrap_or(cfg.pipeline.sync_parallel),
-        continue_on_error: args.continue_on_error || cfg.pipeline.continue_on_error,
     };
     let nats = match (args.nats_url, cfg.nats.clone()) {
         (Some(url), Some(spec)) => Some(NatsSpec { url, ..spec }),
@@ -284,17 +317,44 @@ async fn pipeline(args: PipelineArgs, log_format: Option<LogFormat>) -> anyhow::
         }),
         (None, spec) => spec,
     };
-    let results = match nats {
+    let continue_on_error = args.continue_on_error || cfg.pipeline.continue_on_error;
+    let resumed = match (&args.resume, &nats) {
+        (None, _) => None,
+        (Some(id), Some(spec)) => {
+            let executor = JetStream::connect(spec, continue_on_error).await?;
+            let plan = executor.load_plan(id).await?;
+            Some((executor, plan))
+        }
+        (Some(_), None) => anyhow::bail!("--resume needs NATS: --nats URL or execution.nats"),
+    };
+    let plan = match &resumed {
+        Some((_, plan)) => plan.clone(),
+        None => plan_run(&cfg, &run_id, &req)?,
+    };
+    tracing::info!(run = %plan.run_id, jobs = plan.jobs.len(), dry_run, "run planned");
+
+    let ctx = Arc::new(WorkerContext::new(dry_run));
+    // Resolve the hash key before jobs run in parallel, so only one is ever generated.
+    if let Some(job) = plan.jobs.first() {
+        ctx.hash_key(&job.options).context("cannot resolve the content-hash key")?;
+    }
+    let limits = Limits {
+        merge_parallel: args.parallelism.unwrap_or(cfg.pipeline.merge_parallel),
+        sync_parallel: args.parallelism.unwrap_or(cfg.pipeline.sync_parallel),
+        continue_on_error,
+    };
+    let results = match (resumed, nats) {
         // A dry run's merges live in this process's memory, where its syncs must see them.
-        Some(_) if dry_run => {
+        (Some((executor, _)), _) => run_with_progress(&executor, &plan).await?,
+        (None, Some(_)) if dry_run => {
             tracing::info!("dry run: jobs run in-process (nothing is written, nothing to share)");
             run_with_progress(&InProcess::new(ctx.clone(), limits), &plan).await?
         }
-        Some(spec) => {
-            let executor = JetStream::connect(&spec, limits.continue_on_error).await?;
+        (None, Some(spec)) => {
+            let executor = JetStream::connect(&spec, continue_on_error).await?;
             run_with_progress(&executor, &plan).await?
         }
-        None => run_with_progress(&InProcess::new(ctx.clone(), limits), &plan).await?,
+        (None, None) => run_with_progress(&InProcess::new(ctx.clone(), limits), &plan).await?,
     };
     tracing::debug!(api_calls = ?ctx.stores().api_calls(), "store calls");
 

@@ -24,12 +24,24 @@ pub struct PlanRequest {
 }
 
 /// A run's jobs in an order where every job comes after its dependencies.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     /// The run's id.
     pub run_id: String,
     /// The jobs.
     pub jobs: Vec<Job>,
+}
+
+impl Plan {
+    /// The plan as MessagePack (kept so a restarted coordinator can resume the run).
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec_named(self).expect("plans always serialize")
+    }
+
+    /// A plan from MessagePack.
+    pub fn decode(bytes: &[u8]) -> Result<Self, rmp_serde::decode::Error> {
+        rmp_serde::from_slice(bytes)
+    }
 }
 
 /// The request cannot be planned with this config.

@@ -292,3 +292,34 @@ fn nats_a_server_restart_mid_run_still_completes_the_run() {
     assert_eq!(target(&run.json(), "T")["summary"]["total"], 500);
     assert_desired_once(&moto);
 }
+
+#[test]
+fn nats_a_restarted_coordinator_resumes_the_run() {
+    let (nats, moto) = (Nats::start(), Moto::start());
+    let ws = aws_workspace(&moto);
+    let _worker = aws_worker(&ws, &nats, 0);
+    let log = ws.path().join("coordinator.log");
+    let mut coordinator = ws.spawn(
+        &["pipeline", "--config", "vss.yaml", "--output", "json", "--nats", &nats.url],
+        &log,
+    );
+    started(&ws, 1);
+    coordinator.kill();
+
+    let list = ws.run(&["runs", "--nats", &nats.url, "list"]);
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    let line = list.stdout.lines().find(|l| l.contains("running")).expect("an unfinished run");
+    let run_id = line.split_whitespace().next().unwrap();
+
+    let resumed = ws.pipeline(&["--nats", &nats.url, "--resume", run_id, "--exit-code"]);
+    assert_eq!(resumed.code, 1, "changes were made: {}\n{}", resumed.stderr, logs(&ws));
+    let t = target(&resumed.json(), "T").clone();
+    assert_eq!(t["summary"]["added"], 500, "the worker's one result, replayed or awaited: {t:#}");
+    assert_desired_once(&moto);
+    let show = ws.run(&["runs", "--nats", &nats.url, "show", run_id]);
+    let record: serde_json::Value = serde_json::from_str(&show.stdout).unwrap();
+    assert_eq!(
+        (record["status"].as_str(), record["finished_jobs"].as_u64()),
+        (Some("finished"), Some(1))
+    );
+}

@@ -69,6 +69,15 @@ impl<'p> Schedule<'p> {
         }
     }
 
+    /// Records results that arrived before this schedule existed (a resumed run's), as
+    /// started and finished.
+    pub fn restore(&mut self, results: impl IntoIterator<Item = JobResult>) {
+        for result in results {
+            self.started.insert(result.job_id.clone());
+            self.finish(result);
+        }
+    }
+
     /// Jobs that may start now, in plan order, each admitted by `admit` (e.g. a concurrency
     /// limit) and then marked started; and the results of jobs that never will start
     /// (skipped), already recorded.

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use backon::{ExponentialBuilder, Retryable};
 use async_nats::jetstream::{self, consumer, message::PublishMessage};
+use backon::{ExponentialBuilder, Retryable};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use vss_protocol::config::NatsSpec;
@@ -48,6 +48,13 @@ pub struct RunRecord {
     pub updated_at: u64,
 }
 
+/// The key suffix of a stored plan (`<run_id>.plan`; the run record is `<run_id>`).
+const PLAN_SUFFIX: &str = ".plan";
+
+fn plan_key(run_id: &str) -> String {
+    format!("{run_id}{PLAN_SUFFIX}")
+}
+
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -84,6 +91,43 @@ impl JetStream {
         Ok(())
     }
 
+    /// The plan of an earlier run, as its coordinator stored it.
+    pub async fn load_plan(&self, run_id: &str) -> anyhow::Result<Plan> {
+        let runs = self.js.get_key_value(RUNS_BUCKET).await?;
+        let bytes = runs
+            .get(plan_key(run_id))
+            .await?
+            .with_context(|| format!("no run {run_id} in the {RUNS_BUCKET} bucket"))?;
+        Plan::decode(&bytes)
+            .with_context(|| format!("the stored plan of run {run_id} is unreadable"))
+    }
+
+    /// The records of every run the bucket still holds, oldest first.
+    pub async fn runs(&self) -> anyhow::Result<Vec<RunRecord>> {
+        let runs = self.js.get_key_value(RUNS_BUCKET).await?;
+        let mut keys = runs.keys().await?;
+        let mut records = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key?;
+            if key.ends_with(PLAN_SUFFIX) {
+                continue;
+            }
+            if let Some(bytes) = runs.get(&key).await? {
+                records.push(serde_json::from_slice::<RunRecord>(&bytes)?);
+            }
+        }
+        records.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+        Ok(records)
+    }
+
+    async fn store_plan(&self, plan: &Plan) -> anyhow::Result<()> {
+        let runs = self.js.get_key_value(RUNS_BUCKET).await?;
+        runs.put(plan_key(&plan.run_id), plan.encode().into())
+            .await
+            .context("cannot store the run's plan")?;
+        Ok(())
+    }
+
     async fn record(&self, record: &RunRecord) {
         let stored = async {
             let runs = self.js.get_key_value(RUNS_BUCKET).await?;
@@ -112,6 +156,7 @@ impl Executor for JetStream {
             started_at: now(),
             updated_at: now(),
         };
+        self.store_plan(plan).await?;
         self.record(&record).await;
         // Subscribe before publishing anything, from the start of the run's subject.
         let results = self
@@ -125,9 +170,26 @@ impl Executor for JetStream {
             })
             .await
             .context("cannot subscribe to the run's results")?;
+        // Results already there belong to a resumed run: replay them before anything starts.
+        let backlog = results.cached_info().num_pending;
         let mut results = results.messages().await.context("cannot read the run's results")?;
-
         let mut schedule = Schedule::new(plan, self.continue_on_error);
+        let mut earlier = Vec::new();
+        while (earlier.len() as u64) < backlog {
+            let message = tokio::time::timeout(Duration::from_secs(10), results.next())
+                .await
+                .context("timed out replaying the run's earlier results")?
+                .context("the results stream ended")??;
+            earlier.push(JobResult::decode(&message.payload)?);
+        }
+        if !earlier.is_empty() {
+            tracing::info!(results = earlier.len(), "resuming: earlier results replayed");
+            earlier.iter().for_each(on_result);
+            record.finished_jobs = earlier.len();
+            record.failed_jobs =
+                earlier.iter().filter(|r| matches!(r.outcome, Outcome::Failed { .. })).count();
+            schedule.restore(earlier);
+        }
         let mut pending: BTreeMap<String, (Instant, &Job)> = BTreeMap::new();
         let mut last_heard = Instant::now();
         loop {
