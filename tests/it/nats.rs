@@ -257,7 +257,7 @@ out({'count': len(names), 'multi': [n for n in names if len(sm.list_secret_versi
 fn nats_a_worker_killed_mid_job_loses_nothing_and_duplicates_nothing() {
     let (nats, moto) = (Nats::start(), Moto::start());
     let ws = aws_workspace(&moto);
-    let mut pool = vec![aws_worker(&ws, &nats, 0), aws_worker(&ws, &nats, 1)];
+    let mut pool = [aws_worker(&ws, &nats, 0), aws_worker(&ws, &nats, 1)];
     let run = std::thread::scope(|s| {
         let run = s.spawn(|| ws.pipeline(&["--nats", &nats.url]));
         let busy = started(&ws, 2);
