@@ -1,6 +1,8 @@
 //! `vss-bench embedded [--sizes 10000,100000]`: the embedded default on file stores.
 //! `vss-bench vault-aws [--sizes 1000,10000]`: Vault → Vault merge store → AWS Secrets Manager
 //! against real OpenBao and moto servers (see `vault_aws`).
+//! `vss-bench nats [--latency-ms 20]`: in-process vs JetStream with 1, 2 and 4 workers (see
+//! `nats`).
 //!
 //! For each size N it writes three sources (N common secrets, N/10 staging and N/10
 //! production overrides) and a config with three targets in a three-level inheritance chain,
@@ -15,14 +17,24 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+mod nats;
 mod vault_aws;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: vss-bench embedded [--sizes 10000,100000] | vault-aws [--sizes 1000,10000]";
-    let Some(which) = args.first().filter(|a| *a == "embedded" || *a == "vault-aws") else {
+    let usage = "usage: vss-bench embedded [--sizes 10000,100000] | vault-aws [--sizes 1000,10000] | nats [--latency-ms 20]";
+    let Some(which) =
+        args.first().filter(|a| ["embedded", "vault-aws", "nats"].contains(&a.as_str()))
+    else {
         bail!("{usage}");
     };
+    if which == "nats" {
+        let latency = match args.iter().position(|a| a == "--latency-ms") {
+            Some(i) => args.get(i + 1).context("--latency-ms needs a value")?.parse()?,
+            None => 20,
+        };
+        return nats::run(&build_vss()?, Duration::from_millis(latency));
+    }
     let sizes: Vec<usize> = match args.iter().position(|a| a == "--sizes") {
         Some(i) => args
             .get(i + 1)

@@ -108,6 +108,28 @@ pub struct SyncSpec {
     pub store: StoreSpec,
     /// `Some`: orphans owned by vss are deleted, within this threshold.
     pub delete: Option<DeleteThreshold>,
+    /// `Some`: this job handles only the secrets of one shard of the target.
+    #[serde(default)]
+    pub shard: Option<Shard>,
+}
+
+/// One of `count` slices of a target's secrets; a secret belongs to the shard its name hashes
+/// to, so the slices are stable from run to run and disjoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    /// This shard, `0..count`.
+    pub index: u32,
+    /// How many shards the target has.
+    pub count: u32,
+}
+
+impl Shard {
+    /// Whether secret `name` belongs to this shard.
+    pub fn owns(&self, name: &str) -> bool {
+        let hash = blake3::hash(name.as_bytes());
+        let bytes: [u8; 8] = hash.as_bytes()[..8].try_into().expect("8 bytes");
+        u64::from_le_bytes(bytes) % u64::from(self.count.max(1)) == u64::from(self.index)
+    }
 }
 
 /// Where a sync job reads the desired state.

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use crate::config::{Config, Layer};
 use crate::job::{
-    DesiredState, Job, JobId, JobSpec, LayerSpec, MergeSpec, Phase, RunOptions, SyncSpec,
+    DesiredState, Job, JobId, JobSpec, LayerSpec, MergeSpec, Phase, RunOptions, Shard, SyncSpec,
 };
 
 /// What the user asked of a run.
@@ -146,18 +146,33 @@ pub fn plan_run(cfg: &Config, run_id: &str, req: &PlanRequest) -> Result<Plan, P
     if run_sync {
         for name in order.iter().filter(|n| selected.contains(*n)) {
             let target = &cfg.targets[*name];
-            jobs.push(Job {
-                run_id: run_id.to_string(),
-                id: job_id(Phase::Sync, name),
-                target: name.to_string(),
-                spec: JobSpec::Sync(SyncSpec {
-                    desired: desired.clone(),
-                    store: target.store.clone(),
-                    delete: target.delete.then_some(cfg.pipeline.delete_threshold),
-                }),
-                options: options.clone(),
-                depends_on: if run_merge { vec![job_id(Phase::Merge, name)] } else { Vec::new() },
-            });
+            let shards: Vec<Option<Shard>> = match target.shards {
+                0 | 1 => vec![None],
+                count => (0..count).map(|index| Some(Shard { index, count })).collect(),
+            };
+            for shard in shards {
+                let id = match shard {
+                    None => job_id(Phase::Sync, name),
+                    Some(s) => format!("{}#{}/{}", job_id(Phase::Sync, name), s.index, s.count),
+                };
+                jobs.push(Job {
+                    run_id: run_id.to_string(),
+                    id,
+                    target: name.to_string(),
+                    spec: JobSpec::Sync(SyncSpec {
+                        desired: desired.clone(),
+                        store: target.store.clone(),
+                        delete: target.delete.then_some(cfg.pipeline.delete_threshold),
+                        shard,
+                    }),
+                    options: options.clone(),
+                    depends_on: if run_merge {
+                        vec![job_id(Phase::Merge, name)]
+                    } else {
+                        Vec::new()
+                    },
+                });
+            }
         }
     }
     Ok(Plan { run_id: run_id.to_string(), jobs })
@@ -285,5 +300,33 @@ mod tests {
         assert!(dot.contains("\"merge:Staging\" -> \"merge:Production\""), "{dot}");
         let mermaid = plan.to_mermaid();
         assert!(mermaid.contains("merge_Staging --> merge_Production"), "{mermaid}");
+    }
+
+    #[test]
+    fn sharded_targets_get_one_sync_job_per_shard_after_their_merge() {
+        let cfg = Config::from_yaml(
+            "merge_store: { file: { dir: m } }\nsources: { s: { file: { dir: s } } }\ntargets:\n  T: { imports: [s], store: { file: { dir: t } }, shards: 3 }\n",
+            "f.yaml",
+            Path::new("/x"),
+            &|_| None,
+        )
+        .unwrap();
+        let plan = plan_run(&cfg, "r1", &PlanRequest::default()).unwrap();
+        assert_eq!(ids(&plan), vec!["merge:T", "sync:T#0/3", "sync:T#1/3", "sync:T#2/3"]);
+        for (index, job) in plan.jobs[1..].iter().enumerate() {
+            assert_eq!(job.depends_on, vec!["merge:T".to_string()]);
+            let JobSpec::Sync(spec) = &job.spec else { panic!("a sync job") };
+            assert_eq!(spec.shard, Some(Shard { index: index as u32, count: 3 }));
+        }
+        // Every name belongs to exactly one shard, and the shards share the work.
+        let shards: Vec<Shard> = (0..3).map(|index| Shard { index, count: 3 }).collect();
+        let mut sizes = [0usize; 3];
+        for i in 0..3000 {
+            let name = format!("team{}/app{i}", i % 7);
+            let owners: Vec<usize> = (0..3).filter(|&s| shards[s].owns(&name)).collect();
+            assert_eq!(owners.len(), 1, "{name}");
+            sizes[owners[0]] += 1;
+        }
+        assert!(sizes.iter().all(|&n| (800..1200).contains(&n)), "{sizes:?}");
     }
 }

@@ -323,3 +323,92 @@ fn nats_a_restarted_coordinator_resumes_the_run() {
         (Some("finished"), Some(1))
     );
 }
+
+#[test]
+fn nats_a_worker_stopped_with_sigterm_finishes_its_job_before_exiting() {
+    let (nats, moto) = (Nats::start(), Moto::start());
+    let ws = aws_workspace(&moto);
+    let mut worker = aws_worker(&ws, &nats, 0);
+    let (run, exit) = std::thread::scope(|s| {
+        let run = s.spawn(|| ws.pipeline(&["--nats", &nats.url]));
+        started(&ws, 1);
+        let pid = worker.id().to_string();
+        assert!(
+            std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success()
+        );
+        let exit = worker.wait();
+        (run.join().unwrap(), exit)
+    });
+    assert_eq!(exit, Some(0), "{}", logs(&ws));
+    assert!(logs(&ws).contains("finishing in-flight jobs"), "{}", logs(&ws));
+    assert_eq!(run.code, 0, "{}\n{}", run.stderr, logs(&ws));
+    // Finished by the stopping worker itself, in one go.
+    assert_eq!(target(&run.json(), "T")["summary"]["added"], 500);
+    assert_desired_once(&moto);
+}
+
+#[test]
+fn nats_a_sharded_target_is_shared_by_workers_and_reported_as_one() {
+    let nats = Nats::start();
+    let config = |shards: u32| {
+        format!(
+            "hash_key: {{ file: hash.key }}
+source: {{ file: {{ dir: src }} }}
+targets:
+  T: {{ store: {{ file: {{ dir: out }} }}, delete: true, shards: {shards} }}
+"
+        )
+    };
+    let (local, sharded) = (Workspace::new(), Workspace::new());
+    local.config(&config(1));
+    sharded.config(&config(4));
+    for ws in [&local, &sharded] {
+        ws.write("hash.key", "one key for both");
+        for i in 0..200 {
+            ws.secret("src", &format!("team{}/app{i:03}", i % 5), json!({"n": i}));
+        }
+    }
+    let _workers = workers(&sharded, &nats, 2);
+    let graph = sharded.run(&["graph", "--config", "vss.yaml"]);
+    assert!(graph.stdout.contains("sync:T#3/4"), "{}", graph.stdout);
+
+    let compare = |extra: &[&str]| {
+        let here = local.pipeline(extra);
+        let mut args = extra.to_vec();
+        args.extend(["--nats", nats.url.as_str()]);
+        let there = sharded.pipeline(&args);
+        assert_eq!(here.code, there.code, "{}\n{}", there.stderr, logs(&sharded));
+        assert_eq!(here.json(), there.json(), "one report for the four shards");
+        assert_eq!(tree(&local.path().join("out")), tree(&sharded.path().join("out")));
+        there
+    };
+    let first = compare(&["--exit-code"]);
+    assert_eq!(target(&first.json(), "T")["summary"]["added"], 200);
+    assert_eq!(logs(&sharded).matches("job finished").count(), 4, "{}", logs(&sharded));
+
+    // Deletes stay within each shard's owned secrets; the guard allows 10 of 200.
+    for ws in [&local, &sharded] {
+        for i in 0..10 {
+            std::fs::remove_file(ws.path().join(format!("src/team{}/app{i:03}.json", i % 5)))
+                .unwrap();
+        }
+    }
+    let second = compare(&["--exit-code"]);
+    assert_eq!(target(&second.json(), "T")["summary"]["removed"], 10);
+    let unchanged = compare(&["--exit-code"]);
+    assert_eq!(unchanged.code, 0);
+    assert_eq!(target(&unchanged.json(), "T")["summary"]["unchanged"], 190);
+
+    // 30 of 190 is over the guard for the target as a whole: every shard refuses.
+    for ws in [&local, &sharded] {
+        for i in 10..40 {
+            std::fs::remove_file(ws.path().join(format!("src/team{}/app{i:03}.json", i % 5)))
+                .unwrap();
+        }
+    }
+    let refused = sharded.pipeline(&["--nats", &nats.url]);
+    assert_eq!((local.pipeline(&[]).code, refused.code), (2, 2));
+    assert!(refused.stdout.contains("refusing to delete 30 of 190"), "{}", refused.stdout);
+    assert_eq!(tree(&sharded.path().join("out")).len(), 190, "nothing deleted");
+    assert_eq!(tree(&local.path().join("out")).len(), 190, "nothing deleted");
+}

@@ -5,14 +5,14 @@
 //! when the store's listed version is still the one vss wrote. Values are read only for
 //! secrets that changed, drifted, or lack a record; an unchanged resync is listings only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use vss_protocol::diff::SecretChange;
-use vss_protocol::job::{DesiredState, Job, JobResult, SyncSpec};
+use vss_protocol::job::{DesiredState, Job, JobResult, Shard, SyncSpec};
 use vss_protocol::{ContentHash, HashKey, SecretValue};
-use vss_stores::ledger::Record;
-use vss_stores::{Precondition, SecretStore, Stamp, Version};
+use vss_stores::ledger::{Record, StateLedger};
+use vss_stores::{Entry, Precondition, SecretStore, Stamp, Version};
 
 use crate::{
     JobError, Manifest, WorkerContext, Write, apply, ledger, list_versions, merged_prefix,
@@ -25,6 +25,8 @@ struct Desired {
     prefix: String,
     hashes: BTreeMap<String, ContentHash>,
     values: BTreeMap<String, SecretValue>,
+    /// A shard's job: every desired name of the whole target (for the mass-delete guard).
+    whole_target: Option<BTreeSet<String>>,
 }
 
 impl Desired {
@@ -48,10 +50,15 @@ impl Desired {
                 (store, merged_prefix(&job.target), Some(manifest), *merged_this_run)
             }
         };
-        let listed = match &manifest {
+        let mut listed = match &manifest {
             Some(m) if trusted => m.versions(),
             _ => list_versions(&store, &prefix).await?,
         };
+        let mut whole_target = None;
+        if let Some(shard) = &spec.shard {
+            whole_target = Some(listed.keys().cloned().collect());
+            listed.retain(|name, _| shard.owns(name));
+        }
         // Hashes the manifest vouches for need no read; anything else (a plain source, or a
         // merged secret changed behind vss's back) is read and hashed.
         let mut hashes = BTreeMap::new();
@@ -66,7 +73,7 @@ impl Desired {
         }
         let values = read_many(&store, &prefix, unknown).await?;
         hashes.extend(values.iter().map(|(n, v)| (n.clone(), key.hash(v))));
-        Ok(Self { store, prefix, hashes, values })
+        Ok(Self { store, prefix, hashes, values, whole_target })
     }
 
     /// The values of `names`, from memory or the store.
@@ -96,11 +103,35 @@ pub(crate) async fn run(
     let mut desired = Desired::load(job, spec, ctx, &key).await?;
     let target = ctx.store(&spec.store)?;
     let ledger_store = ledger(&job.options);
-    let mut records = ledger_store.load(&job.target, &target.describe())?;
+    // A shard keeps its own records (shards run concurrently); a shard without any starts
+    // from the target's unsharded records, which the listing below narrows to its names.
+    let records_name = match &spec.shard {
+        Some(s) => shard_records(&job.target, s),
+        None => job.target.clone(),
+    };
+    let mut records = ledger_store.load(&records_name, &target.describe())?;
+    if records.secrets.is_empty() && spec.shard.is_some() {
+        records = ledger_store.load(&job.target, &target.describe())?;
+    }
     let owner = Stamp::owner_of(&job.target);
+    let listing = target.list("").await?;
+    // The guard counts over the whole target, so every shard decides as one job would.
+    let guard = match (&spec.shard, &desired.whole_target) {
+        (Some(shard), Some(all)) => Some(whole_target_orphans(
+            &ledger_store,
+            job,
+            shard,
+            &target.describe(),
+            &listing,
+            all,
+            &owner,
+        )?),
+        _ => None,
+    };
     let mut listed = BTreeMap::new();
     let mut stamps = BTreeMap::new();
-    for entry in target.list("").await? {
+    let in_shard = |name: &str| spec.shard.is_none_or(|s| s.owns(name));
+    for entry in listing.into_iter().filter(|e| in_shard(&e.name)) {
         if let Some(stamp) = entry.stamp {
             stamps.insert(entry.name.clone(), stamp);
         }
@@ -140,9 +171,13 @@ pub(crate) async fn run(
     }
     let orphans: Vec<String> =
         listed.keys().filter(|n| !desired.hashes.contains_key(*n) && owned(n)).cloned().collect();
+    let (deletable, total, desired_empty) = match (&guard, &desired.whole_target) {
+        (Some((orphans, total)), Some(all)) => (*orphans, *total, all.is_empty()),
+        _ => (orphans.len(), listed.len(), desired.hashes.is_empty()),
+    };
     let deleting = match spec.delete {
         Some(_) if orphans.is_empty() => false,
-        Some(_) if desired.hashes.is_empty() => {
+        Some(_) if desired_empty => {
             result.warnings.push(format!(
                 "target `{}`: the desired state is empty, so its {} owned secrets are kept (deletes skipped)",
                 job.target,
@@ -151,14 +186,14 @@ pub(crate) async fn run(
             false
         }
         Some(threshold)
-            if threshold.exceeded(orphans.len() as u64, listed.len() as u64)
+            if threshold.exceeded(deletable as u64, total as u64)
                 && !job.options.allow_mass_delete =>
         {
             return Err(JobError::Refused(format!(
                 "refusing to delete {} of {} secrets in {} (more than {}% and more than {}); \
                  nothing was changed. Check the sources, or rerun with --allow-mass-delete",
-                orphans.len(),
-                listed.len(),
+                deletable,
+                total,
                 target.describe(),
                 threshold.percent,
                 threshold.count
@@ -238,6 +273,39 @@ pub(crate) async fn run(
         version,
     });
     // Whatever succeeded is recorded, even when something else failed.
-    ledger_store.save(&job.target, &records)?;
+    ledger_store.save(&records_name, &records)?;
     applied
+}
+
+/// The ledger records of one shard of `target`.
+fn shard_records(target: &str, shard: &Shard) -> String {
+    format!("{target}#{}-of-{}", shard.index, shard.count)
+}
+
+/// For a shard's job: how many of the whole target's listed secrets are owned orphans, and
+/// how many are listed. Ownership is any shard's records (or the unsharded ones) or a stamp.
+fn whole_target_orphans(
+    ledger: &StateLedger,
+    job: &Job,
+    shard: &Shard,
+    store: &str,
+    listing: &[Entry],
+    desired: &BTreeSet<String>,
+    owner: &str,
+) -> Result<(usize, usize), JobError> {
+    let mut recorded = BTreeSet::new();
+    let siblings = (0..shard.count).map(|index| Shard { index, count: shard.count });
+    for name in
+        std::iter::once(job.target.clone()).chain(siblings.map(|s| shard_records(&job.target, &s)))
+    {
+        recorded.extend(ledger.load(&name, store)?.secrets.into_keys());
+    }
+    let orphans = listing
+        .iter()
+        .filter(|e| !desired.contains(&e.name))
+        .filter(|e| {
+            recorded.contains(&e.name) || e.stamp.as_ref().is_some_and(|s| s.owner == owner)
+        })
+        .count();
+    Ok((orphans, listing.len()))
 }

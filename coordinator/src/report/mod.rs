@@ -74,30 +74,43 @@ impl Report {
             .collect();
         let mut targets = Vec::new();
         let mut summary = Summary::default();
+        let mut reported = std::collections::BTreeSet::new();
         for job in plan.jobs.iter().filter(|j| j.phase() == phase) {
+            if !reported.insert(job.target.as_str()) {
+                continue;
+            }
             let own = || results.iter().filter(|r| r.target == job.target);
             let failure = own().find_map(|r| match &r.outcome {
                 Outcome::Failed { error, .. } => Some(error.clone()),
                 _ => None,
             });
             let warnings = own().flat_map(|r| r.warnings.iter().cloned()).collect();
-            let Some(main) =
-                results.iter_mut().find(|r| r.target == job.target && r.phase == phase)
-            else {
+            // A target's jobs in this phase: one, or one per shard.
+            let mut mains: Vec<&mut JobResult> =
+                results.iter_mut().filter(|r| r.target == job.target && r.phase == phase).collect();
+            if mains.is_empty() {
                 continue;
-            };
-            let (status, error) = match (failure, &main.outcome) {
+            }
+            let skipped = mains.iter().find_map(|r| match &r.outcome {
+                Outcome::Skipped { reason } => Some(reason.clone()),
+                _ => None,
+            });
+            let (status, error) = match (failure, skipped) {
                 (Some(e), _) => (Status::Failed, Some(e)),
-                (None, Outcome::Skipped { reason }) => (Status::Skipped, Some(reason.clone())),
-                (None, _) => (Status::Ok, None),
+                (None, Some(reason)) => (Status::Skipped, Some(reason)),
+                (None, None) => (Status::Ok, None),
             };
-            let target_summary = main.summary();
+            let unchanged = mains.iter().map(|r| r.unchanged).sum();
+            let mut changes: Vec<SecretChange> =
+                mains.iter_mut().flat_map(|r| std::mem::take(&mut r.changes)).collect();
+            changes.sort_by(|a, b| a.path.cmp(&b.path));
+            let target_summary = Summary::of(&changes, unchanged);
             summary.add(&target_summary);
             targets.push(TargetReport {
                 target: job.target.clone(),
                 status,
                 summary: target_summary,
-                changes: std::mem::take(&mut main.changes),
+                changes,
                 warnings,
                 error,
             });

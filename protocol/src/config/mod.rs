@@ -181,6 +181,9 @@ pub struct Target {
     pub delete: bool,
     /// How lists from later layers combine.
     pub list_merge: ListMerge,
+    /// Sync jobs the target is split into (by a hash of each secret's name), so several
+    /// workers share a large target; 1 = one job.
+    pub shards: u32,
 }
 
 impl Target {

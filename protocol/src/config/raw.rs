@@ -230,9 +230,13 @@ enum RawSecretRef {
     File(String),
 }
 
+/// The most sync jobs one target can be split into.
+const MAX_SHARDS: u32 = 256;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTarget {
+    shards: Option<u32>,
     #[serde(default)]
     imports: Vec<String>,
     inherits: Option<String>,
@@ -593,6 +597,11 @@ pub(super) fn build(
     let mut targets = BTreeMap::new();
     for (name, t) in &raw.targets {
         let at = path(&["targets", name]);
+        if t.shards.is_some_and(|n| n == 0 || n > MAX_SHARDS) {
+            let mut at = at.clone();
+            at.push(key("shards"));
+            ck.error(&at, format!("must be between 1 and {MAX_SHARDS}"));
+        }
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
         {
             ck.error(&at, "target names may use only letters, digits, `_`, `-` and `.`".into());
@@ -685,6 +694,7 @@ pub(super) fn build(
                     store,
                     delete: t.delete.unwrap_or(p.sync.delete_orphans),
                     list_merge: t.list_merge.unwrap_or_default(),
+                    shards: t.shards.unwrap_or(1),
                 },
             );
         }

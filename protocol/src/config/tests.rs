@@ -428,3 +428,11 @@ fn http_stores_are_sources_with_referenced_headers() {
     );
     assert!(errs.iter().all(|e| !e.contains("canary")), "{errs:#?}");
 }
+
+#[test]
+fn shards_must_be_between_1_and_256() {
+    let text = "source: { file: { dir: s } }\ntargets:\n  T:\n    store: { file: { dir: t } }\n    shards: 0\n";
+    assert_eq!(errors(text), vec!["vss.yaml:5: targets.T.shards: must be between 1 and 256"]);
+    let cfg = load(&text.replace("shards: 0", "shards: 8")).unwrap();
+    assert_eq!(cfg.targets["T"].shards, 8);
+}
