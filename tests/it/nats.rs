@@ -412,3 +412,34 @@ targets:
     assert_eq!(tree(&sharded.path().join("out")).len(), 190, "nothing deleted");
     assert_eq!(tree(&local.path().join("out")).len(), 190, "nothing deleted");
 }
+
+#[test]
+fn nats_token_auth_from_files_and_a_clear_error_without_it() {
+    const TOKEN: &str = "s3cr3t-nats-token-77";
+    let nats = Nats::start_with(&["--auth", TOKEN]);
+    let ws = Workspace::new();
+    ws.write("nats.token", TOKEN);
+    ws.config(&format!(
+        "execution: {{ nats: {{ url: \"{}\", token: {{ file: nats.token }} }} }}
+source: {{ file: {{ dir: src }} }}
+targets:
+  T: {{ store: {{ file: {{ dir: out }} }} }}
+",
+        nats.url
+    ));
+    ws.secret("src", "app/db", json!({"password": "p"}));
+    let log = ws.path().join("worker-0.log");
+    let token_file = ws.path().join("nats.token");
+    let _worker = ws.spawn(
+        &["worker", "--nats", &nats.url, "--nats-token-file", token_file.to_str().unwrap()],
+        &log,
+    );
+    let run = ws.pipeline(&[]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stderr, logs(&ws));
+    assert_eq!(ws.read_secret("out", "app/db"), Some(json!({"password": "p"})));
+
+    let refused = ws.run(&["runs", "--nats", &nats.url, "list"]);
+    assert_eq!(refused.code, 2);
+    assert!(refused.stderr.contains("cannot connect to NATS at"), "{}", refused.stderr);
+    assert!(!refused.stderr.contains(TOKEN) && !logs(&ws).contains(TOKEN));
+}

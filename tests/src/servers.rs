@@ -326,6 +326,7 @@ pub struct Nats {
     child: Child,
     port: u16,
     store: tempfile::TempDir,
+    extra: Vec<String>,
     /// `nats://127.0.0.1:<port>`.
     pub url: String,
 }
@@ -333,17 +334,25 @@ pub struct Nats {
 impl Nats {
     /// Starts a server and waits until it accepts connections.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`start`](Self::start) with more server flags, e.g. `["--auth", "token"]`.
+    pub fn start_with(extra: &[&str]) -> Self {
         let store = tempfile::tempdir().unwrap();
         let port = free_port();
-        let child = Self::spawn(port, store.path());
-        let nats = Self { child, port, store, url: format!("nats://127.0.0.1:{port}") };
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = Self::spawn(port, store.path(), &extra);
+        let nats = Self { child, port, store, extra, url: format!("nats://127.0.0.1:{port}") };
         nats.wait_ready();
         nats
     }
 
-    fn spawn(port: u16, store: &std::path::Path) -> Child {
+    fn spawn(port: u16, store: &std::path::Path, extra: &[String]) -> Child {
         Command::new(server_bin("nats-server"))
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(extra)
+            .arg("-sd")
             .arg(store)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -366,7 +375,7 @@ impl Nats {
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = Self::spawn(self.port, self.store.path());
+        self.child = Self::spawn(self.port, self.store.path(), &self.extra);
         self.wait_ready();
     }
 }
