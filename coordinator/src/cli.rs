@@ -15,7 +15,7 @@ use vss_worker::WorkerContext;
 
 use crate::executor::{Executor, InProcess, Limits};
 use crate::nats::JetStream;
-use crate::nats::worker::WorkerOptions;
+use crate::nats::worker::{HealthFile, WorkerOptions};
 use crate::report::{self, Report};
 
 /// Keeps secrets in sync across stores.
@@ -93,6 +93,9 @@ struct WorkerArgs {
     /// Seconds in-flight jobs get to finish after SIGTERM.
     #[arg(long, default_value_t = 60)]
     shutdown_grace: u64,
+    /// Touch this file every few seconds while the worker loop runs (for liveness probes).
+    #[arg(long, value_name = "PATH")]
+    health_file: Option<PathBuf>,
 }
 
 /// How a worker reaches NATS (a coordinator reads the same from `execution.nats`).
@@ -271,7 +274,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 max_deliver: args.max_deliver,
                 shutdown_grace: Duration::from_secs(args.shutdown_grace),
             };
-            crate::nats::worker::run(&args.nats.spec(), options, shutdown_signal()).await?;
+            let health = args.health_file.map(HealthFile);
+            crate::nats::worker::run(&args.nats.spec(), options, health, shutdown_signal())
+                .await?;
             Ok(0)
         }
     }

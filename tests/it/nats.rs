@@ -19,7 +19,11 @@ fn workers(ws: &Workspace, nats: &Nats, n: usize) -> Vec<Background> {
     (0..n)
         .map(|i| {
             let log = ws.path().join(format!("worker-{i}.log"));
-            ws.spawn(&["worker", "--nats", &nats.url, "--concurrency", "2"], &log)
+            let health = ws.path().join(format!("worker-{i}.health"));
+            let args = ["worker", "--nats", &nats.url, "--concurrency", "2", "--health-file"];
+            let mut args = args.to_vec();
+            args.push(health.to_str().unwrap());
+            ws.spawn(&args, &log)
         })
         .collect()
 }
@@ -81,6 +85,11 @@ fn nats_run_reports_exactly_what_an_in_process_run_reports() {
     assert_eq!(here.json(), there.json());
     let unchanged = remote.pipeline(&["--exit-code", "--nats", &nats.url]);
     assert_eq!(unchanged.code, 0, "{}", unchanged.stdout);
+    // Live workers keep their health files fresh.
+    for i in 0..2 {
+        let health = std::fs::metadata(remote.path().join(format!("worker-{i}.health"))).unwrap();
+        assert!(health.modified().unwrap().elapsed().unwrap() < Duration::from_secs(30));
+    }
 }
 
 #[test]

@@ -37,6 +37,19 @@ pub struct WorkerOptions {
     pub shutdown_grace: Duration,
 }
 
+/// A file the worker touches on every turn of its loop (at least every few seconds), for
+/// liveness probes without a network port: `find FILE -mmin -1`.
+#[derive(Clone, Debug)]
+pub struct HealthFile(pub std::path::PathBuf);
+
+impl HealthFile {
+    fn touch(&self) {
+        if let Err(e) = std::fs::write(&self.0, b"ok\n") {
+            tracing::warn!(path = %self.0.display(), error = %e, "cannot write the health file");
+        }
+    }
+}
+
 /// A run's context: its id, whether it is a dry run, its open stores.
 type RunContext = (String, bool, Arc<WorkerContext>);
 
@@ -69,6 +82,7 @@ impl RunContexts {
 pub async fn run(
     spec: &NatsSpec,
     options: WorkerOptions,
+    health: Option<HealthFile>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let client = super::connect(spec, "vss-worker").await?;
@@ -98,11 +112,15 @@ pub async fn run(
     let mut running = JoinSet::new();
     tokio::pin!(shutdown);
     'taking: loop {
+        if let Some(health) = &health {
+            health.touch();
+        }
         while running.try_join_next().is_some() {}
         let free = concurrency - running.len();
         if free == 0 {
             tokio::select! {
                 _ = running.join_next() => continue,
+                () = tokio::time::sleep(Duration::from_secs(5)) => continue,
                 () = &mut shutdown => break 'taking,
             }
         }
