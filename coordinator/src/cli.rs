@@ -275,8 +275,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 shutdown_grace: Duration::from_secs(args.shutdown_grace),
             };
             let health = args.health_file.map(HealthFile);
-            crate::nats::worker::run(&args.nats.spec(), options, health, shutdown_signal())
-                .await?;
+            crate::nats::worker::run(&args.nats.spec(), options, health, shutdown_signal()).await?;
             Ok(0)
         }
     }

@@ -122,9 +122,15 @@ impl Inner {
                 if file_type.is_dir() {
                     pending.push((entry.path(), format!("{name_prefix}{file_name}/")));
                 } else if let Some(stem) = file_name.strip_suffix(".json") {
-                    let meta = entry.metadata().map_err(|e| self.io(Some(stem), "stat", &e))?;
+                    let name = format!("{name_prefix}{stem}");
+                    let meta = match entry.metadata() {
+                        Ok(meta) => meta,
+                        // Deleted by another writer since the folder was read: not listed.
+                        Err(e) if e.kind() == IoKind::NotFound => continue,
+                        Err(e) => return Err(self.io(Some(&name), "stat", &e)),
+                    };
                     out.push(Entry {
-                        name: format!("{name_prefix}{stem}"),
+                        name,
                         version: Self::version_of(&meta),
                         stamp: None,
                     });
