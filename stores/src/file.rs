@@ -129,11 +129,7 @@ impl Inner {
                         Err(e) if e.kind() == IoKind::NotFound => continue,
                         Err(e) => return Err(self.io(Some(&name), "stat", &e)),
                     };
-                    out.push(Entry {
-                        name,
-                        version: Self::version_of(&meta),
-                        stamp: None,
-                    });
+                    out.push(Entry { name, version: Self::version_of(&meta), stamp: None });
                 }
             }
         }
