@@ -9,7 +9,7 @@ use serde_json::json;
 use vss_protocol::config::Config;
 use vss_protocol::job::{Job, JobResult, Outcome};
 use vss_protocol::plan::{PlanRequest, plan_run};
-use vss_tests::servers::{AWS_TEST_ENV, Moto, Nats};
+use vss_tests::servers::{AWS_TEST_ENV, JsonServer, Moto, Nats};
 use vss_tests::{Background, Workspace, target};
 
 use crate::{THREE_LEVELS, three_levels};
@@ -233,8 +233,13 @@ targets:
 /// Starts worker `i` with AWS credentials and a short AckWait (so a dead worker's job is
 /// redelivered within seconds).
 fn aws_worker(ws: &Workspace, nats: &Nats, i: usize) -> Background {
+    aws_worker_with(ws, nats, i, &["--ack-wait", "2"])
+}
+
+fn aws_worker_with(ws: &Workspace, nats: &Nats, i: usize, extra: &[&str]) -> Background {
     let log = ws.path().join(format!("worker-{i}.log"));
-    let args = ["worker", "--nats", &nats.url, "--ack-wait", "2", "--concurrency", "1"];
+    let mut args = vec!["worker", "--nats", &nats.url, "--concurrency", "1"];
+    args.extend_from_slice(extra);
     ws.spawn_env(&args, &log, &AWS_TEST_ENV)
 }
 
@@ -559,4 +564,48 @@ targets:
         ws.run(&["runs", "--nats", &url, "--nats-nkey-file", seed.to_str().unwrap(), "list"]);
     assert_eq!(untrusted.code, 2, "{}", untrusted.stdout);
     assert!(untrusted.stderr.contains("cannot connect to NATS"), "{}", untrusted.stderr);
+}
+
+#[test]
+fn nats_a_job_longer_than_ack_wait_is_kept_alive_by_heartbeats() {
+    let (nats, moto) = (Nats::start(), Moto::start());
+    let ws = aws_workspace(&moto);
+    // 500 Secrets Manager writes take several AckWaits of 1 s; without heartbeats the job
+    // would be redelivered to the idle second worker meanwhile.
+    let _pool = [0, 1].map(|i| aws_worker_with(&ws, &nats, i, &["--ack-wait", "1"]));
+    let started_at = std::time::Instant::now();
+    let run = ws.pipeline(&["--nats", &nats.url]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stderr, logs(&ws));
+    assert!(started_at.elapsed() > Duration::from_secs(2), "the job must outlive AckWait");
+    assert_eq!(logs(&ws).matches("job started").count(), 1, "{}", logs(&ws));
+    assert_desired_once(&moto);
+}
+
+#[test]
+fn nats_a_retryable_failure_is_redelivered_and_then_succeeds() {
+    let nats = Nats::start();
+    // The source answers 503 to the first delivery's request and its five retries, then 200.
+    let body = json!({"db": {"password": "p"}}).to_string();
+    let mut responses = vec![(503, "", "{}".to_string()); 6];
+    responses.push((200, "", body));
+    let server = JsonServer::start("x-key: k", responses);
+    let ws = Workspace::new();
+    ws.config(&format!(
+        "source: {{ http: {{ url: \"{}\", headers: {{ X-Key: {{ file: key }} }} }} }}
+targets:
+  T: {{ store: {{ file: {{ dir: out }} }} }}
+",
+        server.url
+    ));
+    ws.write("key", "k");
+    let log = ws.path().join("worker-0.log");
+    let _worker = ws.spawn(&["worker", "--nats", &nats.url, "--max-deliver", "3"], &log);
+
+    let run = ws.pipeline(&["--nats", &nats.url, "--exit-code"]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, logs(&ws));
+    assert_eq!(ws.read_secret("out", "db"), Some(json!({"password": "p"})));
+    let logs = logs(&ws);
+    assert_eq!(logs.matches("job started").count(), 2, "two deliveries: {logs}");
+    assert_eq!(logs.matches("redelivering").count(), 1, "one nak: {logs}");
+    assert_eq!(server.requests(), 7);
 }
