@@ -56,6 +56,9 @@ enum Command {
     },
     /// Take jobs from NATS JetStream and run them, until SIGTERM or Ctrl-C.
     Worker(WorkerArgs),
+    /// Vault configuration as versioned migrations: generate, plan, apply, status, rollback,
+    /// repair.
+    Migrate(crate::migrate::MigrateArgs),
     /// Distributed runs kept in NATS (`vss-runs`).
     Runs {
         #[command(subcommand)]
@@ -241,6 +244,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Pipeline(args) => pipeline(args, log_format).await,
+        Command::Migrate(args) => {
+            crate::logging::init(None, log_format);
+            crate::migrate::run(args).await
+        }
         Command::Runs { command, nats } => {
             crate::logging::init(None, log_format);
             let coordinator = JetStream::connect(&nats.spec(), false).await?;

@@ -3,6 +3,7 @@
 //! - [`cli`]: parses arguments and runs a command.
 //! - [`executor`]: runs a plan's jobs in DAG order ([`executor::InProcess`] is the embedded
 //!   default).
+//! - [`migrate`]: `vss migrate`, the command line of `vss-migrations`.
 //! - [`nats`]: distributed runs: the JetStream executor and the `vss worker` loop.
 //! - [`report`]: aggregates job results into one report and renders it (human, JSON, GitHub).
 //! - [`logging`]: tracing to stderr.
@@ -10,5 +11,6 @@
 pub mod cli;
 pub mod executor;
 pub mod logging;
+pub mod migrate;
 pub mod nats;
 pub mod report;

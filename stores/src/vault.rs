@@ -11,8 +11,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt, stream};
+/// The HTTP method of an [`VaultStore::api`] call.
+pub use reqwest::Method;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
-use reqwest::{Method, StatusCode, Url};
+use reqwest::{StatusCode, Url};
 use serde_json::{Value, json};
 use vss_protocol::config::{SecretRef, VaultAuth, VaultSpec};
 use vss_protocol::{ContentHash, SecretValue};
@@ -118,6 +120,25 @@ impl VaultStore {
             label,
             calls: ApiCalls::default(),
         })
+    }
+
+    /// Any Vault API call (`path` is what follows `/v1/`) with this store's address, login,
+    /// namespace and retries, for tools beside the pipeline (`vss migrate`). `Ok(None)`: 404.
+    /// `body` is sent as JSON; the error names `path`, never the body.
+    pub async fn api(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Option<Value>, StoreError> {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let url = self.api_url(&segments);
+        let mut bytes = body.map(|b| serde_json::to_vec(b).expect("JSON values serialize"));
+        let done = self.call("api", method, url, bytes.as_deref(), Some(path)).await;
+        if let Some(bytes) = bytes.as_mut() {
+            bytes.zeroize();
+        }
+        done
     }
 
     fn err(&self, kind: ErrorKind, secret: Option<&str>, message: impl Into<String>) -> StoreError {

@@ -7,6 +7,7 @@ mod config_errors;
 mod conflict;
 mod deletion;
 mod http;
+mod migrate;
 mod nats;
 mod outputs;
 mod pipeline;

@@ -103,6 +103,16 @@ impl OpenBao {
         assert!(out.status.success(), "bao kv put: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// Reads any API path with the real CLI (`bao read`); its `data`, `None` if absent.
+    pub fn read(&self, path: &str) -> Option<Value> {
+        let out = self.cli(&["read", "-format=json", path]);
+        if !out.status.success() {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        Some(v["data"].clone())
+    }
+
     /// Reads a KV v2 secret's data and version with the real CLI.
     pub fn get(&self, path: &str) -> Option<(Value, u64)> {
         let out = self.cli(&["kv", "get", "-format=json", "-mount=secret", path]);

@@ -1,0 +1,429 @@
+//! The applied history, the lock, and the commands that change Vault: generate, apply,
+//! rollback, repair; and status.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use vss_protocol::SecretValue;
+use vss_stores::vault::VaultStore;
+use vss_stores::{ErrorKind, Precondition, SecretStore, Version};
+
+use crate::MigrateError;
+use crate::files::{self, Migration, MigrationFile};
+use crate::generate::{Current, generate};
+use crate::normalize::mount_type;
+use crate::schema::{Resource, Schema, expand};
+use crate::task::Task;
+
+/// The KV secret (under the state path) holding the history.
+const HISTORY: &str = "history";
+/// The KV secret (under the state path) holding the lock.
+const LOCK: &str = "lock";
+/// A lock not released within this time is taken over (its holder died).
+const LOCK_TTL: Duration = Duration::from_secs(300);
+
+/// One applied migration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// Its version.
+    pub version: u32,
+    /// Its name.
+    pub name: String,
+    /// The checksum of its file when applied.
+    pub checksum: String,
+    /// Unix seconds.
+    pub applied_at: u64,
+}
+
+/// Where a migration stopped halfway: Vault is in between two versions until a human looks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dirty {
+    /// The migration.
+    pub version: u32,
+    /// `up` (apply) or `down` (rollback).
+    pub direction: String,
+    /// The failed task, 1-based, and what it was.
+    pub task: String,
+    /// The error.
+    pub error: String,
+}
+
+/// The history kept in Vault.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    /// Applied migrations, in order.
+    pub applied: Vec<Applied>,
+    /// Set when a migration failed midway.
+    pub dirty: Option<Dirty>,
+}
+
+/// What `status` reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// Applied migrations.
+    pub applied: Vec<Applied>,
+    /// Migrations in the folder not applied yet: `(version, name)`.
+    pub pending: Vec<(u32, String)>,
+    /// The dirty flag.
+    pub dirty: Option<Dirty>,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Runs migration commands against one Vault. `vault` is a Vault store whose mount and prefix
+/// are the state path (history and lock live there); its connection runs every other call.
+pub struct Runner<'a> {
+    vault: &'a VaultStore,
+    dir: PathBuf,
+    env: &'a (dyn Fn(&str) -> Option<String> + Sync),
+    owner: String,
+    lock_wait: Duration,
+}
+
+impl<'a> Runner<'a> {
+    /// A runner over the migrations in `dir`; `env` expands `${VAR}`s.
+    pub fn new(
+        vault: &'a VaultStore,
+        dir: &Path,
+        env: &'a (dyn Fn(&str) -> Option<String> + Sync),
+        lock_wait: Duration,
+    ) -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+        let owner = format!("{host}:{}:{}", std::process::id(), now());
+        Self { vault, dir: dir.to_path_buf(), env, owner, lock_wait }
+    }
+
+    /// The history and its KV version (`None`: nothing applied ever).
+    pub async fn history(&self) -> Result<(History, Option<Version>), MigrateError> {
+        let Some(found) = self.vault.read(HISTORY).await? else {
+            return Ok((History::default(), None));
+        };
+        let text = found.value.expose().get("history").and_then(Value::as_str).unwrap_or("{}");
+        let history = serde_json::from_str(text).map_err(|e| {
+            MigrateError::Refused(format!("the migration history in Vault is unreadable: {e}"))
+        })?;
+        Ok((history, Some(found.version)))
+    }
+
+    async fn save(&self, history: &History, at: &mut Option<Version>) -> Result<(), MigrateError> {
+        let text = serde_json::to_string(history).expect("histories serialize");
+        let value =
+            SecretValue::new(Map::from_iter([("history".to_string(), Value::String(text))]));
+        let pre = match at.take() {
+            Some(v) => Precondition::Matches(v),
+            None => Precondition::Absent,
+        };
+        *at = Some(self.vault.write(HISTORY, &value, pre).await?);
+        Ok(())
+    }
+
+    /// Takes the lock (waiting up to the lock wait), or says who holds it.
+    async fn lock(&self) -> Result<Version, MigrateError> {
+        let value = SecretValue::new(
+            json!({"owner": self.owner, "expires_at": now() + LOCK_TTL.as_secs()})
+                .as_object()
+                .cloned()
+                .expect("an object"),
+        );
+        let deadline = std::time::Instant::now() + self.lock_wait;
+        loop {
+            match self.vault.write(LOCK, &value, Precondition::Absent).await {
+                Ok(version) => return Ok(version),
+                Err(e) if e.kind != ErrorKind::Conflict => return Err(e.into()),
+                Err(_) => {}
+            }
+            let Some(held) = self.vault.read(LOCK).await? else { continue };
+            let owner =
+                held.value.expose().get("owner").and_then(Value::as_str).unwrap_or("?").to_string();
+            let expires =
+                held.value.expose().get("expires_at").and_then(Value::as_u64).unwrap_or(0);
+            if expires <= now() {
+                tracing::warn!(%owner, "taking over an expired migration lock");
+                match self.vault.write(LOCK, &value, Precondition::Matches(held.version)).await {
+                    Ok(version) => return Ok(version),
+                    Err(e) if e.kind == ErrorKind::Conflict => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(MigrateError::Refused(format!(
+                    "another runner ({owner}) holds the migration lock; try again later"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn unlock(&self, version: Version) {
+        if let Err(e) = self.vault.delete(LOCK, Precondition::Matches(version)).await {
+            tracing::warn!(error = %e, "cannot release the migration lock (it expires on its own)");
+        }
+    }
+
+    /// Runs `work` holding the lock.
+    async fn locked<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, MigrateError>>,
+    ) -> Result<T, MigrateError> {
+        let lock = self.lock().await?;
+        let done = work.await;
+        self.unlock(lock).await;
+        done
+    }
+
+    /// The migration files, checked against the history: every applied one unchanged and
+    /// present; none pending below the last applied. Returns the pending ones.
+    fn pending<'f>(
+        &self,
+        files: &'f [MigrationFile],
+        history: &History,
+    ) -> Result<Vec<&'f MigrationFile>, MigrateError> {
+        for applied in &history.applied {
+            let Some(file) = files.iter().find(|f| f.migration.version == applied.version) else {
+                return Err(MigrateError::Refused(format!(
+                    "applied migration V{:04}__{} is missing from {}",
+                    applied.version,
+                    applied.name,
+                    self.dir.display()
+                )));
+            };
+            if file.checksum != applied.checksum {
+                return Err(MigrateError::file(
+                    &file.path,
+                    "edited after it was applied (its checksum changed); restore it, and put new changes in a new migration",
+                ));
+            }
+        }
+        let last = history.applied.iter().map(|a| a.version).max().unwrap_or(0);
+        let pending: Vec<&MigrationFile> = files
+            .iter()
+            .filter(|f| !history.applied.iter().any(|a| a.version == f.migration.version))
+            .collect();
+        if let Some(early) = pending.iter().find(|f| f.migration.version < last) {
+            return Err(MigrateError::file(
+                &early.path,
+                format!("out of order: numbered below V{last:04}, the last applied migration"),
+            ));
+        }
+        Ok(pending)
+    }
+
+    fn refuse_dirty(history: &History) -> Result<(), MigrateError> {
+        match &history.dirty {
+            Some(d) => Err(MigrateError::Refused(format!(
+                "V{:04} failed midway ({} task {}: {}); fix Vault by hand, then run `vss migrate repair`",
+                d.version, d.direction, d.task, d.error
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Where things stand.
+    pub async fn status(&self) -> Result<Status, MigrateError> {
+        let files = files::load_all(&self.dir)?;
+        let (history, _) = self.history().await?;
+        let pending = self.pending(&files, &history)?;
+        Ok(Status {
+            pending: pending
+                .iter()
+                .map(|f| (f.migration.version, f.migration.name.clone()))
+                .collect(),
+            applied: history.applied,
+            dirty: history.dirty,
+        })
+    }
+
+    /// The pending migrations, as `apply` would run them.
+    pub async fn plan(&self) -> Result<Vec<Migration>, MigrateError> {
+        let files = files::load_all(&self.dir)?;
+        let (history, _) = self.history().await?;
+        Self::refuse_dirty(&history)?;
+        Ok(self.pending(&files, &history)?.into_iter().map(|f| f.migration.clone()).collect())
+    }
+
+    /// Applies every pending migration in order; returns the versions applied.
+    pub async fn apply(&self) -> Result<Vec<u32>, MigrateError> {
+        self.locked(async {
+            let files = files::load_all(&self.dir)?;
+            let (mut history, mut at) = self.history().await?;
+            Self::refuse_dirty(&history)?;
+            let mut done = Vec::new();
+            for file in self.pending(&files, &history)? {
+                let m = &file.migration;
+                self.run_tasks(&m.up, m.version, "up", &mut history, &mut at).await?;
+                history.applied.push(Applied {
+                    version: m.version,
+                    name: m.name.clone(),
+                    checksum: file.checksum.clone(),
+                    applied_at: now(),
+                });
+                self.save(&history, &mut at).await?;
+                done.push(m.version);
+            }
+            Ok(done)
+        })
+        .await
+    }
+
+    /// Rolls back applied migrations above `to` (default: the last one), newest first.
+    pub async fn rollback(&self, to: Option<u32>) -> Result<Vec<u32>, MigrateError> {
+        self.locked(async {
+            let files = files::load_all(&self.dir)?;
+            let (mut history, mut at) = self.history().await?;
+            Self::refuse_dirty(&history)?;
+            self.pending(&files, &history)?;
+            let floor = match to {
+                Some(v) => v,
+                None => history.applied.iter().rev().nth(1).map_or(0, |a| a.version),
+            };
+            let mut done = Vec::new();
+            while let Some(last) = history.applied.last().filter(|a| a.version > floor).cloned() {
+                let file = files
+                    .iter()
+                    .find(|f| f.migration.version == last.version)
+                    .expect("pending() checked every applied file exists");
+                self.run_tasks(&file.migration.down, last.version, "down", &mut history, &mut at)
+                    .await?;
+                history.applied.pop();
+                self.save(&history, &mut at).await?;
+                done.push(last.version);
+            }
+            Ok(done)
+        })
+        .await
+    }
+
+    /// Clears the dirty flag (a human fixed Vault); returns what it said.
+    pub async fn repair(&self) -> Result<Option<Dirty>, MigrateError> {
+        self.locked(async {
+            let (mut history, mut at) = self.history().await?;
+            let cleared = history.dirty.take();
+            if cleared.is_some() {
+                self.save(&history, &mut at).await?;
+            }
+            Ok(cleared)
+        })
+        .await
+    }
+
+    async fn run_tasks(
+        &self,
+        tasks: &[Task],
+        version: u32,
+        direction: &str,
+        history: &mut History,
+        at: &mut Option<Version>,
+    ) -> Result<(), MigrateError> {
+        for (i, task) in tasks.iter().enumerate() {
+            tracing::info!(version, direction, task = %task.describe(), "running");
+            if let Err(e) = crate::vault::run(self.vault, task, self.env).await {
+                let what = format!("{} ({})", i + 1, task.describe());
+                history.dirty = Some(Dirty {
+                    version,
+                    direction: direction.to_string(),
+                    task: what.clone(),
+                    error: e.to_string(),
+                });
+                self.save(history, at).await?;
+                return Err(MigrateError::Refused(format!(
+                    "V{version:04} {direction} task {what} failed: {e}; Vault is marked dirty"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the next migration for `schema`, or `Ok(None)` when Vault already matches.
+    /// Removals (disable, delete policy) need `allow_destructive`.
+    pub async fn generate(
+        &self,
+        schema: &Schema,
+        name: &str,
+        allow_destructive: bool,
+    ) -> Result<Option<PathBuf>, MigrateError> {
+        let files = files::load_all(&self.dir)?;
+        let last = Schema::from_map(files::last_known(&self.dir)?)
+            .map_err(|m| MigrateError::file(&self.dir.join("last-known-state.yaml"), m))?;
+        let current = match self.history().await {
+            Ok((history, _)) => {
+                if let Some(next) = self.pending(&files, &history)?.first() {
+                    return Err(MigrateError::file(
+                        &next.path,
+                        "not applied yet; apply it before generating the next migration",
+                    ));
+                }
+                crate::vault::current(self.vault, &[schema, &last]).await?
+            }
+            Err(MigrateError::Vault(e)) if e.kind == ErrorKind::Unavailable => {
+                tracing::warn!(error = %e, "Vault unreachable: comparing with the last known state");
+                current_from(&last, self.env)?
+            }
+            Err(e) => return Err(e),
+        };
+        let generated =
+            generate(schema, &last, &current, self.env).map_err(MigrateError::Refused)?;
+        if generated.up.is_empty() {
+            return Ok(None);
+        }
+        let destructive: Vec<String> =
+            generated.up.iter().filter(|t| t.is_destructive()).map(Task::describe).collect();
+        if !destructive.is_empty() && !allow_destructive {
+            return Err(MigrateError::Refused(format!(
+                "the schema removes things: {}; rerun with --allow-destructive to generate that",
+                destructive.join("; ")
+            )));
+        }
+        let version = files.last().map_or(1, |f| f.migration.version + 1);
+        let migration = Migration {
+            version,
+            name: files::file_name_part(name),
+            up: generated.up,
+            down: generated.down,
+        };
+        let path = files::write_next(&self.dir, &migration)?;
+        files::save_last_known(&self.dir, &schema.raw)?;
+        Ok(Some(path))
+    }
+}
+
+/// What Vault would hold if it matched `schema` exactly (used while Vault is unreachable).
+fn current_from(
+    schema: &Schema,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Result<Current, MigrateError> {
+    let mut current = Current::default();
+    for resource in schema.resources.values() {
+        let expanded = |m: &Map<String, Value>| -> Result<Map<String, Value>, MigrateError> {
+            match expand(&Value::Object(m.clone()), env).map_err(MigrateError::Refused)? {
+                Value::Object(m) => Ok(m),
+                _ => unreachable!("a map expands to a map"),
+            }
+        };
+        match resource {
+            Resource::Mount { path, spec } => {
+                let mut spec = expanded(spec)?;
+                let options =
+                    spec.get("options").and_then(Value::as_object).cloned().unwrap_or_default();
+                let (kind, options) =
+                    mount_type(spec["type"].as_str().unwrap_or_default(), &options);
+                spec.insert("type".into(), json!(kind));
+                spec.insert("options".into(), Value::Object(options));
+                current.mounts.insert(format!("{path}/"), Value::Object(spec));
+            }
+            Resource::Auth { path, spec } => {
+                current.auths.insert(format!("{path}/"), Value::Object(expanded(spec)?));
+            }
+            Resource::Policy { name, text } => {
+                current.policies.insert(name.clone(), Some(text.clone()));
+            }
+            Resource::Data { path, data } => {
+                current.data.insert(path.clone(), Some(expanded(data)?));
+            }
+        }
+    }
+    Ok(current)
+}
