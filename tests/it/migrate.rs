@@ -213,6 +213,15 @@ fn migrate_refuses_an_edited_applied_migration_and_destructive_generates() {
     assert!(refused.stderr.contains("--allow-destructive"));
     assert_eq!(files(&ws), ["V0001__initial.yaml"]);
 
+    // Hand-written migrations: V0003 applied, then a V0002 appears below it.
+    ws.write("migrations/V0003__later.yaml", "version: 3\nname: later\nup: []\ndown: []\n");
+    assert_eq!(migrate(&ws, &bao, &["apply"]).stdout.trim(), "Applied V0003");
+    ws.write("migrations/V0002__late.yaml", "version: 2\nname: late\nup: []\ndown: []\n");
+    let late = migrate(&ws, &bao, &["apply"]);
+    assert_eq!(late.code, 2);
+    assert!(late.stderr.contains("V0002__late.yaml: out of order"), "{}", late.stderr);
+    std::fs::remove_file(ws.path().join("migrations/V0002__late.yaml")).unwrap();
+
     let file = ws.path().join("migrations/V0001__initial.yaml");
     let mut text = std::fs::read_to_string(&file).unwrap();
     text.push_str("# an innocent comment\n");
