@@ -115,7 +115,7 @@ impl Schema {
                 }
                 require_type(&key, &spec)?;
                 Resource::Auth { path: name.to_string(), spec }
-            } else if !path.contains('/') && (key.ends_with('/') || spec.contains_key("type")) {
+            } else if spec.contains_key("type") && (key.ends_with('/') || !path.contains('/')) {
                 if BUILT_INS.contains(&path.as_str()) {
                     return Err(format!(
                         "desired_state.{key}: the built-in `{path}/` mount is never touched"
@@ -228,6 +228,7 @@ mod tests {
             "auth/kubernetes/": {"type": "kubernetes"},
             "pki/": {"type": "pki"},
             "kv2": {"type": "kv-v2"},
+            "team/kv/": {"type": "kv"},
             "sys/policies/acl/app": {"policy": "path \"a\" {}"},
             "sys/audit/file": {"type": "file"},
             "auth/approle/role/app": {"token_ttl": "1h"},
@@ -242,6 +243,7 @@ mod tests {
                 "data:auth/approle/role/app",
                 "mount:kv2",
                 "mount:pki",
+                "mount:team/kv",
                 "policy:app"
             ]
         );
