@@ -70,21 +70,52 @@ impl StateLedger {
 
     /// The records of `target` for `store`; empty when none exist or they describe another store.
     pub fn load(&self, target: &str, store: &str) -> Result<TargetLedger, LedgerError> {
+        Ok(self
+            .load_existing(target, store)?
+            .unwrap_or_else(|| TargetLedger { store: store.to_string(), ..Default::default() }))
+    }
+
+    /// Like [`load`](Self::load), but `None` when no records were ever saved for `target`.
+    pub fn load_existing(
+        &self,
+        target: &str,
+        store: &str,
+    ) -> Result<Option<TargetLedger>, LedgerError> {
         let path = self.target_path(target);
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == IoKind::NotFound => {
-                return Ok(TargetLedger { store: store.to_string(), ..Default::default() });
-            }
+            Err(e) if e.kind() == IoKind::NotFound => return Ok(None),
             Err(e) => return Err(self.err(&path, e.to_string())),
         };
         let ledger: TargetLedger =
             serde_json::from_slice(&bytes).map_err(|e| self.err(&path, format!("corrupt: {e}")))?;
         if ledger.store == store {
-            Ok(ledger)
+            Ok(Some(ledger))
         } else {
-            Ok(TargetLedger { store: store.to_string(), ..Default::default() })
+            Ok(Some(TargetLedger { store: store.to_string(), ..Default::default() }))
         }
+    }
+
+    /// The names under which records were saved that start with `prefix`.
+    pub fn names_with_prefix(&self, prefix: &str) -> Result<Vec<String>, LedgerError> {
+        let dir = self.dir.join("targets");
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == IoKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.err(&dir, e.to_string())),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| self.err(&dir, e.to_string()))?;
+            let file = entry.file_name();
+            if let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".json"))
+                && name.starts_with(prefix)
+            {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
     }
 
     /// Saves the records of `target` (atomically; unchanged records are not rewritten).

@@ -7,7 +7,7 @@ use async_nats::jetstream;
 use futures_util::StreamExt;
 use serde_json::json;
 use vss_protocol::config::Config;
-use vss_protocol::job::{Job, JobResult, Outcome};
+use vss_protocol::job::{Job, JobResult, Outcome, Shard};
 use vss_protocol::plan::{PlanRequest, plan_run};
 use vss_tests::servers::{AWS_TEST_ENV, JsonServer, Moto, Nats};
 use vss_tests::{Background, Workspace, target};
@@ -413,18 +413,30 @@ targets:
     assert_eq!(unchanged.code, 0);
     assert_eq!(target(&unchanged.json(), "T")["summary"]["unchanged"], 190);
 
-    // 30 of 190 is over the guard for the target as a whole: every shard refuses.
+    // 30 of 190 is over the guard for the target as a whole: every shard refuses, even the
+    // shards none of whose own secrets would go, and they create nothing either.
+    let first_shard = Shard { index: 0, count: 4 };
+    let doomed: Vec<String> = (10..200)
+        .map(|i| format!("team{}/app{i:03}", i % 5))
+        .filter(|n| first_shard.owns(n))
+        .take(30)
+        .collect();
+    assert_eq!(doomed.len(), 30);
+    let fresh: Vec<String> =
+        (0..40).map(|i| format!("new/s{i}")).filter(|n| !first_shard.owns(n)).collect();
     for ws in [&local, &sharded] {
-        for i in 10..40 {
-            std::fs::remove_file(ws.path().join(format!("src/team{}/app{i:03}.json", i % 5)))
-                .unwrap();
+        for name in &doomed {
+            std::fs::remove_file(ws.path().join(format!("src/{name}.json"))).unwrap();
+        }
+        for name in &fresh {
+            ws.secret("src", name, json!({"fresh": true}));
         }
     }
     let refused = sharded.pipeline(&["--nats", &nats.url]);
     assert_eq!((local.pipeline(&[]).code, refused.code), (2, 2));
     assert!(refused.stdout.contains("refusing to delete 30 of 190"), "{}", refused.stdout);
-    assert_eq!(tree(&sharded.path().join("out")).len(), 190, "nothing deleted");
-    assert_eq!(tree(&local.path().join("out")).len(), 190, "nothing deleted");
+    assert_eq!(tree(&sharded.path().join("out")).len(), 190, "nothing deleted or created");
+    assert_eq!(tree(&local.path().join("out")).len(), 190, "nothing deleted or created");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use vss_protocol::diff::SecretChange;
 use vss_protocol::job::{DesiredState, Job, JobResult, Shard, SyncSpec};
 use vss_protocol::{ContentHash, HashKey, SecretValue};
-use vss_stores::ledger::{Record, StateLedger};
+use vss_stores::ledger::{Record, StateLedger, TargetLedger};
 use vss_stores::{Entry, Precondition, SecretStore, Stamp, Version};
 
 use crate::{
@@ -103,16 +103,14 @@ pub(crate) async fn run(
     let mut desired = Desired::load(job, spec, ctx, &key).await?;
     let target = ctx.store(&spec.store)?;
     let ledger_store = ledger(&job.options);
-    // A shard keeps its own records (shards run concurrently); a shard without any starts
-    // from the target's unsharded records, which the listing below narrows to its names.
-    let records_name = match &spec.shard {
-        Some(s) => shard_records(&job.target, s),
-        None => job.target.clone(),
+    // A shard keeps its own records (shards run concurrently).
+    let (records_name, mut records) = match &spec.shard {
+        Some(s) => (
+            shard_records(&job.target, s),
+            shard_ledger(&ledger_store, &job.target, s, &target.describe())?,
+        ),
+        None => (job.target.clone(), ledger_store.load(&job.target, &target.describe())?),
     };
-    let mut records = ledger_store.load(&records_name, &target.describe())?;
-    if records.secrets.is_empty() && spec.shard.is_some() {
-        records = ledger_store.load(&job.target, &target.describe())?;
-    }
     let owner = Stamp::owner_of(&job.target);
     let listing = target.list("").await?;
     // The guard counts over the whole target, so every shard decides as one job would.
@@ -175,8 +173,9 @@ pub(crate) async fn run(
         (Some((orphans, total)), Some(all)) => (*orphans, *total, all.is_empty()),
         _ => (orphans.len(), listed.len(), desired.hashes.is_empty()),
     };
+    // Sharded, every shard decides on the whole target's counts, so all refuse or none does.
     let deleting = match spec.delete {
-        Some(_) if orphans.is_empty() => false,
+        Some(_) if deletable == 0 => false,
         Some(_) if desired_empty => {
             result.warnings.push(format!(
                 "target `{}`: the desired state is empty, so its {} owned secrets are kept (deletes skipped)",
@@ -199,7 +198,7 @@ pub(crate) async fn run(
                 threshold.count
             )));
         }
-        Some(_) => true,
+        Some(_) => !orphans.is_empty(),
         None => false,
     };
     if deleting {
@@ -282,8 +281,27 @@ fn shard_records(target: &str, shard: &Shard) -> String {
     format!("{target}#{}-of-{}", shard.index, shard.count)
 }
 
+/// A shard's records. Before its first save they come from whatever the target had: its
+/// unsharded records and those of any earlier shard count, narrowed to this shard's names.
+fn shard_ledger(
+    ledger: &StateLedger,
+    target: &str,
+    shard: &Shard,
+    store: &str,
+) -> Result<TargetLedger, JobError> {
+    if let Some(own) = ledger.load_existing(&shard_records(target, shard), store)? {
+        return Ok(own);
+    }
+    let mut seeded = ledger.load(target, store)?;
+    for name in ledger.names_with_prefix(&format!("{target}#"))? {
+        seeded.secrets.extend(ledger.load(&name, store)?.secrets);
+    }
+    seeded.secrets.retain(|name, _| shard.owns(name));
+    Ok(seeded)
+}
+
 /// For a shard's job: how many of the whole target's listed secrets are owned orphans, and
-/// how many are listed. Ownership is any shard's records (or the unsharded ones) or a stamp.
+/// how many are listed. Ownership is any shard's records or a stamp.
 fn whole_target_orphans(
     ledger: &StateLedger,
     job: &Job,
@@ -294,11 +312,9 @@ fn whole_target_orphans(
     owner: &str,
 ) -> Result<(usize, usize), JobError> {
     let mut recorded = BTreeSet::new();
-    let siblings = (0..shard.count).map(|index| Shard { index, count: shard.count });
-    for name in
-        std::iter::once(job.target.clone()).chain(siblings.map(|s| shard_records(&job.target, &s)))
-    {
-        recorded.extend(ledger.load(&name, store)?.secrets.into_keys());
+    for index in 0..shard.count {
+        let sibling = Shard { index, count: shard.count };
+        recorded.extend(shard_ledger(ledger, &job.target, &sibling, store)?.secrets.into_keys());
     }
     let orphans = listing
         .iter()

@@ -84,7 +84,13 @@ impl Report {
                 Outcome::Failed { error, .. } => Some(error.clone()),
                 _ => None,
             });
-            let warnings = own().flat_map(|r| r.warnings.iter().cloned()).collect();
+            // Shards of one target may each say the same thing once.
+            let mut warnings: Vec<String> = Vec::new();
+            for w in own().flat_map(|r| r.warnings.iter()) {
+                if !warnings.contains(w) {
+                    warnings.push(w.clone());
+                }
+            }
             // A target's jobs in this phase: one, or one per shard.
             let mut mains: Vec<&mut JobResult> =
                 results.iter_mut().filter(|r| r.target == job.target && r.phase == phase).collect();
