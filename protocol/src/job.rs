@@ -38,6 +38,10 @@ pub struct Job {
     pub options: RunOptions,
     /// Jobs that must succeed before this one starts.
     pub depends_on: Vec<JobId>,
+    /// Unix seconds after which the job must not run or keep running (set when a coordinator
+    /// hands it to remote workers; its run has given up on it by then).
+    #[serde(default)]
+    pub deadline: Option<u64>,
 }
 
 impl Job {

@@ -140,6 +140,7 @@ pub fn plan_run(cfg: &Config, run_id: &str, req: &PlanRequest) -> Result<Plan, P
                 }),
                 options: options.clone(),
                 depends_on: target.parents().map(|p| job_id(Phase::Merge, p)).collect(),
+                deadline: None,
             });
         }
     }
@@ -171,6 +172,7 @@ pub fn plan_run(cfg: &Config, run_id: &str, req: &PlanRequest) -> Result<Plan, P
                     } else {
                         Vec::new()
                     },
+                    deadline: None,
                 });
             }
         }

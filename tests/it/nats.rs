@@ -170,6 +170,43 @@ async fn nats_the_same_job_published_twice_runs_once() {
 }
 
 #[tokio::test]
+async fn nats_a_job_past_its_deadline_is_never_run() {
+    let nats = Nats::start();
+    let ws = Workspace::new();
+    ws.config("source: { file: { dir: src } }\ntargets:\n  T: { store: { file: { dir: out } } }\n");
+    ws.secret("src", "app/db", json!({"password": "p"}));
+    let _workers = workers(&ws, &nats, 1);
+    let config = std::fs::read_to_string(ws.path().join("vss.yaml")).unwrap();
+    let cfg = Config::from_yaml(&config, "vss.yaml", ws.path(), &|_| None).unwrap();
+    let plan = plan_run(&cfg, "late-run", &PlanRequest::default()).unwrap();
+    let job = Job { deadline: Some(1), ..plan.jobs[0].clone() };
+
+    let js = jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    let mut tries = 0;
+    while js.get_stream("VSS_JOBS").await.is_err() {
+        tries += 1;
+        assert!(tries < 100, "no VSS_JOBS stream");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let message = jetstream::message::PublishMessage::build().payload(job.encode().into());
+    js.send_publish("vss.jobs.sync", message).await.unwrap().await.unwrap();
+    let results = js.get_stream("VSS_RESULTS").await.unwrap();
+    let mut result = None;
+    for _ in 0..100 {
+        if let Ok(m) = results.get_last_raw_message_by_subject("vss.results.late-run").await {
+            result = Some(JobResult::decode(&m.payload).unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let result = result.expect("a result");
+    let Outcome::Failed { error, retryable } = &result.outcome else { panic!("{result:?}") };
+    assert!(error.contains("expired before a worker took it") && !retryable, "{error}");
+    assert!(!logs(&ws).contains("job started"), "{}", logs(&ws));
+    assert_eq!(ws.read_secret("out", "app/db"), None);
+}
+
+#[tokio::test]
 async fn nats_messages_carry_no_secret_values() {
     const CANARY: &str = "CANARY-nats-8e41";
     let nats = Nats::start();

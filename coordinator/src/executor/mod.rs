@@ -78,6 +78,21 @@ impl<'p> Schedule<'p> {
         }
     }
 
+    /// Marks the jobs of `ids` that have no result as started (handed out before a resume);
+    /// returns them.
+    pub fn mark_started(&mut self, ids: impl IntoIterator<Item = String>) -> Vec<&'p Job> {
+        let mut marked = Vec::new();
+        for id in ids {
+            if let Some(job) = self.plan.jobs.iter().find(|j| j.id == id)
+                && !self.results.contains_key(&id)
+                && self.started.insert(id)
+            {
+                marked.push(job);
+            }
+        }
+        marked
+    }
+
     /// Jobs that may start now, in plan order, each admitted by `admit` (e.g. a concurrency
     /// limit) and then marked started; and the results of jobs that never will start
     /// (skipped), already recorded.

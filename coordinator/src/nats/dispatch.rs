@@ -34,7 +34,7 @@ pub struct JetStream {
 pub struct RunRecord {
     /// The run.
     pub run_id: String,
-    /// `running` or `finished`.
+    /// `running`, `finished`, or `interrupted` (the coordinator stopped; `--resume` it).
     pub status: String,
     /// Jobs in the run.
     pub jobs: usize,
@@ -46,6 +46,10 @@ pub struct RunRecord {
     pub started_at: u64,
     /// Unix seconds.
     pub updated_at: u64,
+    /// Jobs handed to workers so far (a resumed run waits for these instead of publishing
+    /// them again).
+    #[serde(default)]
+    pub published: Vec<String>,
 }
 
 /// The key suffix of a stored plan (`<run_id>.plan`; the run record is `<run_id>`).
@@ -68,9 +72,16 @@ impl JetStream {
         Ok(Self { js, job_timeout: Duration::from_secs(spec.job_timeout_secs), continue_on_error })
     }
 
+    /// Whether a result is one of this run's jobs.
+    fn belongs(&self, plan: &Plan, result: &JobResult) -> bool {
+        result.run_id == plan.run_id && plan.jobs.iter().any(|j| j.id == result.job_id)
+    }
+
     /// Publishes a job and waits until JetStream stored it, retrying for about a minute while
-    /// the server is unreachable (the message id makes a retried publish harmless).
+    /// the server is unreachable (the message id makes a retried publish harmless). The job
+    /// carries its deadline: past it, no worker starts or continues it.
     async fn publish(&self, job: &Job) -> anyhow::Result<()> {
+        let job = &Job { deadline: Some(now() + self.job_timeout.as_secs()), ..job.clone() };
         let attempt = || async {
             let message = PublishMessage::build()
                 .payload(job.encode().into())
@@ -147,17 +158,59 @@ impl Executor for JetStream {
         plan: &Plan,
         on_result: &(dyn for<'r> Fn(&'r JobResult) + Sync),
     ) -> anyhow::Result<Vec<JobResult>> {
-        let mut record = RunRecord {
-            run_id: plan.run_id.clone(),
-            status: "running".into(),
-            jobs: plan.jobs.len(),
-            finished_jobs: 0,
-            failed_jobs: 0,
-            started_at: now(),
-            updated_at: now(),
+        // A resumed run keeps its record: when it started and which jobs were handed out.
+        let mut record = match self.run_record(&plan.run_id).await {
+            Some(mut earlier) => {
+                earlier.status = "running".into();
+                earlier
+            }
+            None => RunRecord {
+                run_id: plan.run_id.clone(),
+                status: "running".into(),
+                jobs: plan.jobs.len(),
+                finished_jobs: 0,
+                failed_jobs: 0,
+                started_at: now(),
+                updated_at: now(),
+                published: Vec::new(),
+            },
         };
         self.store_plan(plan).await?;
         self.record(&record).await;
+        let driven = self.drive(plan, on_result, &mut record).await;
+        record.updated_at = now();
+        match driven {
+            Ok(results) => {
+                record.status = "finished".into();
+                self.record(&record).await;
+                Ok(results)
+            }
+            Err(e) => {
+                record.status = "interrupted".into();
+                self.record(&record).await;
+                Err(e.context(format!(
+                    "run {} interrupted; its workers go on: finish it with `vss pipeline --config … --nats … --resume {}`",
+                    plan.run_id, plan.run_id
+                )))
+            }
+        }
+    }
+}
+
+impl JetStream {
+    async fn run_record(&self, run_id: &str) -> Option<RunRecord> {
+        let runs = self.js.get_key_value(RUNS_BUCKET).await.ok()?;
+        let bytes = runs.get(run_id).await.ok()??;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Publishes ready jobs and collects results until every job of the plan has one.
+    async fn drive(
+        &self,
+        plan: &Plan,
+        on_result: &(dyn for<'r> Fn(&'r JobResult) + Sync),
+        record: &mut RunRecord,
+    ) -> anyhow::Result<Vec<JobResult>> {
         // Subscribe before publishing anything, from the start of the run's subject.
         let results = self
             .js
@@ -174,30 +227,47 @@ impl Executor for JetStream {
         let backlog = results.cached_info().num_pending;
         let mut results = results.messages().await.context("cannot read the run's results")?;
         let mut schedule = Schedule::new(plan, self.continue_on_error);
-        let mut earlier = Vec::new();
-        while (earlier.len() as u64) < backlog {
+        let mut earlier: Vec<JobResult> = Vec::new();
+        for _ in 0..backlog {
             let message = tokio::time::timeout(Duration::from_secs(10), results.next())
                 .await
                 .context("timed out replaying the run's earlier results")?
                 .context("the results stream ended")??;
-            earlier.push(JobResult::decode(&message.payload)?);
+            match JobResult::decode(&message.payload) {
+                Ok(r)
+                    if self.belongs(plan, &r) && !earlier.iter().any(|e| e.job_id == r.job_id) =>
+                {
+                    earlier.push(r)
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "undecodable result ignored"),
+            }
         }
-        if !earlier.is_empty() {
+        let mut pending: BTreeMap<String, (Instant, &Job)> = BTreeMap::new();
+        if !earlier.is_empty() || !record.published.is_empty() {
             tracing::info!(results = earlier.len(), "resuming: earlier results replayed");
             earlier.iter().for_each(on_result);
             record.finished_jobs = earlier.len();
             record.failed_jobs =
                 earlier.iter().filter(|r| matches!(r.outcome, Outcome::Failed { .. })).count();
             schedule.restore(earlier);
+            // Jobs handed out before and still without a result are running (or queued).
+            for job in schedule.mark_started(record.published.iter().cloned()) {
+                pending.insert(job.id.clone(), (Instant::now(), job));
+            }
         }
-        let mut pending: BTreeMap<String, (Instant, &Job)> = BTreeMap::new();
         let mut last_heard = Instant::now();
         loop {
             let (ready, skipped) = schedule.next(|_| true);
             skipped.iter().for_each(on_result);
-            for job in ready {
-                self.publish(job).await?;
-                pending.insert(job.id.clone(), (Instant::now(), job));
+            if !ready.is_empty() {
+                for job in ready {
+                    self.publish(job).await?;
+                    pending.insert(job.id.clone(), (Instant::now(), job));
+                    record.published.push(job.id.clone());
+                }
+                record.updated_at = now();
+                self.record(record).await;
             }
             if schedule.is_done() {
                 break;
@@ -211,19 +281,6 @@ impl Executor for JetStream {
                 Ok(Some(Err(e))) => tracing::warn!(error = %e, "reading results; retrying"),
                 Ok(None) => anyhow::bail!("the results stream ended"),
                 Err(_) => {
-                    for (id, (sent, job)) in &pending {
-                        if sent.elapsed() >= self.job_timeout {
-                            let error = format!(
-                                "target `{}`: no worker finished job {id} within {} s",
-                                job.target,
-                                self.job_timeout.as_secs()
-                            );
-                            arrived.push(JobResult::new(
-                                job,
-                                Outcome::Failed { error, retryable: true },
-                            ));
-                        }
-                    }
                     if last_heard.elapsed() >= QUIET_WARNING {
                         tracing::warn!(
                             waiting = pending.len(),
@@ -233,9 +290,19 @@ impl Executor for JetStream {
                     }
                 }
             }
+            for (id, (sent, job)) in &pending {
+                if sent.elapsed() >= self.job_timeout {
+                    let error = format!(
+                        "target `{}`: no worker finished job {id} within {} s",
+                        job.target,
+                        self.job_timeout.as_secs()
+                    );
+                    arrived.push(JobResult::new(job, Outcome::Failed { error, retryable: true }));
+                }
+            }
             for result in arrived {
                 last_heard = Instant::now();
-                if result.run_id != plan.run_id {
+                if !self.belongs(plan, &result) {
                     continue;
                 }
                 let failed = matches!(result.outcome, Outcome::Failed { .. });
@@ -248,10 +315,7 @@ impl Executor for JetStream {
                 }
             }
         }
-        record.status = "finished".into();
         record.finished_jobs = plan.jobs.len();
-        record.updated_at = now();
-        self.record(&record).await;
         Ok(schedule.into_results())
     }
 }

@@ -30,8 +30,9 @@ pub const RESULTS_STREAM: &str = "VSS_RESULTS";
 pub const RUNS_BUCKET: &str = "vss-runs";
 /// The durable consumer all workers share.
 pub const WORKERS_CONSUMER: &str = "vss-workers";
-/// How long JetStream remembers a `Nats-Msg-Id` to drop a duplicate publish.
-const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
+/// How long JetStream remembers a `Nats-Msg-Id` to drop a duplicate publish: long enough
+/// for a stopped coordinator to be resumed without handing a job out twice.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(2 * 3600);
 
 /// The subject a job is published on.
 fn job_subject(job: &Job) -> String {
@@ -77,11 +78,24 @@ pub async fn connect(spec: &NatsSpec, name: &str) -> anyhow::Result<async_nats::
         .split(',')
         .map(|u| u.trim().parse::<async_nats::ServerAddr>())
         .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("invalid NATS URL `{}`", spec.url))?;
+        .with_context(|| format!("invalid NATS URL `{}`", without_userinfo(&spec.url)))?;
     options
         .connect(servers)
         .await
-        .with_context(|| format!("cannot connect to NATS at {}", spec.url))
+        .with_context(|| format!("cannot connect to NATS at {}", without_userinfo(&spec.url)))
+}
+
+/// The URL(s) with any `user:password@` replaced, for messages.
+fn without_userinfo(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+            }
+            _ => url.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Creates the streams and the run bucket if they do not exist yet (idempotent).
@@ -118,4 +132,18 @@ async fn ensure_streams(js: &jetstream::Context) -> anyhow::Result<()> {
         .context("cannot create KV bucket vss-runs")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_userinfo;
+
+    #[test]
+    fn passwords_in_urls_are_not_repeated() {
+        assert_eq!(
+            without_userinfo("nats://vss:s3cret@nats-1:4222,nats://nats-2:4222"),
+            "nats://***@nats-1:4222,nats://nats-2:4222"
+        );
+        assert_eq!(without_userinfo("tls://nats:4222"), "tls://nats:4222");
+    }
 }

@@ -139,7 +139,15 @@ pub async fn run(
         loop {
             let next = tokio::select! {
                 next = batch.next() => next,
-                () = &mut shutdown => break 'taking,
+                () = &mut shutdown => {
+                    // Jobs already delivered to this fetch go back at once, not after AckWait.
+                    while let Ok(Some(Ok(message))) =
+                        tokio::time::timeout(Duration::from_millis(100), batch.next()).await
+                    {
+                        settle(&message, AckKind::Nak(None)).await;
+                    }
+                    break 'taking;
+                }
             };
             match next {
                 Some(Ok(message)) => {
@@ -167,6 +175,10 @@ pub async fn run(
             "shutdown grace ran out; those jobs will be redelivered"
         );
         running.abort_all();
+    }
+    // Acks, naks and terms are buffered publishes: send them before the connection goes.
+    if let Err(e) = js.client().flush().await {
+        tracing::warn!(error = %e, "cannot flush the last acks");
     }
     Ok(())
 }
@@ -204,8 +216,25 @@ async fn run_and_settle(
     max_deliver: i64,
 ) {
     let ctx = contexts.for_job(job);
-    tracing::info!("job started");
-    let result = with_heartbeat(message, ack_wait, vss_worker::execute_isolated(job, &ctx)).await;
+    // Past its deadline the coordinator has given up on the job: never start or finish it.
+    let remaining = job.deadline.map(|d| Duration::from_secs(d.saturating_sub(unix_now())));
+    let past_deadline = |why: &str| {
+        let error = format!("target `{}`: job {} {why}", job.target, job.id);
+        JobResult::new(job, Outcome::Failed { error, retryable: false })
+    };
+    let result = match remaining {
+        Some(left) if left.is_zero() => past_deadline("expired before a worker took it"),
+        _ => {
+            tracing::info!("job started");
+            let work = with_heartbeat(message, ack_wait, vss_worker::execute_isolated(job, &ctx));
+            match remaining {
+                Some(left) => tokio::time::timeout(left, work)
+                    .await
+                    .unwrap_or_else(|_| past_deadline("ran past its deadline and was stopped")),
+                None => work.await,
+            }
+        }
+    };
 
     let last_attempt = max_deliver > 0 && delivered >= max_deliver;
     if let Outcome::Failed { retryable: true, error } = &result.outcome
@@ -227,6 +256,10 @@ async fn run_and_settle(
         // The result is stored; a redelivery repeats idempotent work and a duplicate result.
         tracing::warn!(error = %e, "ack not confirmed");
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 async fn settle(message: &jetstream::Message, kind: AckKind) {
