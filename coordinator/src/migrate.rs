@@ -4,7 +4,6 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::json;
 use vss_migrations::runner::Runner;
@@ -46,6 +45,9 @@ enum MigrateCommand {
         /// Keep migrations up to this version (default: roll back the last one).
         #[arg(long)]
         to: Option<u32>,
+        /// Allow down tasks that disable engines or auth methods or delete policies and data.
+        #[arg(long)]
+        allow_destructive: bool,
     },
     /// Clear the dirty flag after fixing Vault by hand.
     Repair,
@@ -74,9 +76,12 @@ struct CommonArgs {
     /// AppRole: its auth mount.
     #[arg(long, global = true, default_value = "approle")]
     approle_mount: String,
-    /// Where the history and the lock live: a KV v2 mount and folder.
-    #[arg(long, global = true, default_value = "secret/vss-migrations")]
-    state_path: String,
+    /// The KV v2 engine holding the history and the lock (may be nested, e.g. `team/kv`).
+    #[arg(long, global = true, default_value = "secret")]
+    state_mount: String,
+    /// The folder in that engine.
+    #[arg(long, global = true, default_value = "vss-migrations")]
+    state_folder: String,
     /// How long to wait for another runner's lock.
     #[arg(long, global = true, default_value_t = 60)]
     lock_wait: u64,
@@ -107,17 +112,12 @@ impl CommonArgs {
                 None => SecretRef::Env("VAULT_TOKEN".into()),
             }),
         };
-        let (mount, prefix) = self
-            .state_path
-            .trim_matches('/')
-            .split_once('/')
-            .context("--state-path is `<kv-v2 mount>/<folder>`, e.g. secret/vss-migrations")?;
         Ok(VaultStore::open(&VaultSpec {
             address: self.vault_addr.clone(),
             namespace: self.vault_namespace.clone(),
             auth,
-            mount: mount.into(),
-            prefix: prefix.into(),
+            mount: self.state_mount.trim_matches('/').into(),
+            prefix: self.state_folder.trim_matches('/').into(),
             paths: Vec::new(),
         })?)
     }
@@ -131,7 +131,13 @@ fn env(name: &str) -> Option<String> {
 pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
     let common = &args.common;
     let vault = common.vault()?;
-    let runner = Runner::new(&vault, &common.dir, &env, Duration::from_secs(common.lock_wait));
+    let runner = Runner::new(
+        &vault,
+        &common.state_mount,
+        &common.dir,
+        &env,
+        Duration::from_secs(common.lock_wait),
+    );
     let json = common.output == Format::Json;
     let mut out = std::io::stdout().lock();
     let mut changes = false;
@@ -210,8 +216,8 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
                 }
             }
         }
-        MigrateCommand::Rollback { to } => {
-            let rolled = runner.rollback(to).await?;
+        MigrateCommand::Rollback { to, allow_destructive } => {
+            let rolled = runner.rollback(to, allow_destructive).await?;
             if json {
                 writeln!(out, "{}", json!({ "rolled_back": rolled }))?;
             } else if rolled.is_empty() {

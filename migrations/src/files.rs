@@ -1,4 +1,5 @@
-//! The migrations folder: `V<NNNN>__<name>.yaml` files and the last known state.
+//! The migrations folder: `V<NNNN>__<name>.yaml` files, each with the desired state it was
+//! generated from.
 
 use std::path::{Path, PathBuf};
 
@@ -7,9 +8,6 @@ use serde_json::{Map, Value};
 
 use crate::MigrateError;
 use crate::task::Task;
-
-/// The last desired state a `generate` saw, kept beside the migrations.
-const LAST_KNOWN: &str = "last-known-state.yaml";
 
 /// A migration as written in its file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -23,6 +21,10 @@ pub struct Migration {
     pub up: Vec<Task>,
     /// Applied in order by `rollback` (the inverse of `up`, last step first).
     pub down: Vec<Task>,
+    /// The schema's `desired_state` this migration was generated from (as written, `${VAR}`s
+    /// unexpanded): the last known state for the next generate.
+    #[serde(default)]
+    pub desired_state: Map<String, Value>,
 }
 
 /// A migration file: its migration, where it is, and the checksum of its bytes.
@@ -95,24 +97,15 @@ pub fn write_next(dir: &Path, migration: &Migration) -> Result<PathBuf, MigrateE
     Ok(path)
 }
 
-/// The last known desired state (empty before the first generate).
-pub fn last_known(dir: &Path) -> Result<Map<String, Value>, MigrateError> {
-    let path = dir.join(LAST_KNOWN);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            serde_saphyr::from_str(&text).map_err(|e| MigrateError::file(&path, e.to_string()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Map::new()),
-        Err(e) => Err(MigrateError::file(&path, e.to_string())),
-    }
-}
-
-/// Saves the desired state a generate just turned into a migration.
-pub fn save_last_known(dir: &Path, state: &Map<String, Value>) -> Result<(), MigrateError> {
-    let path = dir.join(LAST_KNOWN);
-    let text =
-        serde_saphyr::to_string(state).map_err(|e| MigrateError::file(&path, e.to_string()))?;
-    std::fs::write(&path, text).map_err(|e| MigrateError::file(&path, e.to_string()))
+/// The last known desired state: the one recorded in the newest migration file (empty
+/// before the first). A migration discarded in review takes its state with it.
+pub fn last_known(files: &[MigrationFile]) -> Map<String, Value> {
+    files
+        .iter()
+        .rev()
+        .find(|f| !f.migration.desired_state.is_empty())
+        .map(|f| f.migration.desired_state.clone())
+        .unwrap_or_default()
 }
 
 /// A migration name fit for a file name: lowercase letters, digits and `_`.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use crate::normalize::{declared_same, mount_type, policy, same};
-use crate::schema::{Resource, Schema, expand};
+use crate::schema::{Resource, Schema, expand, is_interpolated, literal};
 use crate::task::Task;
 
 /// What Vault holds of the resources a schema names.
@@ -52,6 +52,7 @@ pub fn generate(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Generated, String> {
     let mut steps: Vec<(Phase, Task, Task)> = Vec::new();
+    refuse_kv_paths(desired, current)?;
     for resource in desired.resources.values() {
         changes(resource, current, env, &mut steps)?;
     }
@@ -66,6 +67,35 @@ pub fn generate(
     Ok(Generated { up, down })
 }
 
+/// Secrets in KV engines are data, not configuration: their values would end up in
+/// migration files. Those belong to `vss pipeline`.
+fn refuse_kv_paths(desired: &Schema, current: &Current) -> Result<(), String> {
+    let mut kv: Vec<String> = current
+        .mounts
+        .iter()
+        .filter(|(_, m)| m["type"].as_str() == Some("kv"))
+        .map(|(path, _)| path.clone())
+        .collect();
+    kv.extend(desired.resources.values().filter_map(|r| match r {
+        Resource::Mount { path, spec }
+            if spec["type"].as_str().is_some_and(|t| t.starts_with("kv")) =>
+        {
+            Some(format!("{path}/"))
+        }
+        _ => None,
+    }));
+    for resource in desired.resources.values() {
+        if let Resource::Data { path, .. } = resource
+            && let Some(mount) = kv.iter().find(|m| path.starts_with(m.as_str()))
+        {
+            return Err(format!(
+                "{path} is a secret in the KV engine {mount}; vss migrate manages configuration, not secret values (sync those with `vss pipeline`)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn expanded(
     value: &Map<String, Value>,
     env: &dyn Fn(&str) -> Option<String>,
@@ -74,6 +104,16 @@ fn expanded(
         Value::Object(map) => Ok(map),
         _ => unreachable!("a map expands to a map"),
     }
+}
+
+/// What a rollback writes back to a data path: Vault's earlier values of the declared keys,
+/// escaped so they are never expanded, except keys whose desired value comes from the
+/// environment (those are credentials: never copied into a migration file).
+fn pre_image(raw: &Map<String, Value>, now: &Map<String, Value>) -> Map<String, Value> {
+    raw.iter()
+        .filter(|(_, desired)| !is_interpolated(desired))
+        .filter_map(|(k, _)| now.get(k).map(|v| (k.clone(), literal(v))))
+        .collect()
 }
 
 /// The keys of `data` that `now` (Vault's answer) has.
@@ -97,13 +137,14 @@ fn tune(
         && !same("description", desc, current.get("description").unwrap_or(&Value::Null))
     {
         to.insert("description".into(), raw["description"].clone());
-        back.insert("description".into(), current.get("description").cloned().unwrap_or_default());
+        let before = current.get("description").cloned().unwrap_or_default();
+        back.insert("description".into(), literal(&before));
     }
     let current_config = obj(current.get("config"));
     for (key, value) in obj(spec.get("config")) {
         if !current_config.get(&key).is_some_and(|c| same(&key, &value, c)) {
             to.insert(key.clone(), obj(raw.get("config"))[&key].clone());
-            back.insert(key.clone(), current_config.get(&key).cloned().unwrap_or(Value::Null));
+            back.insert(key.clone(), literal(current_config.get(&key).unwrap_or(&Value::Null)));
         }
     }
     (to, back)
@@ -133,11 +174,13 @@ fn changes(
                     "{path}/ is a `{now_kind}` engine in Vault, the schema says `{kind}`; changing an engine's type means removing it (its data too): remove it from the schema first, then add it back"
                 ));
             }
-            let (mut to, mut back) = tune(raw, &spec, now);
+            let (mut to, back) = tune(raw, &spec, now);
             if !declared_same(&options, &now_options) {
-                let (_, raw_options) = mount_type(kind.as_str(), &obj(raw.get("options")));
+                // Options as written, with `kv-v2` spelled out as `version: 2`. There is no
+                // way back from a kv upgrade, so the inverse leaves options alone.
+                let written = spec["type"].as_str().unwrap_or_default();
+                let (_, raw_options) = mount_type(written, &obj(raw.get("options")));
                 to.insert("options".into(), Value::Object(raw_options));
-                back.insert("options".into(), Value::Object(now_options));
             }
             if !to.is_empty() {
                 let up = Task::TuneMount { path: path.clone(), settings: to };
@@ -194,11 +237,8 @@ fn changes(
                 // Keys Vault never returns (passwords) cannot be compared; they are written
                 // with the resource, and whenever another declared key changes.
                 Some(now) if !declared_same(&readable(&data, &now), &now) => {
-                    let before: Map<String, Value> = raw
-                        .keys()
-                        .filter_map(|k| now.get(k).map(|v| (k.clone(), v.clone())))
-                        .collect();
-                    steps.push((Phase::Data, up, Task::Write { path: path.clone(), data: before }));
+                    let back = Task::Write { path: path.clone(), data: pre_image(raw, &now) };
+                    steps.push((Phase::Data, up, back));
                 }
                 Some(_) => {}
             }
@@ -230,11 +270,7 @@ fn removal(resource: &Resource, current: &Current, steps: &mut Vec<(Phase, Task,
         }
         Resource::Data { path, data } => {
             if let Some(Some(now)) = current.data.get(path) {
-                let before: Map<String, Value> = data
-                    .keys()
-                    .filter_map(|k| now.get(k).map(|v| (k.clone(), v.clone())))
-                    .collect();
-                let back = Task::Write { path: path.clone(), data: before };
+                let back = Task::Write { path: path.clone(), data: pre_image(data, now) };
                 steps.push((Phase::DeleteData, Task::Delete { path: path.clone() }, back));
             }
         }

@@ -1,8 +1,10 @@
 //! What makes a desired value and Vault's answer "the same": the spellings Vault normalizes.
 //!
 //! - `kv-v2` is `kv` with `options.version = "2"`;
-//! - durations (`*ttl`, `period`): `"1h"`, `"60m"`, `"3600s"`, `"3600"` and `3600` are equal;
-//! - a comma-separated string equals the list Vault returns (`token_policies: "a,b"`);
+//! - durations (`*ttl`, `period`): `"1h"`, `"1.5h"`, `"60m"`, `"3600s"`, `"3600"` and `3600` are
+//!   compared as lengths of time;
+//! - lists of strings compare as sets, and a comma-separated string equals the list Vault
+//!   returns (`token_policies: "b,a"` = `["a", "b"]`);
 //! - numbers and booleans equal their string forms (Vault returns either);
 //! - policies compare without the whitespace HCL ignores (outside quoted strings);
 //! - paths with and without trailing slashes are one path (see the schema).
@@ -36,50 +38,79 @@ fn is_duration(key: &str) -> bool {
     key.ends_with("ttl") || key == "period" || key.ends_with("_period")
 }
 
-/// Seconds of a duration written as a number or a Go-style string (`1h30m`, `90s`, `3600`).
-pub fn seconds(value: &Value) -> Option<u64> {
+/// Nanoseconds of a duration written as a number of seconds or a Go-style string (`1h30m`,
+/// `1.5h`, `90s`, `500ms`, `3600`); `None` for anything else or an absurd size.
+pub fn nanos(value: &Value) -> Option<u128> {
+    const SECOND: f64 = 1e9;
     match value {
-        Value::Number(n) => n.as_u64(),
+        Value::Number(n) => n.as_u64().map(|s| u128::from(s) * 1_000_000_000),
         Value::String(s) => {
             let s = s.trim();
             if let Ok(n) = s.parse::<u64>() {
-                return Some(n);
+                return Some(u128::from(n) * 1_000_000_000);
             }
-            let (mut total, mut number) = (0u64, String::new());
-            for c in s.chars() {
-                if c.is_ascii_digit() {
-                    number.push(c);
-                    continue;
-                }
-                let unit = match c {
-                    'h' => 3600,
-                    'm' => 60,
-                    's' => 1,
-                    'd' => 86_400,
+            let mut total = 0f64;
+            let mut rest = s;
+            while !rest.is_empty() {
+                let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+                let number: f64 = rest[..digits].parse().ok()?;
+                rest = &rest[digits..];
+                let unit_len =
+                    rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+                let unit = match &rest[..unit_len] {
+                    "ns" => 1.0,
+                    "us" | "µs" => 1e3,
+                    "ms" => 1e6,
+                    "s" => SECOND,
+                    "m" => 60.0 * SECOND,
+                    "h" => 3600.0 * SECOND,
+                    "d" => 86_400.0 * SECOND,
                     _ => return None,
                 };
-                total += number.parse::<u64>().ok()? * unit;
-                number.clear();
+                total += number * unit;
+                rest = &rest[unit_len..];
             }
-            number.is_empty().then_some(total)
+            (total.is_finite() && total < 1e30).then_some(total.round() as u128)
         }
         _ => None,
     }
+}
+
+/// Whole seconds of a duration (see [`nanos`]).
+pub fn seconds(value: &Value) -> Option<u64> {
+    nanos(value).and_then(|n| u64::try_from(n / 1_000_000_000).ok())
+}
+
+/// A list of strings as a sorted list (Vault sorts some lists, e.g. policies), from an array
+/// or a comma-separated string.
+fn string_set(value: &Value) -> Option<Vec<String>> {
+    let mut items: Vec<String> = match value {
+        Value::String(s) => {
+            s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+        }
+        Value::Array(items) => {
+            items.iter().map(|v| v.as_str().map(str::to_string)).collect::<Option<_>>()?
+        }
+        _ => return None,
+    };
+    items.sort();
+    Some(items)
 }
 
 /// Whether `desired` (as the schema writes it, expanded) and `current` (as Vault returns it)
 /// mean the same value of `key`. Maps compare only the keys `desired` declares.
 pub fn same(key: &str, desired: &Value, current: &Value) -> bool {
     if is_duration(key)
-        && let (Some(d), Some(c)) = (seconds(desired), seconds(current))
+        && let (Some(d), Some(c)) = (nanos(desired), nanos(current))
+    {
+        return d == c;
+    }
+    if (desired.is_array() || current.is_array())
+        && let (Some(d), Some(c)) = (string_set(desired), string_set(current))
     {
         return d == c;
     }
     match (desired, current) {
-        (Value::String(d), Value::Array(c)) => {
-            let d: Vec<&str> = d.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-            d.len() == c.len() && d.iter().zip(c).all(|(d, c)| c.as_str() == Some(d))
-        }
         (Value::String(d), Value::Number(c)) => d == &c.to_string(),
         (Value::String(d), Value::Bool(c)) => d == &c.to_string(),
         (Value::Number(d), Value::String(c)) => c == &d.to_string(),
@@ -141,13 +172,18 @@ mod tests {
             assert!(same("token_ttl", &spelling, &json!(3600)), "{spelling}");
         }
         assert!(same("default_lease_ttl", &json!("1h30m"), &json!(5400)));
+        assert!(same("default_lease_ttl", &json!("1.5h"), &json!(5400)));
+        assert!(same("token_ttl", &json!("90000ms"), &json!("1m30s")));
         assert!(!same("token_ttl", &json!("2h"), &json!(3600)));
         assert_eq!(seconds(&json!("1x")), None);
+        assert_eq!(seconds(&json!("99999999999999999999999999999h")), None);
     }
 
     #[test]
     fn lists_strings_and_scalars_compare_as_vault_returns_them() {
         assert!(same("token_policies", &json!("a, b"), &json!(["a", "b"])));
+        assert!(same("token_policies", &json!("b,a"), &json!(["a", "b"])), "order does not matter");
+        assert!(same("token_policies", &json!(["a"]), &json!("a")));
         assert!(!same("token_policies", &json!("a"), &json!(["a", "b"])));
         assert!(same("secret_id_num_uses", &json!("0"), &json!(0)));
         assert!(same("bind_secret_id", &json!(true), &json!("true")));

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use vss_protocol::SecretValue;
-use vss_stores::vault::VaultStore;
+use vss_stores::vault::{Method, VaultStore};
 use vss_stores::{ErrorKind, Precondition, SecretStore, Version};
 
 use crate::MigrateError;
@@ -78,28 +78,53 @@ fn now() -> u64 {
 /// are the state path (history and lock live there); its connection runs every other call.
 pub struct Runner<'a> {
     vault: &'a VaultStore,
+    state_mount: String,
     dir: PathBuf,
     env: &'a (dyn Fn(&str) -> Option<String> + Sync),
     owner: String,
     lock_wait: Duration,
+    /// The lock's KV version while this runner holds it.
+    held: std::sync::Mutex<Option<Version>>,
 }
 
 impl<'a> Runner<'a> {
-    /// A runner over the migrations in `dir`; `env` expands `${VAR}`s.
+    /// A runner over the migrations in `dir`; `env` expands `${VAR}`s. `vault`'s mount
+    /// (`state_mount`, a KV v2 engine) and prefix hold the history and the lock.
     pub fn new(
         vault: &'a VaultStore,
+        state_mount: &str,
         dir: &Path,
         env: &'a (dyn Fn(&str) -> Option<String> + Sync),
         lock_wait: Duration,
     ) -> Self {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
         let owner = format!("{host}:{}:{}", std::process::id(), now());
-        Self { vault, dir: dir.to_path_buf(), env, owner, lock_wait }
+        Self {
+            vault,
+            state_mount: state_mount.trim_matches('/').to_string(),
+            dir: dir.to_path_buf(),
+            env,
+            owner,
+            lock_wait,
+            held: std::sync::Mutex::new(None),
+        }
     }
 
     /// The history and its KV version (`None`: nothing applied ever).
     pub async fn history(&self) -> Result<(History, Option<Version>), MigrateError> {
         let Some(found) = self.vault.read(HISTORY).await? else {
+            // No history is "nothing applied" only if it is looked for in the right place.
+            let mounts = self.vault.api(Method::GET, "sys/mounts", None).await?;
+            let exists = mounts
+                .as_ref()
+                .and_then(|m| m.get("data"))
+                .is_some_and(|d| d.get(format!("{}/", self.state_mount)).is_some());
+            if !exists {
+                return Err(MigrateError::Refused(format!(
+                    "the history's KV engine `{}/` does not exist (see --state-mount)",
+                    self.state_mount
+                )));
+            }
             return Ok((History::default(), None));
         };
         let text = found.value.expose().get("history").and_then(Value::as_str).unwrap_or("{}");
@@ -121,14 +146,40 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
-    /// Takes the lock (waiting up to the lock wait), or says who holds it.
-    async fn lock(&self) -> Result<Version, MigrateError> {
-        let value = SecretValue::new(
-            json!({"owner": self.owner, "expires_at": now() + LOCK_TTL.as_secs()})
+    fn lock_value(&self, expires_at: u64) -> SecretValue {
+        SecretValue::new(
+            json!({"owner": self.owner, "expires_at": expires_at})
                 .as_object()
                 .cloned()
                 .expect("an object"),
-        );
+        )
+    }
+
+    /// Extends the lock this runner holds; fails if someone took it over meanwhile.
+    async fn renew(&self) -> Result<(), MigrateError> {
+        let Some(held) = self.held.lock().expect("lock state").clone() else { return Ok(()) };
+        let value = self.lock_value(now() + LOCK_TTL.as_secs());
+        match self.vault.write(LOCK, &value, Precondition::Matches(held)).await {
+            Ok(version) => {
+                *self.held.lock().expect("lock state") = Some(version);
+                Ok(())
+            }
+            Err(e) if e.kind == ErrorKind::Conflict => Err(MigrateError::Refused(
+                "the migration lock was taken over by another runner; stopping".into(),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Takes the lock (waiting up to the lock wait), or says who holds it.
+    async fn lock(&self) -> Result<(), MigrateError> {
+        let version = self.acquire().await?;
+        *self.held.lock().expect("lock state") = Some(version);
+        Ok(())
+    }
+
+    async fn acquire(&self) -> Result<Version, MigrateError> {
+        let value = self.lock_value(now() + LOCK_TTL.as_secs());
         let deadline = std::time::Instant::now() + self.lock_wait;
         loop {
             match self.vault.write(LOCK, &value, Precondition::Absent).await {
@@ -158,8 +209,13 @@ impl<'a> Runner<'a> {
         }
     }
 
-    async fn unlock(&self, version: Version) {
-        if let Err(e) = self.vault.delete(LOCK, Precondition::Matches(version)).await {
+    /// Releases the lock by writing it expired, only if this runner still holds it (a
+    /// check-and-set write, so another runner's lock is never removed).
+    async fn unlock(&self) {
+        let Some(held) = self.held.lock().expect("lock state").take() else { return };
+        if let Err(e) =
+            self.vault.write(LOCK, &self.lock_value(0), Precondition::Matches(held)).await
+        {
             tracing::warn!(error = %e, "cannot release the migration lock (it expires on its own)");
         }
     }
@@ -169,9 +225,9 @@ impl<'a> Runner<'a> {
         &self,
         work: impl std::future::Future<Output = Result<T, MigrateError>>,
     ) -> Result<T, MigrateError> {
-        let lock = self.lock().await?;
+        self.lock().await?;
         let done = work.await;
-        self.unlock(lock).await;
+        self.unlock().await;
         done
     }
 
@@ -261,7 +317,13 @@ impl<'a> Runner<'a> {
                     checksum: file.checksum.clone(),
                     applied_at: now(),
                 });
-                self.save(&history, &mut at).await?;
+                self.renew().await?;
+                self.save(&history, &mut at).await.map_err(|e| {
+                    MigrateError::Refused(format!(
+                        "V{:04} was applied, but recording it in the history failed: {e}; check `vss migrate status` before anything else",
+                        m.version
+                    ))
+                })?;
                 done.push(m.version);
             }
             Ok(done)
@@ -269,8 +331,14 @@ impl<'a> Runner<'a> {
         .await
     }
 
-    /// Rolls back applied migrations above `to` (default: the last one), newest first.
-    pub async fn rollback(&self, to: Option<u32>) -> Result<Vec<u32>, MigrateError> {
+    /// Rolls back applied migrations above `to` (default: the last one), newest first. Down
+    /// tasks that remove things (disabling an engine drops its data) need
+    /// `allow_destructive`.
+    pub async fn rollback(
+        &self,
+        to: Option<u32>,
+        allow_destructive: bool,
+    ) -> Result<Vec<u32>, MigrateError> {
         self.locked(async {
             let files = files::load_all(&self.dir)?;
             let (mut history, mut at) = self.history().await?;
@@ -280,6 +348,19 @@ impl<'a> Runner<'a> {
                 Some(v) => v,
                 None => history.applied.iter().rev().nth(1).map_or(0, |a| a.version),
             };
+            let destructive: Vec<String> = files
+                .iter()
+                .filter(|f| f.migration.version > floor)
+                .filter(|f| history.applied.iter().any(|a| a.version == f.migration.version))
+                .flat_map(|f| f.migration.down.iter().filter(|t| t.is_destructive()))
+                .map(Task::describe)
+                .collect();
+            if !destructive.is_empty() && !allow_destructive {
+                return Err(MigrateError::Refused(format!(
+                    "rolling back removes things: {}; rerun with --allow-destructive",
+                    destructive.join("; ")
+                )));
+            }
             let mut done = Vec::new();
             while let Some(last) = history.applied.last().filter(|a| a.version > floor).cloned() {
                 let file = files
@@ -289,7 +370,13 @@ impl<'a> Runner<'a> {
                 self.run_tasks(&file.migration.down, last.version, "down", &mut history, &mut at)
                     .await?;
                 history.applied.pop();
-                self.save(&history, &mut at).await?;
+                self.renew().await?;
+                self.save(&history, &mut at).await.map_err(|e| {
+                    MigrateError::Refused(format!(
+                        "V{:04} was rolled back, but recording it in the history failed: {e}; check `vss migrate status` before anything else",
+                        last.version
+                    ))
+                })?;
                 done.push(last.version);
             }
             Ok(done)
@@ -319,6 +406,7 @@ impl<'a> Runner<'a> {
         at: &mut Option<Version>,
     ) -> Result<(), MigrateError> {
         for (i, task) in tasks.iter().enumerate() {
+            self.renew().await?;
             tracing::info!(version, direction, task = %task.describe(), "running");
             if let Err(e) = crate::vault::run(self.vault, task, self.env).await {
                 let what = format!("{} ({})", i + 1, task.describe());
@@ -328,9 +416,12 @@ impl<'a> Runner<'a> {
                     task: what.clone(),
                     error: e.to_string(),
                 });
-                self.save(history, at).await?;
+                let marked = match self.save(history, at).await {
+                    Ok(()) => "Vault is marked dirty".to_string(),
+                    Err(save) => format!("and marking Vault dirty failed too: {save}"),
+                };
                 return Err(MigrateError::Refused(format!(
-                    "V{version:04} {direction} task {what} failed: {e}; Vault is marked dirty"
+                    "V{version:04} {direction} task {what} failed: {e}; {marked}"
                 )));
             }
         }
@@ -346,8 +437,11 @@ impl<'a> Runner<'a> {
         allow_destructive: bool,
     ) -> Result<Option<PathBuf>, MigrateError> {
         let files = files::load_all(&self.dir)?;
-        let last = Schema::from_map(files::last_known(&self.dir)?)
-            .map_err(|m| MigrateError::file(&self.dir.join("last-known-state.yaml"), m))?;
+        let last = Schema::from_map(files::last_known(&files)).map_err(|m| {
+            MigrateError::file(&files.last().map_or(self.dir.clone(), |f| f.path.clone()), m)
+        })?;
+        let mut offline = false;
+        let as_written = |name: &str| Some(format!("${{{name}}}"));
         let current = match self.history().await {
             Ok((history, _)) => {
                 if let Some(next) = self.pending(&files, &history)?.first() {
@@ -360,12 +454,16 @@ impl<'a> Runner<'a> {
             }
             Err(MigrateError::Vault(e)) if e.kind == ErrorKind::Unavailable => {
                 tracing::warn!(error = %e, "Vault unreachable: comparing with the last known state");
-                current_from(&last, self.env)?
+                offline = true;
+                current_from(&last, &as_written)?
             }
             Err(e) => return Err(e),
         };
-        let generated =
-            generate(schema, &last, &current, self.env).map_err(MigrateError::Refused)?;
+        // Offline, both sides stay as written: no value from the environment can end up in a
+        // down task.
+        let env: &(dyn Fn(&str) -> Option<String> + Sync) =
+            if offline { &as_written } else { self.env };
+        let generated = generate(schema, &last, &current, env).map_err(MigrateError::Refused)?;
         if generated.up.is_empty() {
             return Ok(None);
         }
@@ -383,10 +481,9 @@ impl<'a> Runner<'a> {
             name: files::file_name_part(name),
             up: generated.up,
             down: generated.down,
+            desired_state: schema.raw.clone(),
         };
-        let path = files::write_next(&self.dir, &migration)?;
-        files::save_last_known(&self.dir, &schema.raw)?;
-        Ok(Some(path))
+        Ok(Some(files::write_next(&self.dir, &migration)?))
     }
 }
 

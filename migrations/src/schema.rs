@@ -107,7 +107,9 @@ impl Schema {
                 return Err(format!(
                     "desired_state.{key}: `sys/` paths other than policies are not managed"
                 ));
-            } else if let Some(name) = path.strip_prefix("auth/").filter(|n| !n.contains('/')) {
+            } else if let Some(name) =
+                path.strip_prefix("auth/").filter(|n| !n.contains('/') || spec.contains_key("type"))
+            {
                 if name == "token" {
                     return Err(format!(
                         "desired_state.{key}: the built-in token auth method is never touched"
@@ -181,9 +183,16 @@ fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, S
     let mut out = String::new();
     let mut rest = s;
     while let Some(start) = rest.find("${") {
+        // `$${` is a literal `${`.
+        if start > 0 && rest.as_bytes()[start - 1] == b'$' {
+            out.push_str(&rest[..start - 1]);
+            out.push_str("${");
+            rest = &rest[start + 2..];
+            continue;
+        }
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| format!("unclosed `${{` in `{s}`"))?;
+        let end = after.find('}').ok_or_else(|| "a `${` without its `}`".to_string())?;
         let inner = &after[..end];
         let (name, default) = match inner.split_once(":-") {
             Some((name, default)) => (name, Some(default)),
@@ -198,6 +207,19 @@ fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, S
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// `value` with every `${` escaped as `$${`, so that a value read from Vault is written back
+/// as it was, never expanded.
+pub fn literal(value: &Value) -> Value {
+    match value {
+        Value::String(s) => Value::String(s.replace("${", "$${")),
+        Value::Array(items) => Value::Array(items.iter().map(literal).collect()),
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (k.clone(), literal(v))).collect())
+        }
+        other => other.clone(),
+    }
 }
 
 /// Whether a value (as written) takes anything from the environment: such values are
@@ -226,6 +248,7 @@ mod tests {
         let s = schema(json!({
             "auth/approle": {"type": "approle"},
             "auth/kubernetes/": {"type": "kubernetes"},
+            "auth/team/oidc": {"type": "oidc"},
             "pki/": {"type": "pki"},
             "kv2": {"type": "kv-v2"},
             "team/kv/": {"type": "kv"},
@@ -240,6 +263,7 @@ mod tests {
             [
                 "auth:approle",
                 "auth:kubernetes",
+                "auth:team/oidc",
                 "data:auth/approle/role/app",
                 "mount:kv2",
                 "mount:pki",
@@ -278,6 +302,9 @@ mod tests {
         assert_eq!(expand(&v, &env).unwrap(), json!({"url": "postgres://db:5432/x"}));
         let err = expand(&json!(["${PASSWORD}"]), &env).unwrap_err();
         assert_eq!(err, "environment variable PASSWORD is not set");
+        let from_vault = json!({"template": "hello ${name}"});
+        assert_eq!(expand(&literal(&from_vault), &env).unwrap(), from_vault);
+        assert_eq!(expand(&json!("a ${oops"), &env).unwrap_err(), "a `${` without its `}`");
         assert!(is_interpolated(&v) && !is_interpolated(&json!({"a": 1})));
     }
 }

@@ -74,11 +74,15 @@ pub enum Task {
 }
 
 impl Task {
-    /// Whether it removes something: disabling a mount or auth method, deleting a policy.
+    /// Whether it removes something: disabling a mount or auth method (and everything in it),
+    /// deleting a policy or a path's data.
     pub fn is_destructive(&self) -> bool {
         matches!(
             self,
-            Task::DisableAuth { .. } | Task::DisableMount { .. } | Task::DeletePolicy { .. }
+            Task::DisableAuth { .. }
+                | Task::DisableMount { .. }
+                | Task::DeletePolicy { .. }
+                | Task::Delete { .. }
         )
     }
 
@@ -113,7 +117,7 @@ impl Task {
                 let keys: Vec<&str> = data.keys().map(String::as_str).collect();
                 format!("write {path} (keys: {})", keys.join(", "))
             }
-            Task::Delete { path } => format!("delete {path}"),
+            Task::Delete { path } => format!("delete {path} [destructive]"),
         }
     }
 }

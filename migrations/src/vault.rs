@@ -55,15 +55,32 @@ pub async fn run(
     let body = |settings: &Map<String, Value>| -> Result<Value, MigrateError> {
         expand(&Value::Object(settings.clone()), env).map_err(MigrateError::Refused)
     };
-    // Enabling what is already enabled is done (a migration resumed after a repair).
+    // Enabling what is already enabled, as the same type, is done (a migration resumed
+    // after a repair); as another type it is an error.
     let listing = match task {
-        Task::EnableAuth { path, .. } => Some(("sys/auth", path)),
-        Task::EnableMount { path, .. } => Some(("sys/mounts", path)),
+        Task::EnableAuth { path, settings } => Some(("sys/auth", path, settings)),
+        Task::EnableMount { path, settings } => Some(("sys/mounts", path, settings)),
         _ => None,
     };
-    if let Some((list, path)) = listing {
+    if let Some((list, path, settings)) = listing {
         let enabled = data_of(vault.api(Method::GET, list, None).await?).unwrap_or_default();
-        if enabled.contains_key(&format!("{path}/")) {
+        if let Some(existing) = enabled.get(&format!("{path}/")) {
+            let kind = |v: &Value| {
+                let options =
+                    v.get("options").and_then(Value::as_object).cloned().unwrap_or_default();
+                mount_type(v["type"].as_str().unwrap_or_default(), &options)
+            };
+            let (want, want_options) = kind(&Value::Object(settings.clone()));
+            let (have, have_options) = kind(existing);
+            let same_version =
+                want_options.get("version").is_none_or(|v| have_options.get("version") == Some(v));
+            if want != have || !same_version {
+                return Err(MigrateError::Refused(format!(
+                    "{path}/ is already enabled as `{have}` {}, the migration enables `{want}` {}",
+                    Value::Object(have_options),
+                    Value::Object(want_options)
+                )));
+            }
             tracing::info!(%path, "already enabled");
             return Ok(());
         }

@@ -145,13 +145,21 @@ fn migrate_generate_apply_change_rollback_and_repair() {
     assert_eq!(v2["approle"]["description"], "applications");
     assert_eq!(v2["role"]["token_ttl"], 7200);
 
-    let back = migrate(&ws, &bao, &["rollback", "--to", "1"]);
+    // V2's down tasks disable the new engine: refused without --allow-destructive.
+    let careful = migrate(&ws, &bao, &["rollback", "--to", "1"]);
+    assert_eq!(careful.code, 2);
+    assert!(
+        careful.stderr.contains("disable secrets engine kv1/ [destructive]"),
+        "{}",
+        careful.stderr
+    );
+    let back = migrate(&ws, &bao, &["rollback", "--to", "1", "--allow-destructive"]);
     assert_eq!((back.code, back.stdout.trim()), (0, "Rolled back V0002"), "{}", back.stderr);
     assert_eq!(snapshot(&bao), v1, "V1's state exactly");
     let status = migrate(&ws, &bao, &["status"]);
     assert!(status.stdout.contains("pending  V0002 more_apps"), "{}", status.stdout);
 
-    let all_back = migrate(&ws, &bao, &["rollback"]);
+    let all_back = migrate(&ws, &bao, &["rollback", "--allow-destructive"]);
     assert_eq!(all_back.stdout.trim(), "Rolled back V0001", "{}", all_back.stderr);
     assert_eq!(snapshot(&bao), before, "the state before any migration");
     assert_eq!(migrate(&ws, &bao, &["repair"]).stdout.trim(), "Not dirty");
@@ -221,6 +229,16 @@ fn migrate_refuses_an_edited_applied_migration_and_destructive_generates() {
     assert_eq!(late.code, 2);
     assert!(late.stderr.contains("V0002__late.yaml: out of order"), "{}", late.stderr);
     std::fs::remove_file(ws.path().join("migrations/V0002__late.yaml")).unwrap();
+
+    // Secrets in a KV engine are not configuration.
+    ws.write("kv-schema.yaml", "desired_state:\n  secret/data/app: { password: x }\n");
+    let kv = migrate(&ws, &bao, &["generate", "--schema", "kv-schema.yaml"]);
+    assert_eq!(kv.code, 2);
+    assert!(
+        kv.stderr.contains("secret/data/app is a secret in the KV engine secret/"),
+        "{}",
+        kv.stderr
+    );
 
     let file = ws.path().join("migrations/V0001__initial.yaml");
     let mut text = std::fs::read_to_string(&file).unwrap();
