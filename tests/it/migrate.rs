@@ -43,26 +43,24 @@ desired_state:
     token_policies: app
 "#;
 
-fn workspace(bao: &OpenBao) -> Workspace {
+fn workspace() -> Workspace {
     let ws = Workspace::new();
     ws.write("token", ROOT_TOKEN);
     ws.write("schema.yaml", SCHEMA_V1);
-    let _ = bao;
     ws
 }
 
 fn migrate(ws: &Workspace, bao: &OpenBao, args: &[&str]) -> Run {
+    migrate_env(ws, bao, args, &[])
+}
+
+/// `vss migrate <args>` against `bao`, with `env` added.
+fn migrate_env(ws: &Workspace, bao: &OpenBao, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut all = vec!["migrate"];
     all.extend_from_slice(args);
-    all.extend([
-        "--dir",
-        "migrations",
-        "--vault-addr",
-        &bao.address,
-        "--vault-token-file",
-        "token",
-    ]);
-    ws.run(&all)
+    all.extend(["--dir", "migrations", "--vault-addr", &bao.address]);
+    all.extend(["--vault-token-file", "token"]);
+    ws.run_env(&all, env)
 }
 
 fn files(ws: &Workspace) -> Vec<String> {
@@ -94,7 +92,7 @@ fn snapshot(bao: &OpenBao) -> Value {
 #[test]
 fn migrate_generate_apply_change_rollback_and_repair() {
     let bao = OpenBao::start();
-    let ws = workspace(&bao);
+    let ws = workspace();
     let before = snapshot(&bao);
 
     let first = migrate(&ws, &bao, &["generate", "--schema", "schema.yaml", "--name", "initial"]);
@@ -168,7 +166,7 @@ fn migrate_generate_apply_change_rollback_and_repair() {
 #[test]
 fn migrate_a_failing_task_leaves_dirty_until_repaired() {
     let bao = OpenBao::start();
-    let ws = workspace(&bao);
+    let ws = workspace();
     ws.write(
         "schema.yaml",
         "desired_state:\n  a-good/: { type: kv }\n  z-bad/: { type: no-such-engine }\n",
@@ -202,7 +200,7 @@ fn migrate_a_failing_task_leaves_dirty_until_repaired() {
 #[test]
 fn migrate_refuses_an_edited_applied_migration_and_destructive_generates() {
     let bao = OpenBao::start();
-    let ws = workspace(&bao);
+    let ws = workspace();
     migrate(&ws, &bao, &["generate", "--schema", "schema.yaml", "--name", "initial"]);
     assert_eq!(migrate(&ws, &bao, &["apply"]).code, 0);
 
@@ -256,7 +254,7 @@ fn migrate_refuses_an_edited_applied_migration_and_destructive_generates() {
 #[test]
 fn migrate_two_concurrent_applies_apply_each_migration_once() {
     let bao = OpenBao::start();
-    let ws = workspace(&bao);
+    let ws = workspace();
     assert_eq!(migrate(&ws, &bao, &["generate", "--schema", "schema.yaml"]).code, 0);
     let (a, b) = std::thread::scope(|s| {
         let a = s.spawn(|| migrate(&ws, &bao, &["apply"]));
@@ -276,7 +274,7 @@ fn migrate_two_concurrent_applies_apply_each_migration_once() {
 fn migrate_interpolated_values_are_applied_but_never_written_or_printed() {
     const SECRET: &str = "canary-migrate-5521";
     let bao = OpenBao::start();
-    let ws = workspace(&bao);
+    let ws = workspace();
     ws.write("schema.yaml", "desired_state:\n  auth/approle:\n    type: approle\n  auth/approle/role/ci:\n    token_ttl: 10m\n    secret_id_ttl: ${SID_TTL}\n    token_policies: \"${POLICY}\"\n");
     let missing = migrate(&ws, &bao, &["generate", "--schema", "schema.yaml"]);
     assert_eq!(missing.code, 2);
@@ -287,19 +285,7 @@ fn migrate_interpolated_values_are_applied_but_never_written_or_printed() {
     );
 
     let env = [("SID_TTL", "5m"), ("POLICY", SECRET)];
-    let run = |args: &[&str]| {
-        let mut all = vec!["migrate"];
-        all.extend_from_slice(args);
-        all.extend([
-            "--dir",
-            "migrations",
-            "--vault-addr",
-            &bao.address,
-            "--vault-token-file",
-            "token",
-        ]);
-        ws.run_env(&all, &env)
-    };
+    let run = |args: &[&str]| migrate_env(&ws, &bao, args, &env);
     let generated = run(&["generate", "--schema", "schema.yaml"]);
     assert_eq!(generated.code, 0, "{}", generated.stderr);
     let plan = run(&["plan"]);

@@ -38,6 +38,25 @@ fn logs(ws: &Workspace) -> String {
     all
 }
 
+/// The one sync job of `ws`'s config (a sync-only config with one target), as run `run_id`.
+fn only_job(ws: &Workspace, run_id: &str) -> Job {
+    let config = std::fs::read_to_string(ws.path().join("vss.yaml")).unwrap();
+    let cfg = Config::from_yaml(&config, "vss.yaml", ws.path(), &|_| None).unwrap();
+    plan_run(&cfg, run_id, &PlanRequest::default()).unwrap().jobs.remove(0)
+}
+
+/// A JetStream context on `nats`, once the workers have created the streams.
+async fn jetstream_ready(nats: &Nats) -> jetstream::Context {
+    let js = jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    for _ in 0..100 {
+        if js.get_stream("VSS_JOBS").await.is_ok() {
+            return js;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no VSS_JOBS stream");
+}
+
 /// Every file under `dir`, relative, with its contents.
 fn tree(dir: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -127,19 +146,8 @@ async fn nats_the_same_job_published_twice_runs_once() {
     ws.secret("src", "app/db", json!({"password": "p"}));
     let _workers = workers(&ws, &nats, 2);
 
-    let config = std::fs::read_to_string(ws.path().join("vss.yaml")).unwrap();
-    let cfg = Config::from_yaml(&config, "vss.yaml", ws.path(), &|_| None).unwrap();
-    let plan = plan_run(&cfg, "dup-run", &PlanRequest::default()).unwrap();
-    let job: &Job = &plan.jobs[0];
-
-    let js = jetstream::new(async_nats::connect(&nats.url).await.unwrap());
-    // The workers create the streams at start.
-    let mut tries = 0;
-    while js.get_stream("VSS_JOBS").await.is_err() {
-        tries += 1;
-        assert!(tries < 100, "no VSS_JOBS stream");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let job = only_job(&ws, "dup-run");
+    let js = jetstream_ready(&nats).await;
     let mut acks = Vec::new();
     for _ in 0..2 {
         let message = jetstream::message::PublishMessage::build()
@@ -176,18 +184,8 @@ async fn nats_a_job_past_its_deadline_is_never_run() {
     ws.config("source: { file: { dir: src } }\ntargets:\n  T: { store: { file: { dir: out } } }\n");
     ws.secret("src", "app/db", json!({"password": "p"}));
     let _workers = workers(&ws, &nats, 1);
-    let config = std::fs::read_to_string(ws.path().join("vss.yaml")).unwrap();
-    let cfg = Config::from_yaml(&config, "vss.yaml", ws.path(), &|_| None).unwrap();
-    let plan = plan_run(&cfg, "late-run", &PlanRequest::default()).unwrap();
-    let job = Job { deadline: Some(1), ..plan.jobs[0].clone() };
-
-    let js = jetstream::new(async_nats::connect(&nats.url).await.unwrap());
-    let mut tries = 0;
-    while js.get_stream("VSS_JOBS").await.is_err() {
-        tries += 1;
-        assert!(tries < 100, "no VSS_JOBS stream");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let job = Job { deadline: Some(1), ..only_job(&ws, "late-run") };
+    let js = jetstream_ready(&nats).await;
     let message = jetstream::message::PublishMessage::build().payload(job.encode().into());
     js.send_publish("vss.jobs.sync", message).await.unwrap().await.unwrap();
     let results = js.get_stream("VSS_RESULTS").await.unwrap();
