@@ -101,8 +101,13 @@ impl Report {
                 Outcome::Skipped { reason } => Some(reason.clone()),
                 _ => None,
             });
+            let ran = mains.iter().any(|r| !matches!(r.outcome, Outcome::Skipped { .. }));
             let (status, error) = match (failure, skipped) {
                 (Some(e), _) => (Status::Failed, Some(e)),
+                // Some shards ran and some did not: the target is half done, not skipped.
+                (None, Some(reason)) if ran => {
+                    (Status::Failed, Some(format!("some of its shards did not run ({reason})")))
+                }
                 (None, Some(reason)) => (Status::Skipped, Some(reason)),
                 (None, None) => (Status::Ok, None),
             };
@@ -144,5 +149,68 @@ impl Report {
     pub fn write_json(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
         serde_json::to_writer_pretty(&mut *out, self)?;
         out.write_all(b"\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use vss_protocol::config::Config;
+    use vss_protocol::diff::ChangeType;
+    use vss_protocol::plan::{PlanRequest, plan_run};
+
+    use super::*;
+
+    fn sharded_plan() -> Plan {
+        let config = "source: { file: { dir: s } }\ntargets:\n  T: { store: { file: { dir: t } }, shards: 2 }\n";
+        let cfg = Config::from_yaml(config, "vss.yaml", Path::new("/x"), &|_| None).unwrap();
+        plan_run(&cfg, "r", &PlanRequest::default()).unwrap()
+    }
+
+    fn change(path: &str) -> SecretChange {
+        SecretChange {
+            path: path.into(),
+            change_type: ChangeType::Added,
+            keys_added: vec!["k".into()],
+            keys_removed: Vec::new(),
+            keys_modified: Vec::new(),
+            current_hash: None,
+            desired_hash: None,
+        }
+    }
+
+    #[test]
+    fn shards_of_a_target_are_one_entry() {
+        let plan = sharded_plan();
+        let mut results: Vec<JobResult> =
+            plan.jobs.iter().map(|j| JobResult::new(j, Outcome::Succeeded)).collect();
+        results[0].changes = vec![change("b")];
+        results[1].changes = vec![change("a")];
+        results[0].unchanged = 3;
+        for r in &mut results {
+            r.warnings.push("the same warning".into());
+        }
+        let report = Report::build(&plan, results, false);
+        assert_eq!(report.targets.len(), 1);
+        let t = &report.targets[0];
+        assert_eq!(t.status, Status::Ok);
+        let paths: Vec<&str> = t.changes.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(paths, ["a", "b"]);
+        assert_eq!((t.summary.added, t.summary.unchanged), (2, 3));
+        assert_eq!(t.warnings, ["the same warning"]);
+    }
+
+    #[test]
+    fn a_target_with_some_shards_skipped_is_failed_not_skipped() {
+        let plan = sharded_plan();
+        let results = vec![
+            JobResult::new(&plan.jobs[0], Outcome::Succeeded),
+            JobResult::new(&plan.jobs[1], Outcome::Skipped { reason: "not started".into() }),
+        ];
+        let report = Report::build(&plan, results, false);
+        assert_eq!(report.targets[0].status, Status::Failed);
+        assert!(report.targets[0].error.as_deref().unwrap().contains("some of its shards"));
+        assert_eq!(report.exit_code(false), 2);
     }
 }
