@@ -80,6 +80,29 @@ impl SecretChange {
     }
 }
 
+impl SecretChange {
+    /// A change to a secret whose current value cannot be read (a write-only store): a
+    /// rewrite (`desired: Some`) or a delete, with the hash vss last wrote if it knows it and
+    /// no key-level detail.
+    pub fn unseen(
+        path: String,
+        current_hash: Option<ContentHash>,
+        desired: Option<(&SecretValue, ContentHash)>,
+    ) -> Self {
+        let change_type =
+            if desired.is_some() { ChangeType::Modified } else { ChangeType::Removed };
+        Self {
+            path,
+            change_type,
+            keys_added: Vec::new(),
+            keys_removed: Vec::new(),
+            keys_modified: Vec::new(),
+            current_hash,
+            desired_hash: desired.map(|(_, h)| h),
+        }
+    }
+}
+
 /// Counts of a change set.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {

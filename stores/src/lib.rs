@@ -16,6 +16,7 @@ mod aws;
 pub mod aws_sm;
 pub mod conflict;
 pub mod file;
+pub mod github;
 pub mod http;
 pub mod ledger;
 pub mod overlay;
@@ -201,6 +202,13 @@ pub trait SecretStore: Send + Sync {
     /// What the store can do.
     fn capabilities(&self) -> Capabilities;
 
+    /// The name secret `name` has in this store. Stores with stricter naming rules map it
+    /// (GitHub: `app/db` is `APP_DB`) or refuse it; two names that map to one are a conflict
+    /// the caller reports. The default keeps names as they are.
+    fn store_name(&self, name: &str) -> Result<String, StoreError> {
+        Ok(name.to_string())
+    }
+
     /// Every secret whose name starts with `prefix` (empty, or ending in `/`), with versions.
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError>;
 
@@ -288,6 +296,7 @@ pub fn open(spec: &StoreSpec, key: Option<&HashKey>) -> Result<Arc<dyn SecretSto
             })?;
             Ok(Arc::new(http::HttpStore::open(spec, key.clone())?))
         }
+        StoreSpec::Github(spec) => Ok(Arc::new(github::GithubStore::open(spec)?)),
     }
 }
 

@@ -38,6 +38,10 @@ impl SecretStore for OverlayStore {
         self.inner.capabilities()
     }
 
+    fn store_name(&self, name: &str) -> Result<String, StoreError> {
+        self.inner.store_name(name)
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
         let mut entries: BTreeMap<String, Entry> =
             self.inner.list(prefix).await?.into_iter().map(|e| (e.name.clone(), e)).collect();

@@ -27,6 +27,11 @@ struct Desired {
     values: BTreeMap<String, SecretValue>,
     /// A shard's job: every desired name of the whole target (for the mass-delete guard).
     whole_target: Option<BTreeSet<String>>,
+    /// Target name → desired-state name, where the target spells names its own way.
+    origin: BTreeMap<String, String>,
+    /// Target names withheld (several secrets map to one, or a name the target refuses):
+    /// never written, never deleted.
+    held: BTreeSet<String>,
 }
 
 impl Desired {
@@ -73,22 +78,67 @@ impl Desired {
         }
         let values = read_many(&store, &prefix, unknown).await?;
         hashes.extend(values.iter().map(|(n, v)| (n.clone(), key.hash(v))));
-        Ok(Self { store, prefix, hashes, values, whole_target })
+        Ok(Self {
+            store,
+            prefix,
+            hashes,
+            values,
+            whole_target,
+            origin: BTreeMap::new(),
+            held: BTreeSet::new(),
+        })
     }
 
-    /// The values of `names`, from memory or the store.
+    /// Renames the desired secrets as `target` spells them. Secrets that map to one name, or
+    /// that the target refuses, are withheld with a warning: neither written nor deleted.
+    fn rename_for(&mut self, target: &dyn SecretStore, job: &Job, result: &mut JobResult) {
+        let mut by_target: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for name in self.hashes.keys() {
+            match target.store_name(name) {
+                Ok(mapped) => by_target.entry(mapped).or_default().push(name.clone()),
+                Err(e) => result.warnings.push(format!("target `{}`: {e}; not synced", job.target)),
+            }
+        }
+        if by_target.iter().all(|(mapped, names)| names.len() == 1 && &names[0] == mapped) {
+            return;
+        }
+        let mut hashes = BTreeMap::new();
+        for (mapped, names) in by_target {
+            if let [name] = names.as_slice() {
+                hashes.insert(mapped.clone(), self.hashes[name].clone());
+                self.origin.insert(mapped, name.clone());
+            } else {
+                result.warnings.push(format!(
+                    "target `{}`: {} are all `{mapped}` in {}; none of them is synced",
+                    job.target,
+                    names.join(", "),
+                    target.describe()
+                ));
+                self.held.insert(mapped);
+            }
+        }
+        self.hashes = hashes;
+    }
+
+    /// The values of `names` (target names), from memory or the store.
     async fn take(&mut self, names: &[String]) -> Result<BTreeMap<String, SecretValue>, JobError> {
         let mut out = BTreeMap::new();
         let mut missing = Vec::new();
         for name in names {
-            match self.values.remove(name) {
+            let source = self.origin.get(name).unwrap_or(name);
+            match self.values.remove(source) {
                 Some(v) => {
                     out.insert(name.clone(), v);
                 }
-                None => missing.push(name.clone()),
+                None => missing.push(source.clone()),
             }
         }
-        out.extend(read_many(&self.store, &self.prefix, missing).await?);
+        let read = read_many(&self.store, &self.prefix, missing).await?;
+        let target_name: BTreeMap<&String, &String> = self.origin.iter().map(|(t, s)| (s, t)).collect();
+        for (source, value) in read {
+            let name = target_name.get(&source).map_or(source.clone(), |t| (*t).clone());
+            out.insert(name, value);
+        }
         Ok(out)
     }
 }
@@ -102,6 +152,12 @@ pub(crate) async fn run(
     let key = ctx.hash_key(&job.options)?;
     let mut desired = Desired::load(job, spec, ctx, &key).await?;
     let target = ctx.store(&spec.store)?;
+    desired.rename_for(target.as_ref(), job, result);
+    // A shard's secrets are the names that hash to it, as the desired state spells them; a
+    // listed secret nothing desires belongs to the shard its own name hashes to.
+    let whole_target: Option<BTreeMap<String, String>> = desired.whole_target.as_ref().map(|all| {
+        all.iter().filter_map(|n| target.store_name(n).ok().map(|t| (t, n.clone()))).collect()
+    });
     let ledger_store = ledger(&job.options);
     // A shard keeps its own records (shards run concurrently).
     let (records_name, mut records) = match &spec.shard {
@@ -114,21 +170,24 @@ pub(crate) async fn run(
     let owner = Stamp::owner_of(&job.target);
     let listing = target.list("").await?;
     // The guard counts over the whole target, so every shard decides as one job would.
-    let guard = match (&spec.shard, &desired.whole_target) {
+    let guard = match (&spec.shard, &whole_target) {
         (Some(shard), Some(all)) => Some(whole_target_orphans(
             &ledger_store,
             job,
             shard,
             &target.describe(),
             &listing,
-            all,
+            &all.keys().cloned().collect(),
             &owner,
         )?),
         _ => None,
     };
     let mut listed = BTreeMap::new();
     let mut stamps = BTreeMap::new();
-    let in_shard = |name: &str| spec.shard.is_none_or(|s| s.owns(name));
+    let in_shard = |name: &str| {
+        let spelled = whole_target.as_ref().and_then(|all| all.get(name)).map_or(name, String::as_str);
+        spec.shard.is_none_or(|s| s.owns(spelled))
+    };
     for entry in listing.into_iter().filter(|e| in_shard(&e.name)) {
         if let Some(stamp) = entry.stamp {
             stamps.insert(entry.name.clone(), stamp);
@@ -167,8 +226,11 @@ pub(crate) async fn run(
             }
         }
     }
-    let orphans: Vec<String> =
-        listed.keys().filter(|n| !desired.hashes.contains_key(*n) && owned(n)).cloned().collect();
+    let orphans: Vec<String> = listed
+        .keys()
+        .filter(|n| !desired.hashes.contains_key(*n) && !desired.held.contains(*n) && owned(n))
+        .cloned()
+        .collect();
     let (deletable, total, desired_empty) = match (&guard, &desired.whole_target) {
         (Some((orphans, total)), Some(all)) => (*orphans, *total, all.is_empty()),
         _ => (orphans.len(), listed.len(), desired.hashes.is_empty()),
@@ -205,9 +267,15 @@ pub(crate) async fn run(
         to_read.extend(orphans.iter().cloned());
     }
 
-    // Current values of everything that may differ (drift checks, key diffs, deletes).
-    let mut current = read_many(&target, "", to_read).await?;
+    // Current values of everything that may differ (drift checks, key diffs, deletes). A
+    // write-only target (GitHub) shows none: what differs from its records is rewritten.
+    let readable = target.capabilities().read_values;
     let mut modified = Vec::new();
+    if !readable {
+        modified.extend(to_read.iter().filter(|n| desired.hashes.contains_key(*n)).cloned());
+    }
+    let mut current =
+        if readable { read_many(&target, "", to_read).await? } else { BTreeMap::new() };
     let current_hashes: BTreeMap<String, ContentHash> =
         current.iter().map(|(n, v)| (n.clone(), key.hash(v))).collect();
     for (name, current_hash) in &current_hashes {
@@ -243,21 +311,35 @@ pub(crate) async fn run(
         tracing::debug!(secret = %name, "update");
         let (value, hash) =
             (values.remove(&name).expect("read above"), desired.hashes[&name].clone());
-        let old = current.remove(&name).expect("read above");
-        result.changes.push(SecretChange::between(
-            name.clone(),
-            Some((&old, current_hashes[&name].clone())),
-            Some((&value, hash.clone())),
-        ));
+        result.changes.push(match current.remove(&name) {
+            Some(old) => SecretChange::between(
+                name.clone(),
+                Some((&old, current_hashes[&name].clone())),
+                Some((&value, hash.clone())),
+            ),
+            None => SecretChange::unseen(
+                name.clone(),
+                records.secrets.get(&name).map(|r| r.hash.clone()),
+                Some((&value, hash.clone())),
+            ),
+        });
         let pre = Precondition::Matches(listed[&name].clone());
         writes.push(Write { name, pre, value: Some((value, hash)) });
     }
     if deleting {
         for name in orphans {
             tracing::debug!(secret = %name, "delete");
-            let old = current.remove(&name).expect("read above");
-            let old_hash = current_hashes[&name].clone();
-            result.changes.push(SecretChange::between(name.clone(), Some((&old, old_hash)), None));
+            result.changes.push(match current.remove(&name) {
+                Some(old) => {
+                    let old_hash = current_hashes[&name].clone();
+                    SecretChange::between(name.clone(), Some((&old, old_hash)), None)
+                }
+                None => SecretChange::unseen(
+                    name.clone(),
+                    records.secrets.get(&name).map(|r| r.hash.clone()),
+                    None,
+                ),
+            });
             let pre = Precondition::Matches(listed[&name].clone());
             writes.push(Write { name, pre, value: None });
         }

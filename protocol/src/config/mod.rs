@@ -223,6 +223,21 @@ pub enum StoreSpec {
     S3(Box<S3Spec>),
     /// An HTTP endpoint returning `{name: {key: value}}` (a source).
     Http(Box<HttpSpec>),
+    /// A GitHub repository's Actions secrets (a write-only target).
+    Github(Box<GithubSpec>),
+}
+
+/// Where a GitHub Actions secrets target lives. The token is a reference.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GithubSpec {
+    /// The repository's owner (a user or an organization).
+    pub owner: String,
+    /// The repository.
+    pub repo: String,
+    /// Where the token is read from.
+    pub token: SecretRef,
+    /// The REST API's base URL (`https://api.github.com`, GitHub Enterprise's, or a test's).
+    pub api_url: String,
 }
 
 /// Where an HTTP source is fetched from. Header values are references, never values.
@@ -294,6 +309,7 @@ impl fmt::Display for StoreSpec {
             StoreSpec::File { dir } => write!(f, "file:{}", dir.display()),
             StoreSpec::S3(b) => write!(f, "s3://{}/{}", b.bucket, b.prefix),
             StoreSpec::Http(h) => write!(f, "http:{}", h.url),
+            StoreSpec::Github(g) => write!(f, "github:{}/{}", g.owner, g.repo),
             StoreSpec::AwsSm(a) => {
                 write!(f, "aws-sm:{}/{}", a.region, a.prefix)?;
                 match &a.role_arn {

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::yaml::{Document, KeyPath, Segment, display_path};
 use super::{
     AwsSmSpec, Config, DeleteThreshold, Diagnostic, HttpSpec, Layer, LogFormat, LogSettings,
-    NatsSpec, PipelineSettings, S3Spec, SecretRef, StateSpec, StoreSpec, Target, VaultAuth,
+    GithubSpec, NatsSpec, PipelineSettings, S3Spec, SecretRef, StateSpec, StoreSpec, Target, VaultAuth,
     VaultSpec,
 };
 use crate::merge::ListMerge;
@@ -78,7 +78,7 @@ enum RawStore {
     S3(RawS3Store),
     Http(RawHttpStore),
     Gcp(IgnoredAny),
-    Github(IgnoredAny),
+    Github(RawGithubStore),
     Kubernetes(IgnoredAny),
 }
 
@@ -147,6 +147,18 @@ struct RawHttpStore {
     #[serde(default)]
     headers: BTreeMap<String, RawSecretRef>,
     timeout: Option<u64>,
+}
+
+/// `{github: {owner, repo}}`: a repository's Actions secrets.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGithubStore {
+    owner: String,
+    repo: Option<String>,
+    environment: Option<String>,
+    org: Option<String>,
+    token: Option<RawSecretRef>,
+    api_url: Option<String>,
 }
 
 /// `{s3: {bucket, prefix}}`: a merge store in S3.
@@ -536,8 +548,43 @@ pub(super) fn build(
                     endpoint: aws.and_then(|a| a.endpoint.clone()),
                 })));
             }
+            RawStore::Github(g) => {
+                let mut at = at;
+                at.push(key("github"));
+                if is_source_path(&at) || at.first() == Some(&key("merge_store")) {
+                    ck.error(&at, "GitHub secrets are write-only: use them as a target".into());
+                    return None;
+                }
+                for (name, present) in [("environment", g.environment.is_some()), ("org", g.org.is_some())] {
+                    if present {
+                        let mut at = at.clone();
+                        at.push(key(name));
+                        ck.not_supported(&at, &format!("`{name}` secrets"));
+                        return None;
+                    }
+                }
+                let Some(repo) = g.repo.clone() else {
+                    ck.error(&at, "`repo` is required".into());
+                    return None;
+                };
+                let token = match &g.token {
+                    Some(RawSecretRef::Env(v)) => SecretRef::Env(v.clone()),
+                    Some(RawSecretRef::File(p)) => SecretRef::File(resolve(p)),
+                    None => SecretRef::Env("GITHUB_TOKEN".into()),
+                };
+                let api_url = g
+                    .api_url
+                    .clone()
+                    .or_else(|| env("GITHUB_API_URL"))
+                    .unwrap_or_else(|| "https://api.github.com".into());
+                return Some(StoreSpec::Github(Box::new(GithubSpec {
+                    owner: g.owner.clone(),
+                    repo,
+                    token,
+                    api_url: api_url.trim_end_matches('/').to_string(),
+                })));
+            }
             RawStore::Gcp(_) => "gcp",
-            RawStore::Github(_) => "github",
             RawStore::Kubernetes(_) => "kubernetes",
         };
         let mut at = at;

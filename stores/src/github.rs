@@ -1,0 +1,323 @@
+//! The `github` store: a repository's GitHub Actions secrets, through `octocrab`.
+//!
+//! Write-only: GitHub never returns a secret's value, so what vss knows of the current content
+//! is the hash it recorded in its ledger, against the secret's `updated_at`. Values are sealed
+//! with the repository's public key (a libsodium sealed box, `crypto_box`), fetched once per
+//! store. Names are mapped to GitHub's rules (`[A-Z0-9_]`, upper-case, not starting with a
+//! digit or `GITHUB_`): `app/db-url` is `APP_DB_URL`. A repository holds at most 100 secrets of
+//! at most 48 KB; both limits are reported before anything is sent. Rate limits (403/429 with
+//! `x-ratelimit-remaining: 0` or `Retry-After`) are retried after the wait GitHub asks for.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use crypto_box::PublicKey;
+use octocrab::Octocrab;
+use octocrab::models::repos::secrets::CreateRepositorySecret;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::OnceCell;
+use vss_protocol::SecretValue;
+use vss_protocol::config::GithubSpec;
+use zeroize::Zeroizing;
+
+use crate::{
+    ApiCalls, Capabilities, Entry, ErrorKind, Precondition, SecretStore, StoreError, Version,
+    Versioned,
+};
+
+/// Secrets one repository can hold.
+const MAX_SECRETS: usize = 100;
+/// The largest value GitHub accepts.
+const MAX_VALUE_BYTES: usize = 48 * 1024;
+/// Retries of a throttled or unavailable call.
+const MAX_RETRIES: usize = 5;
+
+/// One page of `GET /repos/{owner}/{repo}/actions/secrets`.
+#[derive(Deserialize)]
+struct SecretsPage {
+    total_count: usize,
+    secrets: Vec<ListedSecret>,
+}
+
+#[derive(Deserialize)]
+struct ListedSecret {
+    name: String,
+    updated_at: String,
+}
+
+/// The repository's sealing key.
+struct SealingKey {
+    id: String,
+    key: PublicKey,
+}
+
+/// A repository's Actions secrets.
+pub struct GithubStore {
+    spec: GithubSpec,
+    client: Octocrab,
+    key: OnceCell<SealingKey>,
+    /// Secrets in the repository as of the last listing, plus those created since.
+    count: Mutex<Option<usize>>,
+    label: String,
+    calls: ApiCalls,
+}
+
+impl GithubStore {
+    /// Opens the store: reads the token reference and builds the client.
+    pub fn open(spec: &GithubSpec) -> Result<Self, StoreError> {
+        let label = vss_protocol::config::StoreSpec::Github(Box::new(spec.clone())).to_string();
+        let token = spec.token.read().map_err(|e| {
+            StoreError::new(ErrorKind::Unauthorized, &label, None, format!("no GitHub token: {e}"))
+        })?;
+        let invalid = |e: octocrab::Error| {
+            StoreError::new(ErrorKind::Invalid, &label, None, format!("GitHub client: {e}"))
+        };
+        let client = Octocrab::builder()
+            .base_uri(spec.api_url.as_str())
+            .map_err(invalid)?
+            .personal_token(token.to_string())
+            .build()
+            .map_err(invalid)?;
+        Ok(Self {
+            spec: spec.clone(),
+            client,
+            key: OnceCell::new(),
+            count: Mutex::new(None),
+            label,
+            calls: ApiCalls::default(),
+        })
+    }
+
+    fn route(&self, rest: &str) -> String {
+        format!("/repos/{}/{}/actions/secrets{rest}", self.spec.owner, self.spec.repo)
+    }
+
+    fn err(&self, kind: ErrorKind, secret: Option<&str>, message: impl Into<String>) -> StoreError {
+        StoreError::new(kind, &self.label, secret, message)
+    }
+
+    /// Maps a client error by status; rate limits carry the wait GitHub asks for.
+    fn api_err(&self, operation: &str, secret: Option<&str>, e: octocrab::Error) -> StoreError {
+        let octocrab::Error::GitHub { source, .. } = &e else {
+            return self.err(ErrorKind::Unavailable, secret, format!("{operation}: {e}"));
+        };
+        let status = source.status_code.as_u16();
+        let headers = source.headers.as_ref();
+        let header = |name: &str| {
+            headers.and_then(|h| h.get(name)).and_then(|v| v.to_str().ok()).map(str::to_string)
+        };
+        let exhausted = header("x-ratelimit-remaining").as_deref() == Some("0");
+        let kind = match status {
+            429 => ErrorKind::Throttled,
+            403 if exhausted || header("retry-after").is_some() => ErrorKind::Throttled,
+            401 | 403 => ErrorKind::Unauthorized,
+            404 => ErrorKind::NotFound,
+            409 | 412 => ErrorKind::Conflict,
+            500..=599 => ErrorKind::Unavailable,
+            _ => ErrorKind::Invalid,
+        };
+        let wait = header("retry-after").and_then(|s| s.parse::<u64>().ok()).or_else(|| {
+            let reset = source.rate_limit_reset?;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?;
+            Some(reset.saturating_sub(now.as_secs()))
+        });
+        self.err(kind, secret, format!("{operation}: HTTP {status}: {}", source.message))
+            .with_retry_after(wait.map(|s| Duration::from_secs(s.min(60))))
+    }
+
+    async fn sealing_key(&self) -> Result<&SealingKey, StoreError> {
+        self.key
+            .get_or_try_init(|| async {
+                let found: octocrab::models::PublicKey = crate::retry::transient(MAX_RETRIES, || async {
+                    self.calls.record("get_public_key");
+                    self.client
+                        .get(self.route("/public-key"), None::<&()>)
+                        .await
+                        .map_err(|e| self.api_err("get public key", None, e))
+                })
+                .await?;
+                let bytes: [u8; 32] = BASE64
+                    .decode(found.key.as_bytes())
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| self.err(ErrorKind::Invalid, None, "the repository's public key is not a 32-byte base64 key"))?;
+                Ok(SealingKey { id: found.key_id, key: PublicKey::from(bytes) })
+            })
+            .await
+    }
+
+    /// The secret's `updated_at`, its version.
+    async fn version_of(&self, github_name: &str) -> Result<Option<Version>, StoreError> {
+        let got = crate::retry::transient(MAX_RETRIES, || async {
+            self.calls.record("get_secret");
+            self.client
+                .get::<ListedSecret, _, _>(self.route(&format!("/{github_name}")), None::<&()>)
+                .await
+                .map_err(|e| self.api_err("get secret", Some(github_name), e))
+        })
+        .await;
+        match got {
+            Ok(secret) => Ok(Some(Version(secret.updated_at))),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The text a value is stored as: a lone `value` string as itself, anything else as JSON.
+fn encode(value: &SecretValue) -> Zeroizing<String> {
+    let fields = value.expose();
+    if fields.len() == 1
+        && let Some(Value::String(s)) = fields.get("value")
+    {
+        return Zeroizing::new(s.clone());
+    }
+    Zeroizing::new(serde_json::to_string(fields).expect("a JSON map always serializes"))
+}
+
+/// The GitHub name of a secret: upper-case, `[A-Z0-9_]`, every other character `_`.
+pub fn github_name(name: &str) -> Result<String, String> {
+    let mapped: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .collect();
+    if mapped.is_empty() || mapped.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(format!("`{mapped}` would start with a digit, which GitHub refuses"));
+    }
+    if mapped.starts_with("GITHUB_") {
+        return Err(format!("`{mapped}` would start with GITHUB_, which GitHub reserves"));
+    }
+    Ok(mapped)
+}
+
+#[async_trait::async_trait]
+impl SecretStore for GithubStore {
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { read_values: false, metadata: false, conditional_writes: false }
+    }
+
+    fn store_name(&self, name: &str) -> Result<String, StoreError> {
+        github_name(name).map_err(|e| self.err(ErrorKind::Invalid, Some(name), e))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let mut entries = Vec::new();
+        for page in 1.. {
+            let query = [("per_page", 100u32), ("page", page)];
+            let got: SecretsPage = crate::retry::transient(MAX_RETRIES, || async {
+                self.calls.record("list_secrets");
+                self.client
+                    .get(self.route(""), Some(&query))
+                    .await
+                    .map_err(|e| self.api_err("list secrets", None, e))
+            })
+            .await?;
+            let done = got.secrets.len() < 100 || entries.len() + got.secrets.len() >= got.total_count;
+            entries.extend(got.secrets.into_iter().filter(|s| s.name.starts_with(prefix)).map(|s| {
+                Entry { name: s.name, version: Version(s.updated_at), stamp: None }
+            }));
+            if done {
+                break;
+            }
+        }
+        *self.count.lock().expect("count lock") = Some(entries.len());
+        Ok(entries)
+    }
+
+    async fn read(&self, name: &str) -> Result<Option<Versioned<SecretValue>>, StoreError> {
+        Err(self.err(ErrorKind::Invalid, Some(name), "GitHub secrets are write-only"))
+    }
+
+    async fn write(
+        &self,
+        name: &str,
+        value: &SecretValue,
+        pre: Precondition,
+    ) -> Result<Version, StoreError> {
+        let text = encode(value);
+        if text.len() > MAX_VALUE_BYTES {
+            return Err(self.err(
+                ErrorKind::Invalid,
+                Some(name),
+                format!("{} bytes; GitHub takes at most 48 KB", text.len()),
+            ));
+        }
+        if matches!(pre, Precondition::Absent) {
+            let mut count = self.count.lock().expect("count lock");
+            if count.is_some_and(|n| n >= MAX_SECRETS) {
+                return Err(self.err(
+                    ErrorKind::Invalid,
+                    Some(name),
+                    "the repository already holds 100 secrets, GitHub's limit",
+                ));
+            }
+            *count = count.map(|n| n + 1);
+        }
+        let key = self.sealing_key().await?;
+        let sealed = key
+            .key
+            .seal(&mut crypto_box::aead::OsRng, text.as_bytes())
+            .map_err(|_| self.err(ErrorKind::Invalid, Some(name), "cannot seal the value"))?;
+        let sealed = BASE64.encode(sealed);
+        let body = CreateRepositorySecret { encrypted_value: &sealed, key_id: &key.id };
+        crate::retry::transient(MAX_RETRIES, || async {
+            self.calls.record("put_secret");
+            self.client
+                .repos(&self.spec.owner, &self.spec.repo)
+                .secrets()
+                .create_or_update_secret(name, &body)
+                .await
+                .map_err(|e| self.api_err("put secret", Some(name), e))
+        })
+        .await?;
+        self.version_of(name)
+            .await?
+            .ok_or_else(|| self.err(ErrorKind::Conflict, Some(name), "gone right after it was written"))
+    }
+
+    async fn delete(&self, name: &str, _pre: Precondition) -> Result<(), StoreError> {
+        let deleted = crate::retry::transient(MAX_RETRIES, || async {
+            self.calls.record("delete_secret");
+            self.client
+                .repos(&self.spec.owner, &self.spec.repo)
+                .secrets()
+                .delete_secret(name)
+                .await
+                .map_err(|e| self.api_err("delete secret", Some(name), e))
+        })
+        .await;
+        match deleted {
+            Err(e) if e.kind != ErrorKind::NotFound => Err(e),
+            _ => {
+                let mut count = self.count.lock().expect("count lock");
+                *count = count.map(|n| n.saturating_sub(1));
+                Ok(())
+            }
+        }
+    }
+
+    fn api_calls(&self) -> BTreeMap<String, u64> {
+        self.calls.snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::github_name;
+
+    #[test]
+    fn names_follow_githubs_rules() {
+        assert_eq!(github_name("app/db-url").unwrap(), "APP_DB_URL");
+        assert_eq!(github_name("Team.X/key_1").unwrap(), "TEAM_X_KEY_1");
+        assert!(github_name("1password/token").unwrap_err().contains("digit"));
+        assert!(github_name("github/token").unwrap_err().contains("GITHUB_"));
+    }
+}
