@@ -132,19 +132,26 @@ impl GithubStore {
     async fn sealing_key(&self) -> Result<&SealingKey, StoreError> {
         self.key
             .get_or_try_init(|| async {
-                let found: octocrab::models::PublicKey = crate::retry::transient(MAX_RETRIES, || async {
-                    self.calls.record("get_public_key");
-                    self.client
-                        .get(self.route("/public-key"), None::<&()>)
-                        .await
-                        .map_err(|e| self.api_err("get public key", None, e))
-                })
-                .await?;
+                let found: octocrab::models::PublicKey =
+                    crate::retry::transient(MAX_RETRIES, || async {
+                        self.calls.record("get_public_key");
+                        self.client
+                            .get(self.route("/public-key"), None::<&()>)
+                            .await
+                            .map_err(|e| self.api_err("get public key", None, e))
+                    })
+                    .await?;
                 let bytes: [u8; 32] = BASE64
                     .decode(found.key.as_bytes())
                     .ok()
                     .and_then(|b| b.try_into().ok())
-                    .ok_or_else(|| self.err(ErrorKind::Invalid, None, "the repository's public key is not a 32-byte base64 key"))?;
+                    .ok_or_else(|| {
+                        self.err(
+                            ErrorKind::Invalid,
+                            None,
+                            "the repository's public key is not a 32-byte base64 key",
+                        )
+                    })?;
                 Ok(SealingKey { id: found.key_id, key: PublicKey::from(bytes) })
             })
             .await
@@ -220,10 +227,15 @@ impl SecretStore for GithubStore {
                     .map_err(|e| self.api_err("list secrets", None, e))
             })
             .await?;
-            let done = got.secrets.len() < 100 || entries.len() + got.secrets.len() >= got.total_count;
-            entries.extend(got.secrets.into_iter().filter(|s| s.name.starts_with(prefix)).map(|s| {
-                Entry { name: s.name, version: Version(s.updated_at), stamp: None }
-            }));
+            let done =
+                got.secrets.len() < 100 || entries.len() + got.secrets.len() >= got.total_count;
+            entries.extend(
+                got.secrets.into_iter().filter(|s| s.name.starts_with(prefix)).map(|s| Entry {
+                    name: s.name,
+                    version: Version(s.updated_at),
+                    stamp: None,
+                }),
+            );
             if done {
                 break;
             }
@@ -278,9 +290,9 @@ impl SecretStore for GithubStore {
                 .map_err(|e| self.api_err("put secret", Some(name), e))
         })
         .await?;
-        self.version_of(name)
-            .await?
-            .ok_or_else(|| self.err(ErrorKind::Conflict, Some(name), "gone right after it was written"))
+        self.version_of(name).await?.ok_or_else(|| {
+            self.err(ErrorKind::Conflict, Some(name), "gone right after it was written")
+        })
     }
 
     async fn delete(&self, name: &str, _pre: Precondition) -> Result<(), StoreError> {

@@ -134,7 +134,8 @@ impl Desired {
             }
         }
         let read = read_many(&self.store, &self.prefix, missing).await?;
-        let target_name: BTreeMap<&String, &String> = self.origin.iter().map(|(t, s)| (s, t)).collect();
+        let target_name: BTreeMap<&String, &String> =
+            self.origin.iter().map(|(t, s)| (s, t)).collect();
         for (source, value) in read {
             let name = target_name.get(&source).map_or(source.clone(), |t| (*t).clone());
             out.insert(name, value);
@@ -185,7 +186,8 @@ pub(crate) async fn run(
     let mut listed = BTreeMap::new();
     let mut stamps = BTreeMap::new();
     let in_shard = |name: &str| {
-        let spelled = whole_target.as_ref().and_then(|all| all.get(name)).map_or(name, String::as_str);
+        let spelled =
+            whole_target.as_ref().and_then(|all| all.get(name)).map_or(name, String::as_str);
         spec.shard.is_none_or(|s| s.owns(spelled))
     };
     for entry in listing.into_iter().filter(|e| in_shard(&e.name)) {

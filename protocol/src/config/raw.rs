@@ -10,9 +10,9 @@ use serde_json::Value;
 
 use super::yaml::{Document, KeyPath, Segment, display_path};
 use super::{
-    AwsSmSpec, Config, DeleteThreshold, Diagnostic, HttpSpec, Layer, LogFormat, LogSettings,
-    GithubSpec, NatsSpec, PipelineSettings, S3Spec, SecretRef, StateSpec, StoreSpec, Target, VaultAuth,
-    VaultSpec,
+    AwsSmSpec, Config, DeleteThreshold, Diagnostic, GithubSpec, HttpSpec, Layer, LogFormat,
+    LogSettings, NatsSpec, PipelineSettings, S3Spec, SecretRef, StateSpec, StoreSpec, Target,
+    VaultAuth, VaultSpec,
 };
 use crate::merge::ListMerge;
 
@@ -555,7 +555,9 @@ pub(super) fn build(
                     ck.error(&at, "GitHub secrets are write-only: use them as a target".into());
                     return None;
                 }
-                for (name, present) in [("environment", g.environment.is_some()), ("org", g.org.is_some())] {
+                for (name, present) in
+                    [("environment", g.environment.is_some()), ("org", g.org.is_some())]
+                {
                     if present {
                         let mut at = at.clone();
                         at.push(key(name));
