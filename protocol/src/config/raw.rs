@@ -561,7 +561,7 @@ pub(super) fn build(
                     if present {
                         let mut at = at.clone();
                         at.push(key(name));
-                        ck.not_supported(&at, &format!("`{name}` secrets"));
+                        ck.not_supported(&at, &format!("`{name}` (GitHub {name} secrets)"));
                         return None;
                     }
                 }

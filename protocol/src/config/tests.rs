@@ -436,3 +436,21 @@ fn shards_must_be_between_1_and_256() {
     let cfg = load(&text.replace("shards: 0", "shards: 8")).unwrap();
     assert_eq!(cfg.targets["T"].shards, 8);
 }
+
+#[test]
+fn github_targets_default_their_token_and_refuse_other_roles() {
+    let cfg = load("source: { file: { dir: s } }\ntargets:\n  T: { store: { github: { owner: acme, repo: app } } }\n").unwrap();
+    let StoreSpec::Github(spec) = &cfg.targets["T"].store else { panic!("a github store") };
+    assert_eq!(spec.token, SecretRef::Env("GITHUB_TOKEN".into()));
+    assert_eq!(spec.api_url, "https://api.github.com");
+    assert_eq!(
+        errors(
+            "sources: { gh: { github: { owner: a, repo: b } } }\ntargets:\n  T: { imports: [gh], store: { file: { dir: t } } }\nmerge_store: { file: { dir: m } }\n"
+        ),
+        vec!["vss.yaml:1: sources.gh.github: GitHub secrets are write-only: use them as a target"]
+    );
+    let env = errors(
+        "source: { file: { dir: s } }\ntargets:\n  T: { store: { github: { owner: a, environment: prod } } }\n",
+    );
+    assert!(env[0].contains("targets.T.store.github.environment: `environment` (GitHub environment secrets) is not supported yet"), "{env:?}");
+}
