@@ -18,6 +18,7 @@ pub mod conflict;
 pub mod file;
 pub mod github;
 pub mod http;
+pub mod kubernetes;
 pub mod ledger;
 pub mod overlay;
 mod retry;
@@ -297,6 +298,13 @@ pub fn open(spec: &StoreSpec, key: Option<&HashKey>) -> Result<Arc<dyn SecretSto
             Ok(Arc::new(http::HttpStore::open(spec, key.clone())?))
         }
         StoreSpec::Github(spec) => Ok(Arc::new(github::GithubStore::open(spec)?)),
+        StoreSpec::Kubernetes(spec) => {
+            let key = key.ok_or_else(|| {
+                let label = StoreSpec::Kubernetes(spec.clone()).to_string();
+                StoreError::new(ErrorKind::Invalid, &label, None, "no content-hash key yet")
+            })?;
+            Ok(Arc::new(kubernetes::KubernetesStore::new(spec, key.clone())))
+        }
     }
 }
 

@@ -8,6 +8,7 @@ mod conflict;
 mod deletion;
 mod github;
 mod http;
+mod kube;
 mod migrate;
 mod nats;
 mod outputs;

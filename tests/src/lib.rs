@@ -3,6 +3,7 @@
 //! servers for the stores that talk to one.
 
 pub mod github;
+pub mod kubernetes;
 pub mod servers;
 
 use std::collections::BTreeMap;

@@ -93,13 +93,19 @@ impl Desired {
     /// that the target refuses, are withheld with a warning: neither written nor deleted.
     fn rename_for(&mut self, target: &dyn SecretStore, job: &Job, result: &mut JobResult) {
         let mut by_target: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut refused = false;
         for name in self.hashes.keys() {
             match target.store_name(name) {
                 Ok(mapped) => by_target.entry(mapped).or_default().push(name.clone()),
-                Err(e) => result.warnings.push(format!("target `{}`: {e}; not synced", job.target)),
+                Err(e) => {
+                    refused = true;
+                    result.warnings.push(format!("target `{}`: {e}; not synced", job.target));
+                }
             }
         }
-        if by_target.iter().all(|(mapped, names)| names.len() == 1 && &names[0] == mapped) {
+        let identity =
+            by_target.iter().all(|(mapped, names)| names.len() == 1 && &names[0] == mapped);
+        if identity && !refused {
             return;
         }
         let mut hashes = BTreeMap::new();

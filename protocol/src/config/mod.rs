@@ -225,6 +225,18 @@ pub enum StoreSpec {
     Http(Box<HttpSpec>),
     /// A GitHub repository's Actions secrets (a write-only target).
     Github(Box<GithubSpec>),
+    /// Kubernetes Secrets in a namespace (a target).
+    Kubernetes(Box<KubernetesSpec>),
+}
+
+/// Where a Kubernetes target lives. Credentials come from the in-cluster service account or
+/// the kubeconfig of the process that syncs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct KubernetesSpec {
+    /// The namespace.
+    pub namespace: String,
+    /// A kubeconfig context (default: the current one).
+    pub context: Option<String>,
 }
 
 /// Where a GitHub Actions secrets target lives. The token is a reference.
@@ -310,6 +322,10 @@ impl fmt::Display for StoreSpec {
             StoreSpec::S3(b) => write!(f, "s3://{}/{}", b.bucket, b.prefix),
             StoreSpec::Http(h) => write!(f, "http:{}", h.url),
             StoreSpec::Github(g) => write!(f, "github:{}/{}", g.owner, g.repo),
+            StoreSpec::Kubernetes(k) => match &k.context {
+                Some(context) => write!(f, "kubernetes:{context}/{}", k.namespace),
+                None => write!(f, "kubernetes:{}", k.namespace),
+            },
             StoreSpec::AwsSm(a) => {
                 write!(f, "aws-sm:{}/{}", a.region, a.prefix)?;
                 match &a.role_arn {

@@ -10,9 +10,9 @@ use serde_json::Value;
 
 use super::yaml::{Document, KeyPath, Segment, display_path};
 use super::{
-    AwsSmSpec, Config, DeleteThreshold, Diagnostic, GithubSpec, HttpSpec, Layer, LogFormat,
-    LogSettings, NatsSpec, PipelineSettings, S3Spec, SecretRef, StateSpec, StoreSpec, Target,
-    VaultAuth, VaultSpec,
+    AwsSmSpec, Config, DeleteThreshold, Diagnostic, GithubSpec, HttpSpec, KubernetesSpec, Layer,
+    LogFormat, LogSettings, NatsSpec, PipelineSettings, S3Spec, SecretRef, StateSpec, StoreSpec,
+    Target, VaultAuth, VaultSpec,
 };
 use crate::merge::ListMerge;
 
@@ -79,7 +79,7 @@ enum RawStore {
     Http(RawHttpStore),
     Gcp(IgnoredAny),
     Github(RawGithubStore),
-    Kubernetes(IgnoredAny),
+    Kubernetes(RawKubernetesStore),
 }
 
 /// The top-level `aws:` block: the region and endpoint every AWS store uses.
@@ -159,6 +159,15 @@ struct RawGithubStore {
     org: Option<String>,
     token: Option<RawSecretRef>,
     api_url: Option<String>,
+}
+
+/// `{kubernetes: {namespace, name?, context?}}`: Secrets in a namespace.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKubernetesStore {
+    namespace: String,
+    name: Option<String>,
+    context: Option<String>,
 }
 
 /// `{s3: {bucket, prefix}}`: a merge store in S3.
@@ -586,8 +595,24 @@ pub(super) fn build(
                     api_url: api_url.trim_end_matches('/').to_string(),
                 })));
             }
+            RawStore::Kubernetes(k) => {
+                let mut at = at;
+                at.push(key("kubernetes"));
+                if is_source_path(&at) || at.first() == Some(&key("merge_store")) {
+                    ck.error(&at, "the `kubernetes` store is a target".into());
+                    return None;
+                }
+                if k.name.is_some() {
+                    at.push(key("name"));
+                    ck.not_supported(&at, "`name` (every secret as keys of one Secret)");
+                    return None;
+                }
+                return Some(StoreSpec::Kubernetes(Box::new(KubernetesSpec {
+                    namespace: k.namespace.clone(),
+                    context: k.context.clone(),
+                })));
+            }
             RawStore::Gcp(_) => "gcp",
-            RawStore::Kubernetes(_) => "kubernetes",
         };
         let mut at = at;
         at.push(key(kind));
