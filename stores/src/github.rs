@@ -1,11 +1,14 @@
-//! The `github` store: a repository's GitHub Actions secrets, through `octocrab`.
+//! The `github` store: GitHub Actions secrets of a repository, one of its environments, or an
+//! organization, through `octocrab`.
 //!
 //! Write-only: GitHub never returns a secret's value, so what vss knows of the current content
 //! is the hash it recorded in its ledger, against the secret's `updated_at`. Values are sealed
 //! with the repository's public key (a libsodium sealed box, `crypto_box`), fetched once per
 //! store. Names are mapped to GitHub's rules (`[A-Z0-9_]`, upper-case, not starting with a
-//! digit or `GITHUB_`): `app/db-url` is `APP_DB_URL`. A repository holds at most 100 secrets of
-//! at most 48 KB; both limits are reported before anything is sent. Rate limits (403/429 with
+//! digit or `GITHUB_`): `app/db-url` is `APP_DB_URL`. A repository or environment holds at most
+//! 100 secrets (an organization 1,000) of at most 48 KB; both limits are reported before
+//! anything is sent. Organization secrets carry their visibility (and, for `selected`, the
+//! repositories' ids, looked up once). Rate limits (403/429 with
 //! `x-ratelimit-remaining: 0` or `Retry-After`) are retried after the wait GitHub asks for.
 
 use std::collections::BTreeMap;
@@ -16,12 +19,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use crypto_box::PublicKey;
 use octocrab::Octocrab;
-use octocrab::models::repos::secrets::CreateRepositorySecret;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::OnceCell;
 use vss_protocol::SecretValue;
-use vss_protocol::config::GithubSpec;
+use vss_protocol::config::{GithubScope, GithubSpec};
 use zeroize::Zeroizing;
 
 use crate::{
@@ -29,8 +31,6 @@ use crate::{
     Versioned,
 };
 
-/// Secrets one repository can hold.
-const MAX_SECRETS: usize = 100;
 /// The largest value GitHub accepts.
 const MAX_VALUE_BYTES: usize = 48 * 1024;
 /// Retries of a throttled or unavailable call.
@@ -49,6 +49,12 @@ struct ListedSecret {
     updated_at: String,
 }
 
+/// A repository's id (for an organization secret's `selected_repository_ids`).
+#[derive(Deserialize)]
+struct RepositoryId {
+    id: u64,
+}
+
 /// The repository's sealing key.
 struct SealingKey {
     id: String,
@@ -60,6 +66,8 @@ pub struct GithubStore {
     spec: GithubSpec,
     client: Octocrab,
     key: OnceCell<SealingKey>,
+    /// `selected_repository_ids` of an organization secret, looked up once.
+    selected: OnceCell<Vec<u64>>,
     /// Secrets in the repository as of the last listing, plus those created since.
     count: Mutex<Option<usize>>,
     label: String,
@@ -86,6 +94,7 @@ impl GithubStore {
             spec: spec.clone(),
             client,
             key: OnceCell::new(),
+            selected: OnceCell::new(),
             count: Mutex::new(None),
             label,
             calls: ApiCalls::default(),
@@ -93,7 +102,62 @@ impl GithubStore {
     }
 
     fn route(&self, rest: &str) -> String {
-        format!("/repos/{}/{}/actions/secrets{rest}", self.spec.owner, self.spec.repo)
+        match &self.spec.scope {
+            GithubScope::Repository { owner, repo } => {
+                format!("/repos/{owner}/{repo}/actions/secrets{rest}")
+            }
+            GithubScope::Environment { owner, repo, environment } => {
+                format!("/repos/{owner}/{repo}/environments/{environment}/secrets{rest}")
+            }
+            GithubScope::Organization { org, .. } => format!("/orgs/{org}/actions/secrets{rest}"),
+        }
+    }
+
+    /// Secrets the scope can hold.
+    fn max_secrets(&self) -> usize {
+        match self.spec.scope {
+            GithubScope::Organization { .. } => 1000,
+            _ => 100,
+        }
+    }
+
+    /// The body of a write: the sealed value, and an organization secret's visibility.
+    async fn put_body(&self, sealed: &str, key_id: &str) -> Result<Value, StoreError> {
+        let mut body = serde_json::json!({ "encrypted_value": sealed, "key_id": key_id });
+        if let GithubScope::Organization { org, visibility, selected_repositories } =
+            &self.spec.scope
+        {
+            body["visibility"] = Value::String(visibility.clone());
+            if visibility == "selected" {
+                let ids = self
+                    .selected
+                    .get_or_try_init(|| async {
+                        let mut ids = Vec::new();
+                        for repo in selected_repositories {
+                            let found: RepositoryId =
+                                crate::retry::transient(MAX_RETRIES, || async {
+                                    self.calls.record("get_repository");
+                                    self.client
+                                        .get(format!("/repos/{org}/{repo}"), None::<&()>)
+                                        .await
+                                        .map_err(|e| {
+                                            self.api_err(
+                                                &format!("look up repository {org}/{repo}"),
+                                                None,
+                                                e,
+                                            )
+                                        })
+                                })
+                                .await?;
+                            ids.push(found.id);
+                        }
+                        Ok::<_, StoreError>(ids)
+                    })
+                    .await?;
+                body["selected_repository_ids"] = serde_json::json!(ids);
+            }
+        }
+        Ok(body)
     }
 
     fn err(&self, kind: ErrorKind, secret: Option<&str>, message: impl Into<String>) -> StoreError {
@@ -264,11 +328,12 @@ impl SecretStore for GithubStore {
         }
         if matches!(pre, Precondition::Absent) {
             let mut count = self.count.lock().expect("count lock");
-            if count.is_some_and(|n| n >= MAX_SECRETS) {
+            let max = self.max_secrets();
+            if count.is_some_and(|n| n >= max) {
                 return Err(self.err(
                     ErrorKind::Invalid,
                     Some(name),
-                    "the repository already holds 100 secrets, GitHub's limit",
+                    format!("{} already holds {max} secrets, GitHub's limit", self.label),
                 ));
             }
             *count = count.map(|n| n + 1);
@@ -279,13 +344,16 @@ impl SecretStore for GithubStore {
             .seal(&mut crypto_box::aead::OsRng, text.as_bytes())
             .map_err(|_| self.err(ErrorKind::Invalid, Some(name), "cannot seal the value"))?;
         let sealed = BASE64.encode(sealed);
-        let body = CreateRepositorySecret { encrypted_value: &sealed, key_id: &key.id };
+        let body = self.put_body(&sealed, &key.id).await?;
+        let route = self.route(&format!("/{name}"));
         crate::retry::transient(MAX_RETRIES, || async {
             self.calls.record("put_secret");
-            self.client
-                .repos(&self.spec.owner, &self.spec.repo)
-                .secrets()
-                .create_or_update_secret(name, &body)
+            let response = self
+                .client
+                ._put(route.as_str(), Some(&body))
+                .await
+                .map_err(|e| self.api_err("put secret", Some(name), e))?;
+            octocrab::map_github_error(response)
                 .await
                 .map_err(|e| self.api_err("put secret", Some(name), e))
         })
@@ -296,12 +364,15 @@ impl SecretStore for GithubStore {
     }
 
     async fn delete(&self, name: &str, _pre: Precondition) -> Result<(), StoreError> {
+        let route = self.route(&format!("/{name}"));
         let deleted = crate::retry::transient(MAX_RETRIES, || async {
             self.calls.record("delete_secret");
-            self.client
-                .repos(&self.spec.owner, &self.spec.repo)
-                .secrets()
-                .delete_secret(name)
+            let response = self
+                .client
+                ._delete(route.as_str(), None::<&()>)
+                .await
+                .map_err(|e| self.api_err("delete secret", Some(name), e))?;
+            octocrab::map_github_error(response)
                 .await
                 .map_err(|e| self.api_err("delete secret", Some(name), e))
         })

@@ -6,6 +6,8 @@ use vss_tests::github::FakeGithub;
 use vss_tests::{Run, Workspace, counts, target};
 
 const TOKEN: &str = "ghp_test_token_0001";
+/// The repository secrets of `acme/app` on the fake.
+const REPO: &str = "repos/acme/app/actions";
 
 fn workspace(github: &FakeGithub, extra: &str) -> Workspace {
     let ws = Workspace::new();
@@ -33,12 +35,12 @@ fn github_creates_updates_skips_unchanged_and_deletes_only_its_own() {
     ws.secret("src", "app/db", json!({"user": "u", "password": CANARY}));
     ws.secret("src", "api-key", json!({"value": "k1"}));
     ws.secret("src", "keep/me", json!({"value": "x"}));
-    github.put("SOMEONE_ELSES", "theirs");
+    github.put(REPO, "SOMEONE_ELSES", "theirs");
 
     let first = run(&ws);
     assert_eq!(first.code, 1, "{}\n{}", first.stdout, first.stderr);
     assert_eq!(counts(&target(&first.json(), "T")["summary"]), (3, 0, 0, 0));
-    let sent = github.plaintexts();
+    let sent = github.plaintexts(REPO);
     let db: Value = serde_json::from_str(&sent["APP_DB"]).unwrap();
     assert_eq!(db, json!({"user": "u", "password": CANARY}));
     assert_eq!(sent["API_KEY"], "k1", "a lone `value` is sent as a plain string");
@@ -59,16 +61,16 @@ fn github_creates_updates_skips_unchanged_and_deletes_only_its_own() {
     let third = run(&ws);
     assert_eq!(third.code, 1, "{}\n{}", third.stdout, third.stderr);
     assert_eq!(counts(&target(&third.json(), "T")["summary"]), (1, 1, 1, 1));
-    let sent = github.plaintexts();
+    let sent = github.plaintexts(REPO);
     assert_eq!(sent["API_KEY"], "k2");
     assert!(!sent.contains_key("KEEP_ME"));
     assert_eq!(sent["SOMEONE_ELSES"], "theirs");
 
     // A value changed on GitHub by someone else (its updated_at moves) is repaired.
-    github.put("API_KEY", "tampered");
+    github.put(REPO, "API_KEY", "tampered");
     let fourth = run(&ws);
     assert_eq!(counts(&target(&fourth.json(), "T")["summary"]), (0, 1, 0, 2));
-    assert_eq!(github.plaintexts()["API_KEY"], "k2");
+    assert_eq!(github.plaintexts(REPO)["API_KEY"], "k2");
 
     for text in [&first.stdout, &first.stderr, &third.stdout, &third.stderr] {
         assert!(!text.contains(CANARY) && !text.contains(TOKEN), "{text}");
@@ -89,7 +91,7 @@ fn github_names_that_collide_or_are_refused_are_withheld() {
     let warnings = target(&report, "T")["warnings"].to_string();
     assert!(warnings.contains("app-db, app/db are all `APP_DB`"), "{warnings}");
     assert!(warnings.contains("GITHUB_"), "{warnings}");
-    assert_eq!(github.plaintexts().keys().collect::<Vec<_>>(), ["FINE"]);
+    assert_eq!(github.plaintexts(REPO).keys().collect::<Vec<_>>(), ["FINE"]);
 }
 
 #[test]
@@ -101,7 +103,7 @@ fn github_rate_limits_are_waited_out() {
     let run = run(&ws);
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(github.requests("throttled"), 2);
-    assert_eq!(github.plaintexts()["ONE"], "1");
+    assert_eq!(github.plaintexts(REPO)["ONE"], "1");
 }
 
 #[test]
@@ -114,7 +116,7 @@ fn github_limits_are_reported_before_sending() {
     assert_eq!(run.code, 2, "{}", run.stdout);
     let error = target(&run.json(), "T")["error"].to_string();
     assert!(error.contains("secret `BIG`") && error.contains("48 KB"), "{error}");
-    assert_eq!(github.plaintexts().keys().collect::<Vec<_>>(), ["SMALL"]);
+    assert_eq!(github.plaintexts(REPO).keys().collect::<Vec<_>>(), ["SMALL"]);
 
     let bad = Workspace::new();
     bad.write("gh.token", "wrong");
@@ -130,4 +132,33 @@ fn github_limits_are_reported_before_sending() {
         "{}",
         refused.stdout
     );
+}
+
+#[test]
+fn github_environment_and_organization_secrets() {
+    let github = FakeGithub::start(TOKEN);
+    let ws = Workspace::new();
+    ws.write("gh.token", TOKEN);
+    ws.config(&format!(
+        "source: {{ file: {{ dir: src }} }}
+targets:
+  Env:
+    store: {{ github: {{ owner: acme, repo: app, environment: prod, api_url: \"{url}\", token: {{ file: gh.token }} }} }}
+  Org:
+    store: {{ github: {{ org: acme, visibility: selected, selected_repositories: [app, web], api_url: \"{url}\", token: {{ file: gh.token }} }} }}
+",
+        url = github.url
+    ));
+    ws.secret("src", "db/password", json!({"value": "p"}));
+    let first = run(&ws);
+    assert_eq!(first.code, 1, "{}\n{}", first.stdout, first.stderr);
+    assert_eq!(github.plaintexts("repos/acme/app/environments/prod")["DB_PASSWORD"], "p");
+    assert_eq!(github.plaintexts("orgs/acme/actions")["DB_PASSWORD"], "p");
+    let ids = [FakeGithub::repository_id("acme", "app"), FakeGithub::repository_id("acme", "web")];
+    assert_eq!(
+        github.details("orgs/acme/actions", "DB_PASSWORD"),
+        json!({"visibility": "selected", "selected_repository_ids": ids})
+    );
+    assert!(github.plaintexts(REPO).is_empty(), "repository secrets untouched");
+    assert_eq!(run(&ws).code, 0, "unchanged");
 }

@@ -1,4 +1,4 @@
-//! A local GitHub REST API for repository Actions secrets, faithful to the public docs where
+//! A local GitHub REST API for Actions secrets (repository, environment, organization), faithful to the public docs where
 //! vss depends on it: bearer-token auth (401 otherwise), the repository's public key, paginated
 //! listing (`per_page` ≤ 100, `page`), get, create-or-update (201 created, 204 updated; 422 for
 //! a bad name or key id), delete (204, 404), and primary rate limits (403 with
@@ -24,11 +24,14 @@ struct Stored {
     plaintext: String,
     created_at: String,
     updated_at: String,
+    /// An organization secret's visibility and selected repositories, as sent.
+    details: Value,
 }
 
 #[derive(Default)]
 struct Repo {
-    secrets: BTreeMap<String, Stored>,
+    /// (scope, name) → the secret.
+    secrets: BTreeMap<(String, String), Stored>,
     /// Requests answered by operation (`list`, `get`, `put`, `delete`, `key`, `throttled`).
     requests: BTreeMap<String, usize>,
     /// The next this many requests are refused as rate-limited.
@@ -95,66 +98,119 @@ fn valid_name(name: &str) -> bool {
         && !name.to_ascii_uppercase().starts_with("GITHUB_")
 }
 
-async fn public_key(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(r) = admit(&shared, &headers, "key") {
-        return r;
-    }
-    let key = BASE64.encode(shared.key.public_key().as_bytes());
-    Json(json!({"key_id": KEY_ID, "key": key})).into_response()
+/// Where a request goes: the secrets scope (`repos/o/r/actions`, `repos/o/r/environments/e`,
+/// `orgs/o/actions`) and the rest (`""`, `/public-key`, `/NAME`).
+fn scope_of(path: &str) -> Option<(String, String)> {
+    let (scope, rest) = path.trim_start_matches('/').split_once("/secrets")?;
+    let valid = scope.starts_with("orgs/") && scope.ends_with("/actions")
+        || scope.starts_with("repos/")
+            && (scope.ends_with("/actions") || scope.contains("/environments/"));
+    valid.then(|| (scope.to_string(), rest.to_string()))
 }
 
-async fn list(
+/// The id GitHub would give `owner/repo` (stable per name).
+fn repository_id(path: &str) -> u64 {
+    path.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))) % 1_000_000
+}
+
+async fn any_get(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
+    Path(path): Path<String>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Response {
-    if let Some(r) = admit(&shared, &headers, "list") {
-        return r;
+    let Some((scope, rest)) = scope_of(&path) else {
+        // GET /repos/{owner}/{repo}: the repository, for its id.
+        let parts: Vec<&str> = path.split('/').collect();
+        if let ["repos", _, _] = parts.as_slice() {
+            if let Some(r) = admit(&shared, &headers, "repository") {
+                return r;
+            }
+            return Json(json!({"id": repository_id(&path), "full_name": &path[6..]}))
+                .into_response();
+        }
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    };
+    match rest.as_str() {
+        "/public-key" => {
+            if let Some(r) = admit(&shared, &headers, "key") {
+                return r;
+            }
+            let key = BASE64.encode(shared.key.public_key().as_bytes());
+            Json(json!({"key_id": KEY_ID, "key": key})).into_response()
+        }
+        "" => {
+            if let Some(r) = admit(&shared, &headers, "list") {
+                return r;
+            }
+            let per_page: usize = query.get("per_page").and_then(|p| p.parse().ok()).unwrap_or(30);
+            let page: usize = query.get("page").and_then(|p| p.parse().ok()).unwrap_or(1).max(1);
+            let per_page = per_page.clamp(1, 100);
+            let repo = shared.repo.lock().unwrap();
+            let in_scope: Vec<(&String, &Stored)> = repo
+                .secrets
+                .iter()
+                .filter(|((s, _), _)| s == &scope)
+                .map(|((_, n), v)| (n, v))
+                .collect();
+            let secrets: Vec<Value> = in_scope
+                .iter()
+                .skip((page - 1) * per_page)
+                .take(per_page)
+                .map(|(name, s)| json!({"name": name, "created_at": s.created_at, "updated_at": s.updated_at}))
+                .collect();
+            Json(json!({"total_count": in_scope.len(), "secrets": secrets})).into_response()
+        }
+        name => {
+            if let Some(r) = admit(&shared, &headers, "get") {
+                return r;
+            }
+            let name = name.trim_start_matches('/').to_ascii_uppercase();
+            let repo = shared.repo.lock().unwrap();
+            match repo.secrets.get(&(scope, name.clone())) {
+                Some(s) => Json(
+                    json!({"name": name, "created_at": s.created_at, "updated_at": s.updated_at}),
+                )
+                .into_response(),
+                None => error(StatusCode::NOT_FOUND, "Not Found"),
+            }
+        }
     }
-    let per_page: usize = query.get("per_page").and_then(|p| p.parse().ok()).unwrap_or(30);
-    let page: usize = query.get("page").and_then(|p| p.parse().ok()).unwrap_or(1).max(1);
-    let per_page = per_page.clamp(1, 100);
-    let repo = shared.repo.lock().unwrap();
-    let secrets: Vec<Value> = repo
-        .secrets
-        .iter()
-        .skip((page - 1) * per_page)
-        .take(per_page)
-        .map(|(name, s)| json!({"name": name, "created_at": s.created_at, "updated_at": s.updated_at}))
-        .collect();
-    Json(json!({"total_count": repo.secrets.len(), "secrets": secrets})).into_response()
 }
 
-async fn get_one(
+async fn any_put(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
-    Path((_, _, name)): Path<(String, String, String)>,
-) -> Response {
-    if let Some(r) = admit(&shared, &headers, "get") {
-        return r;
-    }
-    let repo = shared.repo.lock().unwrap();
-    match repo.secrets.get(&name.to_ascii_uppercase()) {
-        Some(s) => Json(json!({"name": name.to_ascii_uppercase(), "created_at": s.created_at, "updated_at": s.updated_at}))
-            .into_response(),
-        None => error(StatusCode::NOT_FOUND, "Not Found"),
-    }
-}
-
-async fn put_one(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Path((_, _, name)): Path<(String, String, String)>,
+    Path(path): Path<String>,
     Json(body): Json<Value>,
 ) -> Response {
+    let Some((scope, rest)) = scope_of(&path) else {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    };
     if let Some(r) = admit(&shared, &headers, "put") {
         return r;
     }
-    if !valid_name(&name) {
+    let name = rest.trim_start_matches('/');
+    if !valid_name(name) {
         return error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid name");
     }
     if body["key_id"].as_str() != Some(KEY_ID) {
         return error(StatusCode::UNPROCESSABLE_ENTITY, "Bad key_id");
+    }
+    if scope.starts_with("orgs/") {
+        let visibility = body["visibility"].as_str().unwrap_or_default();
+        let selected = body["selected_repository_ids"].as_array();
+        let fits = match visibility {
+            "all" | "private" => selected.is_none(),
+            "selected" => selected.is_some(),
+            _ => false,
+        };
+        if !fits {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "visibility is required for organization secrets",
+            );
+        }
     }
     let Some(sealed) = body["encrypted_value"].as_str().and_then(|v| BASE64.decode(v).ok()) else {
         return error(StatusCode::UNPROCESSABLE_ENTITY, "encrypted_value is not base64");
@@ -166,30 +222,36 @@ async fn put_one(
     let mut repo = shared.repo.lock().unwrap();
     repo.clock += 1;
     let now = timestamp(repo.clock);
-    let name = name.to_ascii_uppercase();
-    match repo.secrets.get_mut(&name) {
+    let key = (scope, name.to_ascii_uppercase());
+    let details = json!({"visibility": body["visibility"], "selected_repository_ids": body["selected_repository_ids"]});
+    match repo.secrets.get_mut(&key) {
         Some(s) => {
             s.plaintext = plaintext;
             s.updated_at = now;
+            s.details = details;
             StatusCode::NO_CONTENT.into_response()
         }
         None => {
-            let stored = Stored { plaintext, created_at: now.clone(), updated_at: now };
-            repo.secrets.insert(name, stored);
+            let stored = Stored { plaintext, created_at: now.clone(), updated_at: now, details };
+            repo.secrets.insert(key, stored);
             StatusCode::CREATED.into_response()
         }
     }
 }
 
-async fn delete_one(
+async fn any_delete(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
-    Path((_, _, name)): Path<(String, String, String)>,
+    Path(path): Path<String>,
 ) -> Response {
+    let Some((scope, rest)) = scope_of(&path) else {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    };
     if let Some(r) = admit(&shared, &headers, "delete") {
         return r;
     }
-    match shared.repo.lock().unwrap().secrets.remove(&name.to_ascii_uppercase()) {
+    let key = (scope, rest.trim_start_matches('/').to_ascii_uppercase());
+    match shared.repo.lock().unwrap().secrets.remove(&key) {
         Some(_) => StatusCode::NO_CONTENT.into_response(),
         None => error(StatusCode::NOT_FOUND, "Not Found"),
     }
@@ -206,12 +268,7 @@ impl FakeGithub {
         let key = SecretKey::generate(&mut crypto_box::aead::OsRng);
         let shared = Arc::new(Shared { token: token.into(), key, repo: Mutex::default() });
         let app = axum::Router::new()
-            .route("/repos/{owner}/{repo}/actions/secrets/public-key", get(public_key))
-            .route("/repos/{owner}/{repo}/actions/secrets", get(list))
-            .route(
-                "/repos/{owner}/{repo}/actions/secrets/{name}",
-                get(get_one).put(put_one).delete(delete_one),
-            )
+            .route("/{*path}", get(any_get).put(any_put).delete(any_delete))
             .with_state(shared.clone());
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -219,20 +276,40 @@ impl FakeGithub {
         Self { url, shared, _runtime: runtime }
     }
 
-    /// Secret name → the plaintext vss sealed.
-    pub fn plaintexts(&self) -> BTreeMap<String, String> {
+    /// Secret name → the plaintext vss sealed, in `scope` (e.g. `repos/acme/app/actions`,
+    /// `repos/acme/app/environments/prod`, `orgs/acme/actions`).
+    pub fn plaintexts(&self, scope: &str) -> BTreeMap<String, String> {
         let repo = self.shared.repo.lock().unwrap();
-        repo.secrets.iter().map(|(n, s)| (n.clone(), s.plaintext.clone())).collect()
+        repo.secrets
+            .iter()
+            .filter(|((s, _), _)| s == scope)
+            .map(|((_, n), s)| (n.clone(), s.plaintext.clone()))
+            .collect()
     }
 
-    /// Creates a secret as someone else would.
-    pub fn put(&self, name: &str, plaintext: &str) {
+    /// An organization secret's `visibility` and `selected_repository_ids`, as sent.
+    pub fn details(&self, scope: &str, name: &str) -> Value {
+        let repo = self.shared.repo.lock().unwrap();
+        repo.secrets[&(scope.to_string(), name.to_string())].details.clone()
+    }
+
+    /// The id this server gives repository `owner/repo`.
+    pub fn repository_id(owner: &str, repo: &str) -> u64 {
+        repository_id(&format!("repos/{owner}/{repo}"))
+    }
+
+    /// Creates a secret in `scope` as someone else would.
+    pub fn put(&self, scope: &str, name: &str, plaintext: &str) {
         let mut repo = self.shared.repo.lock().unwrap();
         repo.clock += 1;
         let now = timestamp(repo.clock);
-        let stored =
-            Stored { plaintext: plaintext.into(), created_at: now.clone(), updated_at: now };
-        repo.secrets.insert(name.into(), stored);
+        let stored = Stored {
+            plaintext: plaintext.into(),
+            created_at: now.clone(),
+            updated_at: now,
+            details: Value::Null,
+        };
+        repo.secrets.insert((scope.into(), name.into()), stored);
     }
 
     /// Requests answered so far for `operation` (`list`, `get`, `put`, `delete`, `key`,

@@ -229,6 +229,37 @@ pub enum StoreSpec {
     Kubernetes(Box<KubernetesSpec>),
 }
 
+/// The secrets a GitHub target writes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GithubScope {
+    /// A repository's Actions secrets.
+    Repository {
+        /// The owner (a user or an organization).
+        owner: String,
+        /// The repository.
+        repo: String,
+    },
+    /// A repository environment's secrets.
+    Environment {
+        /// The owner.
+        owner: String,
+        /// The repository.
+        repo: String,
+        /// The environment.
+        environment: String,
+    },
+    /// An organization's Actions secrets.
+    Organization {
+        /// The organization.
+        org: String,
+        /// Which repositories see them: `all`, `private` or `selected`.
+        visibility: String,
+        /// With `selected`: the repositories (names in the organization).
+        selected_repositories: Vec<String>,
+    },
+}
+
 /// Where a Kubernetes target lives. Credentials come from the in-cluster service account or
 /// the kubeconfig of the process that syncs.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -242,10 +273,8 @@ pub struct KubernetesSpec {
 /// Where a GitHub Actions secrets target lives. The token is a reference.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct GithubSpec {
-    /// The repository's owner (a user or an organization).
-    pub owner: String,
-    /// The repository.
-    pub repo: String,
+    /// Whose secrets: a repository's, one of its environments', or an organization's.
+    pub scope: GithubScope,
     /// Where the token is read from.
     pub token: SecretRef,
     /// The REST API's base URL (`https://api.github.com`, GitHub Enterprise's, or a test's).
@@ -321,7 +350,13 @@ impl fmt::Display for StoreSpec {
             StoreSpec::File { dir } => write!(f, "file:{}", dir.display()),
             StoreSpec::S3(b) => write!(f, "s3://{}/{}", b.bucket, b.prefix),
             StoreSpec::Http(h) => write!(f, "http:{}", h.url),
-            StoreSpec::Github(g) => write!(f, "github:{}/{}", g.owner, g.repo),
+            StoreSpec::Github(g) => match &g.scope {
+                GithubScope::Repository { owner, repo } => write!(f, "github:{owner}/{repo}"),
+                GithubScope::Environment { owner, repo, environment } => {
+                    write!(f, "github:{owner}/{repo}@{environment}")
+                }
+                GithubScope::Organization { org, .. } => write!(f, "github:{org}"),
+            },
             StoreSpec::Kubernetes(k) => match &k.context {
                 Some(context) => write!(f, "kubernetes:{context}/{}", k.namespace),
                 None => write!(f, "kubernetes:{}", k.namespace),

@@ -10,9 +10,9 @@ use serde_json::Value;
 
 use super::yaml::{Document, KeyPath, Segment, display_path};
 use super::{
-    AwsSmSpec, Config, DeleteThreshold, Diagnostic, GithubSpec, HttpSpec, KubernetesSpec, Layer,
-    LogFormat, LogSettings, NatsSpec, PipelineSettings, S3Spec, SecretRef, StateSpec, StoreSpec,
-    Target, VaultAuth, VaultSpec,
+    AwsSmSpec, Config, DeleteThreshold, Diagnostic, GithubScope, GithubSpec, HttpSpec,
+    KubernetesSpec, Layer, LogFormat, LogSettings, NatsSpec, PipelineSettings, S3Spec, SecretRef,
+    StateSpec, StoreSpec, Target, VaultAuth, VaultSpec,
 };
 use crate::merge::ListMerge;
 
@@ -153,10 +153,13 @@ struct RawHttpStore {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawGithubStore {
-    owner: String,
+    owner: Option<String>,
     repo: Option<String>,
     environment: Option<String>,
     org: Option<String>,
+    visibility: Option<String>,
+    #[serde(default)]
+    selected_repositories: Vec<String>,
     token: Option<RawSecretRef>,
     api_url: Option<String>,
 }
@@ -564,19 +567,47 @@ pub(super) fn build(
                     ck.error(&at, "GitHub secrets are write-only: use them as a target".into());
                     return None;
                 }
-                for (name, present) in
-                    [("environment", g.environment.is_some()), ("org", g.org.is_some())]
-                {
-                    if present {
-                        let mut at = at.clone();
-                        at.push(key(name));
-                        ck.not_supported(&at, &format!("`{name}` (GitHub {name} secrets)"));
+                let scope = match (&g.org, &g.owner, &g.repo, &g.environment) {
+                    (Some(org), None, None, None) => {
+                        let visibility = g.visibility.clone().unwrap_or_else(|| "private".into());
+                        if !["all", "private", "selected"].contains(&visibility.as_str()) {
+                            ck.error(&at, "`visibility` is `all`, `private` or `selected`".into());
+                            return None;
+                        }
+                        if (visibility == "selected") == g.selected_repositories.is_empty() {
+                            ck.error(
+                                &at,
+                                "`selected_repositories` goes with `visibility: selected`, and only with it".into(),
+                            );
+                            return None;
+                        }
+                        GithubScope::Organization {
+                            org: org.clone(),
+                            visibility,
+                            selected_repositories: g.selected_repositories.clone(),
+                        }
+                    }
+                    (None, Some(owner), Some(repo), environment)
+                        if g.visibility.is_none() && g.selected_repositories.is_empty() =>
+                    {
+                        match environment {
+                            Some(environment) => GithubScope::Environment {
+                                owner: owner.clone(),
+                                repo: repo.clone(),
+                                environment: environment.clone(),
+                            },
+                            None => {
+                                GithubScope::Repository { owner: owner.clone(), repo: repo.clone() }
+                            }
+                        }
+                    }
+                    _ => {
+                        ck.error(
+                            &at,
+                            "either `owner` and `repo` (and optionally `environment`), or `org` (with `visibility`, `selected_repositories`)".into(),
+                        );
                         return None;
                     }
-                }
-                let Some(repo) = g.repo.clone() else {
-                    ck.error(&at, "`repo` is required".into());
-                    return None;
                 };
                 let token = match &g.token {
                     Some(RawSecretRef::Env(v)) => SecretRef::Env(v.clone()),
@@ -589,8 +620,7 @@ pub(super) fn build(
                     .or_else(|| env("GITHUB_API_URL"))
                     .unwrap_or_else(|| "https://api.github.com".into());
                 return Some(StoreSpec::Github(Box::new(GithubSpec {
-                    owner: g.owner.clone(),
-                    repo,
+                    scope,
                     token,
                     api_url: api_url.trim_end_matches('/').to_string(),
                 })));

@@ -449,10 +449,20 @@ fn github_targets_default_their_token_and_refuse_other_roles() {
         ),
         vec!["vss.yaml:1: sources.gh.github: GitHub secrets are write-only: use them as a target"]
     );
-    let env = errors(
-        "source: { file: { dir: s } }\ntargets:\n  T: { store: { github: { owner: a, environment: prod } } }\n",
+    let cfg = load("source: { file: { dir: s } }\ntargets:\n  E: { store: { github: { owner: a, repo: r, environment: prod } } }\n  O: { store: { github: { org: a, visibility: all } } }\n").unwrap();
+    let StoreSpec::Github(env) = &cfg.targets["E"].store else { panic!("github") };
+    assert!(
+        matches!(&env.scope, GithubScope::Environment { environment, .. } if environment == "prod")
     );
-    assert!(env[0].contains("targets.T.store.github.environment: `environment` (GitHub environment secrets) is not supported yet"), "{env:?}");
+    let StoreSpec::Github(org) = &cfg.targets["O"].store else { panic!("github") };
+    assert!(
+        matches!(&org.scope, GithubScope::Organization { visibility, .. } if visibility == "all")
+    );
+    let bad = errors(
+        "source: { file: { dir: s } }\ntargets:\n  O: { store: { github: { org: a, visibility: selected } } }\n  P: { store: { github: { owner: a } } }\n",
+    );
+    assert!(bad[0].contains("`selected_repositories` goes with `visibility: selected`"), "{bad:?}");
+    assert!(bad[1].contains("either `owner` and `repo`"), "{bad:?}");
 }
 
 #[test]
