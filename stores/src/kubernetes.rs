@@ -9,6 +9,12 @@
 //! replaces and deletes are conditional on it (a 409 is a conflict, re-read by the caller).
 //! Credentials: in-cluster service account or kubeconfig (`KUBECONFIG`, `~/.kube/config`),
 //! with an optional context.
+//!
+//! With `name`, every secret is instead one key of that single Secret (`app/db` is the key
+//! `app.db`; characters outside `[-._a-zA-Z0-9]` become `-`), holding the secret as JSON (a
+//! lone `value` as itself). A key's version is a keyed fingerprint of its bytes; each write
+//! or delete re-reads the Secret and replaces it conditionally on its `resourceVersion`,
+//! writes being serialized within the store.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -40,6 +46,8 @@ pub struct KubernetesStore {
     /// The run's content-hash key: a stamp is trusted only while the data still hashes to it.
     key: HashKey,
     api: OnceCell<Api<Secret>>,
+    /// Named mode: one read-modify-write of the Secret at a time.
+    named_writes: tokio::sync::Mutex<()>,
     label: String,
     calls: ApiCalls,
 }
@@ -73,6 +81,7 @@ impl KubernetesStore {
             spec: spec.clone(),
             key,
             api: OnceCell::new(),
+            named_writes: tokio::sync::Mutex::new(()),
             label: vss_protocol::config::StoreSpec::Kubernetes(Box::new(spec.clone())).to_string(),
             calls: ApiCalls::default(),
         }
@@ -219,6 +228,124 @@ impl KubernetesStore {
     }
 }
 
+/// The key of secret `name` in a named Secret.
+pub fn key_name(name: &str) -> Result<String, String> {
+    let mapped: String = name
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '_' => c,
+            '/' => '.',
+            _ => '-',
+        })
+        .collect();
+    if mapped.is_empty() || mapped.len() > 253 || mapped == "." || mapped == ".." {
+        return Err(format!("`{mapped}` is not a valid Secret key"));
+    }
+    Ok(mapped)
+}
+
+/// A named Secret's key as a value: a JSON object as such, anything else as `{"value": …}`.
+fn value_of_key(bytes: &[u8]) -> Result<SecretValue, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(SecretValue::new(map)),
+        _ => Ok(SecretValue::new(serde_json::Map::from_iter([(
+            "value".to_string(),
+            Value::String(text.to_string()),
+        )]))),
+    }
+}
+
+/// The bytes a value is stored as under a named Secret's key.
+fn key_bytes(value: &SecretValue) -> Vec<u8> {
+    let fields = value.expose();
+    if fields.len() == 1
+        && let Some(Value::String(s)) = fields.get("value")
+    {
+        return s.as_bytes().to_vec();
+    }
+    serde_json::to_vec(fields).expect("a JSON map always serializes")
+}
+
+impl KubernetesStore {
+    fn key_version(&self, bytes: &[u8]) -> Version {
+        Version(self.key.fingerprint(bytes).as_str().to_string())
+    }
+
+    /// Named mode: sets (`Some`) or removes (`None`) one key under `pre`, re-reading and
+    /// replacing the Secret conditionally; returns the key's new version.
+    async fn update_key(
+        &self,
+        secret_name: &str,
+        key: &str,
+        bytes: Option<Vec<u8>>,
+        pre: &Precondition,
+    ) -> Result<Option<Version>, StoreError> {
+        let api = self.api().await?;
+        let _one_at_a_time = self.named_writes.lock().await;
+        for _ in 0..5 {
+            let current = self.read_secret(secret_name).await?;
+            let existing = current.as_ref().and_then(|s| s.data.as_ref()).and_then(|d| d.get(key));
+            let holds = pre.holds(existing.map(|b| self.key_version(&b.0)).as_ref());
+            if !holds {
+                return Err(StoreError::conflict(&self.label, key));
+            }
+            let new_version = bytes.as_deref().map(|b| self.key_version(b));
+            let written = match current {
+                None => {
+                    let Some(bytes) = &bytes else { return Ok(None) };
+                    let mut secret = Secret {
+                        metadata: ObjectMeta {
+                            name: Some(secret_name.to_string()),
+                            namespace: Some(self.spec.namespace.clone()),
+                            labels: Some(BTreeMap::from([(
+                                LABEL_MANAGED.to_string(),
+                                "vss".to_string(),
+                            )])),
+                            ..Default::default()
+                        },
+                        type_: Some("Opaque".into()),
+                        ..Default::default()
+                    };
+                    secret.data =
+                        Some(BTreeMap::from([(key.to_string(), ByteString(bytes.clone()))]));
+                    self.calls.record("create");
+                    api.create(&PostParams::default(), &secret).await
+                }
+                Some(mut secret) => {
+                    let data = secret.data.get_or_insert_with(BTreeMap::new);
+                    match &bytes {
+                        Some(bytes) => {
+                            data.insert(key.to_string(), ByteString(bytes.clone()));
+                        }
+                        None => {
+                            data.remove(key);
+                        }
+                    }
+                    self.calls.record("replace");
+                    api.replace(secret_name, &PostParams::default(), &secret).await
+                }
+            };
+            match written {
+                Ok(_) => return Ok(new_version),
+                Err(e) => {
+                    let e = self.api_err("update", Some(key), e);
+                    // Another writer changed the Secret (perhaps another key): read again.
+                    // Throttling and unavailability: wait, then read again.
+                    if e.kind != ErrorKind::Conflict {
+                        if !e.is_retryable() {
+                            return Err(e);
+                        }
+                        let wait = e.retry_after.unwrap_or(std::time::Duration::from_millis(500));
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+        }
+        Err(StoreError::conflict(&self.label, key))
+    }
+}
+
 /// The value a Secret holds (see the module's encoding).
 fn from_secret(secret: &Secret) -> Result<SecretValue, String> {
     let json_keys: BTreeSet<&str> = secret
@@ -255,10 +382,28 @@ impl SecretStore for KubernetesStore {
     }
 
     fn store_name(&self, name: &str) -> Result<String, StoreError> {
-        kubernetes_name(name).map_err(|e| self.err(ErrorKind::Invalid, Some(name), e))
+        let mapped = match self.spec.name {
+            Some(_) => key_name(name),
+            None => kubernetes_name(name),
+        };
+        mapped.map_err(|e| self.err(ErrorKind::Invalid, Some(name), e))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        if let Some(secret_name) = &self.spec.name {
+            let Some(secret) = self.read_secret(secret_name).await? else { return Ok(Vec::new()) };
+            return Ok(secret
+                .data
+                .iter()
+                .flatten()
+                .filter(|(key, _)| key.starts_with(prefix))
+                .map(|(key, bytes)| Entry {
+                    name: key.clone(),
+                    version: self.key_version(&bytes.0),
+                    stamp: None,
+                })
+                .collect());
+        }
         let api = self.api().await?;
         let mut entries = Vec::new();
         let mut next: Option<String> = None;
@@ -311,6 +456,17 @@ impl SecretStore for KubernetesStore {
     }
 
     async fn read(&self, name: &str) -> Result<Option<Versioned<SecretValue>>, StoreError> {
+        if let Some(secret_name) = &self.spec.name {
+            let secret = self.read_secret(secret_name).await?;
+            let Some(bytes) =
+                secret.as_ref().and_then(|s| s.data.as_ref()).and_then(|d| d.get(name))
+            else {
+                return Ok(None);
+            };
+            let value =
+                value_of_key(&bytes.0).map_err(|e| self.err(ErrorKind::Invalid, Some(name), e))?;
+            return Ok(Some(Versioned { value, version: self.key_version(&bytes.0) }));
+        }
         let Some(secret) = self.read_secret(name).await? else { return Ok(None) };
         let version = Version(secret.metadata.resource_version.clone().unwrap_or_default());
         let value =
@@ -324,6 +480,10 @@ impl SecretStore for KubernetesStore {
         value: &SecretValue,
         pre: Precondition,
     ) -> Result<Version, StoreError> {
+        if let Some(secret_name) = &self.spec.name {
+            let version = self.update_key(secret_name, name, Some(key_bytes(value)), &pre).await?;
+            return Ok(version.expect("a written key has a version"));
+        }
         self.put(name, value, pre, None).await
     }
 
@@ -334,10 +494,17 @@ impl SecretStore for KubernetesStore {
         pre: Precondition,
         stamp: &Stamp,
     ) -> Result<Version, StoreError> {
+        if self.spec.name.is_some() {
+            return self.write(name, value, pre).await;
+        }
         self.put(name, value, pre, Some(stamp)).await
     }
 
     async fn delete(&self, name: &str, pre: Precondition) -> Result<(), StoreError> {
+        if let Some(secret_name) = &self.spec.name {
+            self.update_key(secret_name, name, None, &pre).await?;
+            return Ok(());
+        }
         let api = self.api().await?;
         let params = DeleteParams {
             preconditions: match &pre {

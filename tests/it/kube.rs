@@ -124,3 +124,45 @@ fn kube_names_kubernetes_refuses_are_withheld_and_bad_credentials_named() {
         refused.stdout
     );
 }
+
+#[test]
+fn kube_a_named_secret_holds_every_secret_as_a_key() {
+    let kube = FakeKubernetes::start(TOKEN);
+    let ws = workspace(&kube);
+    ws.config(
+        "source: { file: { dir: src } }
+targets:
+  K: { store: { kubernetes: { namespace: apps, name: app-env } }, delete: true }
+",
+    );
+    ws.secret("src", "db/url", json!({"value": "postgres://db"}));
+    ws.secret("src", "api", json!({"key": "k1", "retries": 3}));
+    ws.secret("src", "gone/soon", json!({"value": "x"}));
+    let first = run(&ws);
+    assert_eq!(first.code, 1, "{}\n{}", first.stdout, first.stderr);
+    assert_eq!(kube.names("apps"), ["app-env"]);
+    let data = kube.data("apps", "app-env").unwrap();
+    assert_eq!(data["db.url"], "postgres://db");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&data["api"]).unwrap(),
+        json!({"key": "k1", "retries": 3})
+    );
+
+    // Unchanged: one read of the Secret, no write.
+    let writes = kube.requests("create") + kube.requests("replace");
+    assert_eq!(run(&ws).code, 0);
+    assert_eq!(kube.requests("create") + kube.requests("replace"), writes);
+
+    // A key someone else added stays; a key vss wrote and the source dropped goes; a key
+    // edited behind vss's back is repaired.
+    let mut secret = kube.secret("apps", "app-env").unwrap();
+    secret["data"]["theirs"] = json!("eA==");
+    secret["data"]["db.url"] = json!("dGFtcGVyZWQ=");
+    kube.put("apps", secret);
+    std::fs::remove_file(ws.path().join("src/gone/soon.json")).unwrap();
+    let third = run(&ws);
+    assert_eq!(counts(&target(&third.json(), "K")["summary"]), (0, 1, 1, 1), "{}", third.stdout);
+    let data = kube.data("apps", "app-env").unwrap();
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["api", "db.url", "theirs"]);
+    assert_eq!(data["db.url"], "postgres://db");
+}

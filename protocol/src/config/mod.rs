@@ -268,6 +268,8 @@ pub struct KubernetesSpec {
     pub namespace: String,
     /// A kubeconfig context (default: the current one).
     pub context: Option<String>,
+    /// `Some`: every secret is a key of this one Secret; `None`: one Secret per secret.
+    pub name: Option<String>,
 }
 
 /// Where a GitHub Actions secrets target lives. The token is a reference.
@@ -357,10 +359,17 @@ impl fmt::Display for StoreSpec {
                 }
                 GithubScope::Organization { org, .. } => write!(f, "github:{org}"),
             },
-            StoreSpec::Kubernetes(k) => match &k.context {
-                Some(context) => write!(f, "kubernetes:{context}/{}", k.namespace),
-                None => write!(f, "kubernetes:{}", k.namespace),
-            },
+            StoreSpec::Kubernetes(k) => {
+                write!(f, "kubernetes:")?;
+                if let Some(context) = &k.context {
+                    write!(f, "{context}/")?;
+                }
+                write!(f, "{}", k.namespace)?;
+                match &k.name {
+                    Some(name) => write!(f, "/{name}"),
+                    None => Ok(()),
+                }
+            }
             StoreSpec::AwsSm(a) => {
                 write!(f, "aws-sm:{}/{}", a.region, a.prefix)?;
                 match &a.role_arn {

@@ -632,14 +632,10 @@ pub(super) fn build(
                     ck.error(&at, "the `kubernetes` store is a target".into());
                     return None;
                 }
-                if k.name.is_some() {
-                    at.push(key("name"));
-                    ck.not_supported(&at, "`name` (every secret as keys of one Secret)");
-                    return None;
-                }
                 return Some(StoreSpec::Kubernetes(Box::new(KubernetesSpec {
                     namespace: k.namespace.clone(),
                     context: k.context.clone(),
+                    name: k.name.clone(),
                 })));
             }
             RawStore::Gcp(_) => "gcp",

@@ -470,8 +470,7 @@ fn kubernetes_targets_take_a_namespace_and_context() {
     let cfg = load("source: { file: { dir: s } }\ntargets:\n  K: { store: { kubernetes: { namespace: apps, context: prod } } }\n").unwrap();
     let StoreSpec::Kubernetes(spec) = &cfg.targets["K"].store else { panic!("a kubernetes store") };
     assert_eq!((spec.namespace.as_str(), spec.context.as_deref()), ("apps", Some("prod")));
-    let named = errors(
-        "source: { file: { dir: s } }\ntargets:\n  K: { store: { kubernetes: { namespace: apps, name: all } } }\n",
-    );
-    assert!(named[0].contains("targets.K.store.kubernetes.name: `name` (every secret as keys of one Secret) is not supported yet"), "{named:?}");
+    let named = load("source: { file: { dir: s } }\ntargets:\n  K: { store: { kubernetes: { namespace: apps, name: all } } }\n").unwrap();
+    let StoreSpec::Kubernetes(spec) = &named.targets["K"].store else { panic!("kubernetes") };
+    assert_eq!(spec.name.as_deref(), Some("all"));
 }
