@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::OnceCell;
 use vss_protocol::SecretValue;
-use vss_protocol::config::{GithubScope, GithubSpec};
+use vss_protocol::config::{GithubAuth, GithubScope, GithubSpec};
 use zeroize::Zeroizing;
 
 use crate::{
@@ -78,18 +78,30 @@ impl GithubStore {
     /// Opens the store: reads the token reference and builds the client.
     pub fn open(spec: &GithubSpec) -> Result<Self, StoreError> {
         let label = vss_protocol::config::StoreSpec::Github(Box::new(spec.clone())).to_string();
-        let token = spec.token.read().map_err(|e| {
-            StoreError::new(ErrorKind::Unauthorized, &label, None, format!("no GitHub token: {e}"))
-        })?;
+        let unauthorized =
+            |message: String| StoreError::new(ErrorKind::Unauthorized, &label, None, message);
         let invalid = |e: octocrab::Error| {
             StoreError::new(ErrorKind::Invalid, &label, None, format!("GitHub client: {e}"))
         };
-        let client = Octocrab::builder()
-            .base_uri(spec.api_url.as_str())
-            .map_err(invalid)?
-            .personal_token(token.to_string())
-            .build()
-            .map_err(invalid)?;
+        let builder = Octocrab::builder().base_uri(spec.api_url.as_str()).map_err(invalid)?;
+        let client = match &spec.auth {
+            GithubAuth::Token(reference) => {
+                let token =
+                    reference.read().map_err(|e| unauthorized(format!("no GitHub token: {e}")))?;
+                builder.personal_token(token.to_string()).build().map_err(invalid)?
+            }
+            GithubAuth::App { app_id, installation_id, private_key } => {
+                let pem = private_key
+                    .read()
+                    .map_err(|e| unauthorized(format!("no GitHub App private key: {e}")))?;
+                let key = octocrab::jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes())
+                    .map_err(|_| {
+                        unauthorized("the GitHub App private key is not an RSA PEM key".into())
+                    })?;
+                let app = builder.app((*app_id).into(), key).build().map_err(invalid)?;
+                app.installation((*installation_id).into()).map_err(invalid)?
+            }
+        };
         Ok(Self {
             spec: spec.clone(),
             client,

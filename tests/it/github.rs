@@ -162,3 +162,52 @@ targets:
     assert!(github.plaintexts(REPO).is_empty(), "repository secrets untouched");
     assert_eq!(run(&ws).code, 0, "unchanged");
 }
+
+#[test]
+fn github_app_installation_tokens_authorize_the_writes() {
+    let github = FakeGithub::start(TOKEN);
+    let ws = Workspace::new();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .current_dir(ws.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    openssl(&["genrsa", "-out", "app.pem", "2048"]);
+    openssl(&["rsa", "-in", "app.pem", "-pubout", "-out", "app.pub"]);
+    openssl(&["genrsa", "-out", "other.pem", "2048"]);
+    let public = std::fs::read_to_string(ws.path().join("app.pub")).unwrap();
+    github.install_app(4242, 77, &public);
+    let config = |key: &str| {
+        format!(
+            "source: {{ file: {{ dir: src }} }}
+targets:
+  T:
+    store: {{ github: {{ owner: acme, repo: app, api_url: \"{}\", app: {{ app_id: 4242, installation_id: 77, private_key: {{ file: {key} }} }} }} }}
+",
+            github.url
+        )
+    };
+    ws.config(&config("app.pem"));
+    ws.secret("src", "deploy/key", json!({"value": "d1"}));
+    let first = run(&ws);
+    assert_eq!(first.code, 1, "{}\n{}", first.stdout, first.stderr);
+    assert_eq!(github.plaintexts(REPO)["DEPLOY_KEY"], "d1");
+    assert_eq!(github.requests("access_token"), 1);
+    let private = std::fs::read_to_string(ws.path().join("app.pem")).unwrap();
+    assert!(!first.stdout.contains(&private[40..80]) && !first.stderr.contains(&private[40..80]));
+
+    // A key the app does not have: the token exchange is refused, and that is the error.
+    ws.config(&config("other.pem"));
+    ws.secret("src", "deploy/key", json!({"value": "d2"}));
+    let refused = run(&ws);
+    assert_eq!(refused.code, 2, "{}", refused.stdout);
+    assert!(
+        target(&refused.json(), "T")["error"].to_string().contains("401"),
+        "{}",
+        refused.stdout
+    );
+    assert_eq!(github.plaintexts(REPO)["DEPLOY_KEY"], "d1");
+}

@@ -40,8 +40,18 @@ struct Repo {
     clock: u64,
 }
 
+/// A GitHub App that may mint installation tokens.
+struct App {
+    id: u64,
+    installation: u64,
+    public_key_pem: String,
+}
+
 struct Shared {
     token: String,
+    app: Mutex<Option<App>>,
+    /// Installation tokens minted so far (each accepted like `token`).
+    minted: Mutex<Vec<String>>,
     key: SecretKey,
     repo: Mutex<Repo>,
 }
@@ -70,7 +80,8 @@ fn error(status: StatusCode, message: &str) -> Response {
 fn admit(shared: &Shared, headers: &HeaderMap, operation: &str) -> Option<Response> {
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
     let token = auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("token "));
-    if token != Some(shared.token.as_str()) {
+    let minted = token.is_some_and(|t| shared.minted.lock().unwrap().iter().any(|m| m == t));
+    if token != Some(shared.token.as_str()) && !minted {
         return Some(error(StatusCode::UNAUTHORIZED, "Bad credentials"));
     }
     let mut repo = shared.repo.lock().unwrap();
@@ -239,6 +250,49 @@ async fn any_put(
     }
 }
 
+/// `POST /app/installations/{id}/access_tokens`, authorized by the app's RS256 JWT.
+async fn any_post(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(path): Path<String>,
+) -> Response {
+    use octocrab::jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
+    let parts: Vec<&str> = path.split('/').collect();
+    let ["app", "installations", id, "access_tokens"] = parts.as_slice() else {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let app = shared.app.lock().unwrap();
+    let Some(app) = app.as_ref().filter(|a| id.parse() == Ok(a.installation)) else {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let jwt = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let Ok(key) = DecodingKey::from_rsa_pem(app.public_key_pem.as_bytes()) else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "bad test key");
+    };
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.required_spec_claims = ["exp"].into_iter().map(String::from).collect();
+    let claims = decode::<Value>(jwt, &key, &validation);
+    let issuer =
+        claims.as_ref().ok().map(|c| c.claims["iss"].to_string().trim_matches('"').to_string());
+    if issuer != Some(app.id.to_string()) {
+        let why = claims.err().map(|e| e.to_string()).unwrap_or_else(|| "wrong issuer".into());
+        return error(
+            StatusCode::UNAUTHORIZED,
+            &format!("A JSON web token could not be decoded ({why})"),
+        );
+    }
+    let mut minted = shared.minted.lock().unwrap();
+    let token = format!("ghs_installation_{}", minted.len() + 1);
+    minted.push(token.clone());
+    *shared.repo.lock().unwrap().requests.entry("access_token".into()).or_default() += 1;
+    let body = json!({"token": token, "expires_at": "2099-01-01T00:00:00Z", "permissions": {"secrets": "write"}});
+    (StatusCode::CREATED, Json(body)).into_response()
+}
+
 async fn any_delete(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -266,9 +320,15 @@ impl FakeGithub {
             .build()
             .unwrap();
         let key = SecretKey::generate(&mut crypto_box::aead::OsRng);
-        let shared = Arc::new(Shared { token: token.into(), key, repo: Mutex::default() });
+        let shared = Arc::new(Shared {
+            token: token.into(),
+            app: Mutex::new(None),
+            minted: Mutex::new(Vec::new()),
+            key,
+            repo: Mutex::default(),
+        });
         let app = axum::Router::new()
-            .route("/{*path}", get(any_get).put(any_put).delete(any_delete))
+            .route("/{*path}", get(any_get).put(any_put).delete(any_delete).post(any_post))
             .with_state(shared.clone());
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -316,6 +376,13 @@ impl FakeGithub {
     /// `throttled`).
     pub fn requests(&self, operation: &str) -> usize {
         self.shared.repo.lock().unwrap().requests.get(operation).copied().unwrap_or(0)
+    }
+
+    /// Registers GitHub App `id`, installed as `installation`, whose JWTs verify with
+    /// `public_key_pem`.
+    pub fn install_app(&self, id: u64, installation: u64, public_key_pem: &str) {
+        let app = App { id, installation, public_key_pem: public_key_pem.into() };
+        *self.shared.app.lock().unwrap() = Some(app);
     }
 
     /// Refuses the next `n` requests as rate-limited.

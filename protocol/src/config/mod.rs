@@ -229,6 +229,24 @@ pub enum StoreSpec {
     Kubernetes(Box<KubernetesSpec>),
 }
 
+/// How a GitHub target authenticates: references, read by the process that syncs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GithubAuth {
+    /// A personal access token (fine-grained or classic).
+    Token(SecretRef),
+    /// A GitHub App installation: a JWT signed with the app's private key buys short-lived
+    /// installation tokens (renewed before they expire).
+    App {
+        /// The app's id.
+        app_id: u64,
+        /// The installation's id.
+        installation_id: u64,
+        /// The app's private key (PEM).
+        private_key: SecretRef,
+    },
+}
+
 /// The secrets a GitHub target writes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -277,8 +295,8 @@ pub struct KubernetesSpec {
 pub struct GithubSpec {
     /// Whose secrets: a repository's, one of its environments', or an organization's.
     pub scope: GithubScope,
-    /// Where the token is read from.
-    pub token: SecretRef,
+    /// How vss authenticates.
+    pub auth: GithubAuth,
     /// The REST API's base URL (`https://api.github.com`, GitHub Enterprise's, or a test's).
     pub api_url: String,
 }

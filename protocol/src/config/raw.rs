@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::yaml::{Document, KeyPath, Segment, display_path};
 use super::{
-    AwsSmSpec, Config, DeleteThreshold, Diagnostic, GithubScope, GithubSpec, HttpSpec,
+    AwsSmSpec, Config, DeleteThreshold, Diagnostic, GithubAuth, GithubScope, GithubSpec, HttpSpec,
     KubernetesSpec, Layer, LogFormat, LogSettings, NatsSpec, PipelineSettings, S3Spec, SecretRef,
     StateSpec, StoreSpec, Target, VaultAuth, VaultSpec,
 };
@@ -161,7 +161,17 @@ struct RawGithubStore {
     #[serde(default)]
     selected_repositories: Vec<String>,
     token: Option<RawSecretRef>,
+    app: Option<RawGithubApp>,
     api_url: Option<String>,
+}
+
+/// `app: {app_id, installation_id, private_key}`: GitHub App authentication.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGithubApp {
+    app_id: u64,
+    installation_id: u64,
+    private_key: RawSecretRef,
 }
 
 /// `{kubernetes: {namespace, name?, context?}}`: Secrets in a namespace.
@@ -609,10 +619,22 @@ pub(super) fn build(
                         return None;
                     }
                 };
-                let token = match &g.token {
-                    Some(RawSecretRef::Env(v)) => SecretRef::Env(v.clone()),
-                    Some(RawSecretRef::File(p)) => SecretRef::File(resolve(p)),
-                    None => SecretRef::Env("GITHUB_TOKEN".into()),
+                let reference = |r: &RawSecretRef| match r {
+                    RawSecretRef::Env(v) => SecretRef::Env(v.clone()),
+                    RawSecretRef::File(p) => SecretRef::File(resolve(p)),
+                };
+                let auth = match (&g.token, &g.app) {
+                    (Some(_), Some(_)) => {
+                        ck.error(&at, "either `token` or `app`, not both".into());
+                        return None;
+                    }
+                    (_, Some(app)) => GithubAuth::App {
+                        app_id: app.app_id,
+                        installation_id: app.installation_id,
+                        private_key: reference(&app.private_key),
+                    },
+                    (Some(token), None) => GithubAuth::Token(reference(token)),
+                    (None, None) => GithubAuth::Token(SecretRef::Env("GITHUB_TOKEN".into())),
                 };
                 let api_url = g
                     .api_url
@@ -621,7 +643,7 @@ pub(super) fn build(
                     .unwrap_or_else(|| "https://api.github.com".into());
                 return Some(StoreSpec::Github(Box::new(GithubSpec {
                     scope,
-                    token,
+                    auth,
                     api_url: api_url.trim_end_matches('/').to_string(),
                 })));
             }

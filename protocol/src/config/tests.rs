@@ -441,7 +441,7 @@ fn shards_must_be_between_1_and_256() {
 fn github_targets_default_their_token_and_refuse_other_roles() {
     let cfg = load("source: { file: { dir: s } }\ntargets:\n  T: { store: { github: { owner: acme, repo: app } } }\n").unwrap();
     let StoreSpec::Github(spec) = &cfg.targets["T"].store else { panic!("a github store") };
-    assert_eq!(spec.token, SecretRef::Env("GITHUB_TOKEN".into()));
+    assert_eq!(spec.auth, GithubAuth::Token(SecretRef::Env("GITHUB_TOKEN".into())));
     assert_eq!(spec.api_url, "https://api.github.com");
     assert_eq!(
         errors(
@@ -473,4 +473,22 @@ fn kubernetes_targets_take_a_namespace_and_context() {
     let named = load("source: { file: { dir: s } }\ntargets:\n  K: { store: { kubernetes: { namespace: apps, name: all } } }\n").unwrap();
     let StoreSpec::Kubernetes(spec) = &named.targets["K"].store else { panic!("kubernetes") };
     assert_eq!(spec.name.as_deref(), Some("all"));
+}
+
+#[test]
+fn github_app_auth_is_a_key_reference() {
+    let cfg = load("source: { file: { dir: s } }\ntargets:\n  T: { store: { github: { owner: a, repo: r, app: { app_id: 1, installation_id: 2, private_key: { file: app.pem } } } } }\n").unwrap();
+    let StoreSpec::Github(spec) = &cfg.targets["T"].store else { panic!("github") };
+    assert_eq!(
+        spec.auth,
+        GithubAuth::App {
+            app_id: 1,
+            installation_id: 2,
+            private_key: SecretRef::File("/base/app.pem".into())
+        }
+    );
+    let both = errors(
+        "source: { file: { dir: s } }\ntargets:\n  T: { store: { github: { owner: a, repo: r, token: { env: T }, app: { app_id: 1, installation_id: 2, private_key: { env: K } } } } }\n",
+    );
+    assert!(both[0].contains("either `token` or `app`, not both"), "{both:?}");
 }
