@@ -38,6 +38,33 @@ impl SecretValue {
         }
     }
 
+    /// A secret stored as one text (AWS Secrets Manager, GitHub, a key of a Kubernetes
+    /// Secret): a JSON object as such, anything else as `{"value": text}`.
+    pub fn from_text(text: &str) -> Self {
+        match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => Self(map),
+            other => {
+                if let Ok(v) = other {
+                    zeroize_value(v);
+                }
+                Self(Map::from_iter([("value".into(), Value::String(text.to_string()))]))
+            }
+        }
+    }
+
+    /// The inverse of [`from_text`](Self::from_text): a lone `value` string as itself (the
+    /// shape plain-string secrets are read in), anything else as a JSON object.
+    pub fn to_text(&self) -> zeroize::Zeroizing<String> {
+        if self.0.len() == 1
+            && let Some(Value::String(s)) = self.0.get("value")
+        {
+            return zeroize::Zeroizing::new(s.clone());
+        }
+        zeroize::Zeroizing::new(
+            serde_json::to_string(&self.0).expect("a JSON map always serializes"),
+        )
+    }
+
     /// Reads the fields. Every call site is a place where a value leaves its wrapper.
     pub fn expose(&self) -> &Map<String, Value> {
         &self.0
@@ -202,6 +229,18 @@ impl fmt::Display for ContentHash {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_text_round_trips_plain_strings_and_objects() {
+        let plain = SecretValue::from_text("hunter2");
+        assert_eq!(plain.expose()["value"], "hunter2");
+        assert_eq!(plain.to_text().as_str(), "hunter2");
+        let object = SecretValue::from_text(r#"{"user":"u","port":5432}"#);
+        assert_eq!(object.expose()["port"], 5432);
+        assert_eq!(SecretValue::from_text(&object.to_text()), object);
+        // Valid JSON that is not an object is still a plain string.
+        assert_eq!(SecretValue::from_text("[1]").expose()["value"], "[1]");
+    }
     use serde_json::json;
 
     fn secret(v: Value) -> SecretValue {

@@ -17,11 +17,10 @@ use std::sync::Mutex;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType, Tag};
-use serde_json::Value;
 use tokio::sync::OnceCell;
 use vss_protocol::config::AwsSmSpec;
 use vss_protocol::{ContentHash, SecretValue};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
 
 use crate::{
     ApiCalls, Capabilities, Entry, ErrorKind, Precondition, SecretStore, Stamp, StoreError,
@@ -202,32 +201,6 @@ impl AwsSmStore {
     }
 }
 
-/// A stored secret: a JSON object as is, anything else as `{"value": text}`.
-fn decode(text: &str) -> SecretValue {
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(map)) => SecretValue::new(map),
-        other => {
-            if let Ok(v) = other {
-                vss_protocol::secret::zeroize_value(v);
-            }
-            let value = Value::String(text.to_string());
-            SecretValue::new(serde_json::Map::from_iter([("value".into(), value)]))
-        }
-    }
-}
-
-/// The stored text of a value: a lone `value` string is written as a plain string secret (the
-/// shape such secrets are read in), anything else as a JSON object.
-fn encode(value: &SecretValue) -> Zeroizing<String> {
-    let fields = value.expose();
-    if fields.len() == 1
-        && let Some(Value::String(s)) = fields.get("value")
-    {
-        return Zeroizing::new(s.clone());
-    }
-    Zeroizing::new(serde_json::to_string(fields).expect("a JSON map always serializes"))
-}
-
 #[async_trait::async_trait]
 impl SecretStore for AwsSmStore {
     fn describe(&self) -> String {
@@ -327,7 +300,7 @@ impl SecretStore for AwsSmStore {
                 "binary secrets are not supported",
             ));
         };
-        let value = decode(text);
+        let value = SecretValue::from_text(text);
         Ok(Some(Versioned { value, version }))
     }
 
@@ -364,7 +337,10 @@ impl SecretStore for AwsSmStore {
                 };
                 let Some(name) = by_full.get(full) else { continue };
                 let version = Version(entry.version_id().unwrap_or_default().to_string());
-                got.insert(name.as_str(), Versioned { value: decode(text), version });
+                got.insert(
+                    name.as_str(),
+                    Versioned { value: SecretValue::from_text(text), version },
+                );
             }
             for name in chunk {
                 let value = got.remove(name.as_str());
@@ -386,7 +362,7 @@ impl SecretStore for AwsSmStore {
             .map_err(|e| self.err(ErrorKind::Io, Some(name), e.to_string()))?;
         let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
         random.zeroize();
-        self.put(name, &encode(value), &token, Vec::new(), &pre).await
+        self.put(name, &value.to_text(), &token, Vec::new(), &pre).await
     }
 
     async fn write_stamped(
@@ -404,7 +380,7 @@ impl SecretStore for AwsSmStore {
             tag(TAG_OWNER, &stamp.owner),
             tag(TAG_VERSION, &token),
         ];
-        self.put(name, &encode(value), &token, tags, &pre).await
+        self.put(name, &value.to_text(), &token, tags, &pre).await
     }
 
     async fn delete(&self, name: &str, _pre: Precondition) -> Result<(), StoreError> {

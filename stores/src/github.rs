@@ -24,7 +24,6 @@ use serde_json::Value;
 use tokio::sync::OnceCell;
 use vss_protocol::SecretValue;
 use vss_protocol::config::{GithubAuth, GithubScope, GithubSpec};
-use zeroize::Zeroizing;
 
 use crate::{
     ApiCalls, Capabilities, Entry, ErrorKind, Precondition, SecretStore, StoreError, Version,
@@ -251,17 +250,6 @@ impl GithubStore {
     }
 }
 
-/// The text a value is stored as: a lone `value` string as itself, anything else as JSON.
-fn encode(value: &SecretValue) -> Zeroizing<String> {
-    let fields = value.expose();
-    if fields.len() == 1
-        && let Some(Value::String(s)) = fields.get("value")
-    {
-        return Zeroizing::new(s.clone());
-    }
-    Zeroizing::new(serde_json::to_string(fields).expect("a JSON map always serializes"))
-}
-
 /// The GitHub name of a secret: upper-case, `[A-Z0-9_]`, every other character `_`.
 pub fn github_name(name: &str) -> Result<String, String> {
     let mapped: String = name
@@ -330,7 +318,7 @@ impl SecretStore for GithubStore {
         value: &SecretValue,
         pre: Precondition,
     ) -> Result<Version, StoreError> {
-        let text = encode(value);
+        let text = value.to_text();
         if text.len() > MAX_VALUE_BYTES {
             return Err(self.err(
                 ErrorKind::Invalid,

@@ -244,29 +244,6 @@ pub fn key_name(name: &str) -> Result<String, String> {
     Ok(mapped)
 }
 
-/// A named Secret's key as a value: a JSON object as such, anything else as `{"value": …}`.
-fn value_of_key(bytes: &[u8]) -> Result<SecretValue, String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(map)) => Ok(SecretValue::new(map)),
-        _ => Ok(SecretValue::new(serde_json::Map::from_iter([(
-            "value".to_string(),
-            Value::String(text.to_string()),
-        )]))),
-    }
-}
-
-/// The bytes a value is stored as under a named Secret's key.
-fn key_bytes(value: &SecretValue) -> Vec<u8> {
-    let fields = value.expose();
-    if fields.len() == 1
-        && let Some(Value::String(s)) = fields.get("value")
-    {
-        return s.as_bytes().to_vec();
-    }
-    serde_json::to_vec(fields).expect("a JSON map always serializes")
-}
-
 impl KubernetesStore {
     fn key_version(&self, bytes: &[u8]) -> Version {
         Version(self.key.fingerprint(bytes).as_str().to_string())
@@ -463,8 +440,9 @@ impl SecretStore for KubernetesStore {
             else {
                 return Ok(None);
             };
-            let value =
-                value_of_key(&bytes.0).map_err(|e| self.err(ErrorKind::Invalid, Some(name), e))?;
+            let text = std::str::from_utf8(&bytes.0)
+                .map_err(|_| self.err(ErrorKind::Invalid, Some(name), "not UTF-8"))?;
+            let value = SecretValue::from_text(text);
             return Ok(Some(Versioned { value, version: self.key_version(&bytes.0) }));
         }
         let Some(secret) = self.read_secret(name).await? else { return Ok(None) };
@@ -481,7 +459,9 @@ impl SecretStore for KubernetesStore {
         pre: Precondition,
     ) -> Result<Version, StoreError> {
         if let Some(secret_name) = &self.spec.name {
-            let version = self.update_key(secret_name, name, Some(key_bytes(value)), &pre).await?;
+            let version = self
+                .update_key(secret_name, name, Some(value.to_text().as_bytes().to_vec()), &pre)
+                .await?;
             return Ok(version.expect("a written key has a version"));
         }
         self.put(name, value, pre, None).await
