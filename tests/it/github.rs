@@ -52,6 +52,7 @@ fn github_creates_updates_skips_unchanged_and_deletes_only_its_own() {
     assert_eq!(second.code, 0, "{}\n{}", second.stdout, second.stderr);
     assert_eq!(counts(&target(&second.json(), "T")["summary"]), (0, 0, 0, 3));
     assert_eq!(github.requests("put"), puts);
+    assert_eq!(github.requests("key"), 1, "nothing to seal, no key fetched");
 
     // A change is rewritten; a removed source secret is deleted (vss wrote it); a secret vss
     // never wrote is left alone.

@@ -52,8 +52,10 @@ fn kube_secrets_are_created_stamped_resynced_repaired_and_deleted() {
 
     // Unchanged: one listing; no read, no write.
     let (gets, writes) = (kube.requests("get"), kube.requests("create") + kube.requests("replace"));
+    let lists = kube.requests("list");
     let second = run(&ws);
     assert_eq!(second.code, 0, "{}\n{}", second.stdout, second.stderr);
+    assert_eq!(kube.requests("list"), lists + 1);
     assert_eq!(kube.requests("get"), gets);
     assert_eq!(kube.requests("create") + kube.requests("replace"), writes);
 
