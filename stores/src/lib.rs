@@ -2,6 +2,9 @@
 //!
 //! - [`aws_sm`]: AWS Secrets Manager (source and target).
 //! - [`file`]: a folder of JSON files (source, merge store and target).
+//! - [`gcp_sm`]: GCP Secret Manager (source and target).
+//! - [`github`]: GitHub Actions secrets (write-only target).
+//! - [`kubernetes`]: Kubernetes Secrets in a namespace (target).
 //! - [`http`]: an HTTP endpoint returning `{name: {key: value}}` (source).
 //! - [`s3`]: an S3 bucket under a key prefix (merge store).
 //! - [`vault`]: a folder of a Vault / OpenBao KV v2 mount (source, merge store and target).
@@ -16,6 +19,7 @@ mod aws;
 pub mod aws_sm;
 pub mod conflict;
 pub mod file;
+pub mod gcp_sm;
 pub mod github;
 pub mod http;
 pub mod kubernetes;
@@ -304,6 +308,13 @@ pub fn open(spec: &StoreSpec, key: Option<&HashKey>) -> Result<Arc<dyn SecretSto
                 StoreError::new(ErrorKind::Invalid, &label, None, "no content-hash key yet")
             })?;
             Ok(Arc::new(kubernetes::KubernetesStore::new(spec, key.clone())))
+        }
+        StoreSpec::Gcp(spec) => {
+            let key = key.ok_or_else(|| {
+                let label = StoreSpec::Gcp(spec.clone()).to_string();
+                StoreError::new(ErrorKind::Invalid, &label, None, "no content-hash key yet")
+            })?;
+            Ok(Arc::new(gcp_sm::GcpSmStore::new(spec, key.clone())))
         }
     }
 }

@@ -227,6 +227,23 @@ pub enum StoreSpec {
     Github(Box<GithubSpec>),
     /// Kubernetes Secrets in a namespace (a target).
     Kubernetes(Box<KubernetesSpec>),
+    /// GCP Secret Manager secrets of a project (a source or a target).
+    Gcp(Box<GcpSpec>),
+}
+
+/// Where a GCP Secret Manager store lives. Credentials are Application Default Credentials
+/// (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud's user credentials, or the metadata server).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GcpSpec {
+    /// The project id.
+    pub project: String,
+    /// Secret ids start with this (`[A-Za-z0-9_-]`); names are relative to it.
+    pub prefix: String,
+    /// Labels set on every secret vss creates or adopts, beside `vss-managed-by`.
+    pub labels: BTreeMap<String, String>,
+    /// The API's base URL (default `https://secretmanager.googleapis.com`): a private or
+    /// regional endpoint.
+    pub endpoint: Option<String>,
 }
 
 /// How a GitHub target authenticates: references, read by the process that syncs.
@@ -377,6 +394,7 @@ impl fmt::Display for StoreSpec {
                 }
                 GithubScope::Organization { org, .. } => write!(f, "github:{org}"),
             },
+            StoreSpec::Gcp(g) => write!(f, "gcp:{}/{}", g.project, g.prefix),
             StoreSpec::Kubernetes(k) => {
                 write!(f, "kubernetes:")?;
                 if let Some(context) = &k.context {

@@ -10,9 +10,9 @@ use serde_json::Value;
 
 use super::yaml::{Document, KeyPath, Segment, display_path};
 use super::{
-    AwsSmSpec, Config, DeleteThreshold, Diagnostic, GithubAuth, GithubScope, GithubSpec, HttpSpec,
-    KubernetesSpec, Layer, LogFormat, LogSettings, NatsSpec, PipelineSettings, S3Spec, SecretRef,
-    StateSpec, StoreSpec, Target, VaultAuth, VaultSpec,
+    AwsSmSpec, Config, DeleteThreshold, Diagnostic, GcpSpec, GithubAuth, GithubScope, GithubSpec,
+    HttpSpec, KubernetesSpec, Layer, LogFormat, LogSettings, NatsSpec, PipelineSettings, S3Spec,
+    SecretRef, StateSpec, StoreSpec, Target, VaultAuth, VaultSpec,
 };
 use crate::merge::ListMerge;
 
@@ -77,7 +77,7 @@ enum RawStore {
     Aws(RawAwsStore),
     S3(RawS3Store),
     Http(RawHttpStore),
-    Gcp(IgnoredAny),
+    Gcp(RawGcpStore),
     Github(RawGithubStore),
     Kubernetes(RawKubernetesStore),
 }
@@ -183,6 +183,17 @@ struct RawKubernetesStore {
     context: Option<String>,
 }
 
+/// `{gcp: {project, prefix?, labels?, endpoint?}}`: GCP Secret Manager.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGcpStore {
+    project: String,
+    prefix: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    endpoint: Option<String>,
+}
+
 /// `{s3: {bucket, prefix}}`: a merge store in S3.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -191,6 +202,56 @@ struct RawS3Store {
     prefix: Option<String>,
     region: Option<String>,
     kms_key_id: Option<IgnoredAny>,
+}
+
+/// Checks a `gcp:` store: GCP's rules for project ids, secret ids and labels.
+fn gcp_spec(ck: &mut Checker, at: &[Segment], g: &RawGcpStore) -> Option<StoreSpec> {
+    let within = |segment: &str| {
+        let mut at = at.to_vec();
+        at.push(Segment::Key(segment.to_string()));
+        at
+    };
+    let mut ok = true;
+    let project_ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.:".contains(c);
+    if g.project.is_empty() || !g.project.chars().all(project_ok) {
+        ck.error(&within("project"), format!("`{}` is not a GCP project id", g.project));
+        ok = false;
+    }
+    let prefix = g.prefix.clone().unwrap_or_default();
+    if !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        ck.error(&within("prefix"), "GCP secret ids allow only `A-Z a-z 0-9 _ -`".into());
+        ok = false;
+    }
+    let label_ok = |s: &str| {
+        s.len() <= 63
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    };
+    for (name, value) in &g.labels {
+        let mut at = within("labels");
+        at.push(Segment::Key(name.clone()));
+        if !name.starts_with(|c: char| c.is_ascii_lowercase())
+            || !label_ok(name)
+            || !label_ok(value)
+        {
+            ck.error(
+                &at,
+                "GCP labels are lower-case `a-z 0-9 _ -`, at most 63 characters, keys starting with a letter".into(),
+            );
+            ok = false;
+        } else if name == "vss-managed-by" {
+            ck.error(&at, "`vss-managed-by` is the label vss sets itself".into());
+            ok = false;
+        }
+    }
+    ok.then(|| {
+        StoreSpec::Gcp(Box::new(GcpSpec {
+            project: g.project.clone(),
+            prefix,
+            labels: g.labels.clone(),
+            endpoint: g.endpoint.as_ref().map(|e| e.trim_end_matches('/').to_string()),
+        }))
+    })
 }
 
 /// The top-level `vault:` block: the connection every vault store uses.
@@ -510,17 +571,17 @@ pub(super) fn build(
     let vault = vault_connection(&mut ck, raw.vault.as_ref(), env, base);
     check_aws_block(&mut ck, raw.aws.as_ref());
     let store = |ck: &mut Checker, at: KeyPath, s: &RawStore| -> Option<StoreSpec> {
-        let kind = match s {
-            RawStore::File(f) => return Some(StoreSpec::File { dir: resolve(&f.dir) }),
+        match s {
+            RawStore::File(f) => Some(StoreSpec::File { dir: resolve(&f.dir) }),
             RawStore::Vault(v) => {
                 let mut at = at;
                 at.push(key("vault"));
-                return vault_store(ck, &at, v, &vault);
+                vault_store(ck, &at, v, &vault)
             }
             RawStore::Aws(a) => {
                 let mut at = at;
                 at.push(key("aws"));
-                return aws_store(ck, &at, a, raw.aws.as_ref(), env);
+                aws_store(ck, &at, a, raw.aws.as_ref(), env)
             }
             RawStore::Http(h) => {
                 let mut at = at;
@@ -544,11 +605,11 @@ pub(super) fn build(
                         (name.clone(), reference)
                     })
                     .collect();
-                return Some(StoreSpec::Http(Box::new(HttpSpec {
+                Some(StoreSpec::Http(Box::new(HttpSpec {
                     url: h.url.clone(),
                     headers,
                     timeout_secs: h.timeout.unwrap_or(30),
-                })));
+                })))
             }
             RawStore::S3(s3) => {
                 let mut at = at;
@@ -563,12 +624,12 @@ pub(super) fn build(
                     return None;
                 }
                 let aws = raw.aws.as_ref();
-                return Some(StoreSpec::S3(Box::new(S3Spec {
+                Some(StoreSpec::S3(Box::new(S3Spec {
                     bucket: s3.bucket.clone(),
                     prefix: s3.prefix.clone().unwrap_or_default(),
                     region: aws_region(s3.region.as_deref(), aws, env),
                     endpoint: aws.and_then(|a| a.endpoint.clone()),
-                })));
+                })))
             }
             RawStore::Github(g) => {
                 let mut at = at;
@@ -641,11 +702,23 @@ pub(super) fn build(
                     .clone()
                     .or_else(|| env("GITHUB_API_URL"))
                     .unwrap_or_else(|| "https://api.github.com".into());
-                return Some(StoreSpec::Github(Box::new(GithubSpec {
+                Some(StoreSpec::Github(Box::new(GithubSpec {
                     scope,
                     auth,
                     api_url: api_url.trim_end_matches('/').to_string(),
-                })));
+                })))
+            }
+            RawStore::Gcp(g) => {
+                let mut at = at;
+                at.push(key("gcp"));
+                if at.first() == Some(&key("merge_store")) {
+                    ck.error(
+                        &at,
+                        "GCP Secret Manager is a source or a target, not a merge store".into(),
+                    );
+                    return None;
+                }
+                gcp_spec(ck, &at, g)
             }
             RawStore::Kubernetes(k) => {
                 let mut at = at;
@@ -654,18 +727,13 @@ pub(super) fn build(
                     ck.error(&at, "the `kubernetes` store is a target".into());
                     return None;
                 }
-                return Some(StoreSpec::Kubernetes(Box::new(KubernetesSpec {
+                Some(StoreSpec::Kubernetes(Box::new(KubernetesSpec {
                     namespace: k.namespace.clone(),
                     context: k.context.clone(),
                     name: k.name.clone(),
-                })));
+                })))
             }
-            RawStore::Gcp(_) => "gcp",
-        };
-        let mut at = at;
-        at.push(key(kind));
-        ck.not_supported(&at, &format!("the `{kind}` store"));
-        None
+        }
     };
 
     let merge_store =

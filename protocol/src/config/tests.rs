@@ -185,7 +185,7 @@ fn unimplemented_reference_keys_are_named_not_ignored() {
     );
     assert!(
         errs.iter()
-            .any(|e| e.contains(":3: merge_store.gcp: the `gcp` store is not supported yet")),
+            .any(|e| e.contains(":3: merge_store.gcp: GCP Secret Manager is a source or a target")),
         "{errs:#?}"
     );
     assert_eq!(errs.len(), 3, "an `account_id` target is an AWS target now: {errs:#?}");
@@ -473,6 +473,41 @@ fn kubernetes_targets_take_a_namespace_and_context() {
     let named = load("source: { file: { dir: s } }\ntargets:\n  K: { store: { kubernetes: { namespace: apps, name: all } } }\n").unwrap();
     let StoreSpec::Kubernetes(spec) = &named.targets["K"].store else { panic!("kubernetes") };
     assert_eq!(spec.name.as_deref(), Some("all"));
+}
+
+#[test]
+fn gcp_stores_check_project_prefix_and_labels() {
+    let cfg = load("source: { gcp: { project: src-proj } }\ntargets:\n  G: { store: { gcp: { project: my-proj, prefix: app_, labels: { team: payments }, endpoint: \"http://127.0.0.1:1/\" } } }\n").unwrap();
+    let StoreSpec::Gcp(spec) = &cfg.targets["G"].store else { panic!("a gcp store") };
+    assert_eq!((spec.project.as_str(), spec.prefix.as_str()), ("my-proj", "app_"));
+    assert_eq!(spec.labels["team"], "payments");
+    assert_eq!(spec.endpoint.as_deref(), Some("http://127.0.0.1:1"));
+    assert_eq!(cfg.targets["G"].store.to_string(), "gcp:my-proj/app_");
+    let bad = errors(
+        "source: { file: { dir: s } }\ntargets:\n  A: { store: { gcp: { project: p, prefix: a/b } } }\n  B: { store: { gcp: { project: p, labels: { Team: x, vss-managed-by: y } } } }\n  C: { store: { gcp: { project: \"My Project\" } } }\n",
+    );
+    assert!(
+        bad.iter().any(|e| e.contains(":3: targets.A.store.gcp.prefix: GCP secret ids allow only")),
+        "{bad:#?}"
+    );
+    assert!(
+        bad.iter()
+            .any(|e| e.contains(":4: targets.B.store.gcp.labels.Team: GCP labels are lower-case")),
+        "{bad:#?}"
+    );
+    assert!(
+        bad.iter().any(|e| e.contains(
+            "targets.B.store.gcp.labels.vss-managed-by: `vss-managed-by` is the label vss sets"
+        )),
+        "{bad:#?}"
+    );
+    assert!(
+        bad.iter()
+            .any(|e| e
+                .contains(":5: targets.C.store.gcp.project: `My Project` is not a GCP project id")),
+        "{bad:#?}"
+    );
+    assert_eq!(bad.len(), 4, "{bad:#?}");
 }
 
 #[test]

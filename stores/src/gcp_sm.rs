@@ -1,0 +1,607 @@
+//! The `gcp` store: GCP Secret Manager secrets of one project, through the official
+//! `google-cloud-secretmanager-v1` client (REST) and Application Default Credentials.
+//!
+//! Secret `app/db` is the secret id `<prefix>app__db`: `/` becomes `__` and any other
+//! character outside `[A-Za-z0-9_-]` becomes `_` (two names that map to one id are withheld by
+//! the worker). A secret's value is its latest version's payload, stored as text (a lone
+//! `value` as itself, anything else as JSON) with a CRC32C checksum.
+//!
+//! What vss writes: the label `vss-managed-by: vss` (plus the configured `labels`) and the
+//! annotations `vss-content-hash` and `vss-managed-by` (labels cannot hold a 64-character
+//! hash). A stamp is reported only while the latest version's payload still hashes to it.
+//!
+//! Versions: a secret's version is its latest version's number (`7`), or `7:DISABLED`,
+//! `7:DESTROYED`, `none` when the latest version cannot be read (consumers reading `latest`
+//! would fail; vss adds a version to repair it). Listing costs one `ListSecrets` per 25,000
+//! secrets plus one `AccessSecretVersion` per secret, which counts against the generous access
+//! quota (90,000/min) rather than the read quota (600/min). Secret Manager has no conditional
+//! `AddSecretVersion`: vss checks the latest version just before writing, and metadata
+//! updates and deletes carry the secret's etag.
+//!
+//! Writes go through a small pool ([`MAX_CONCURRENT_WRITES`]) and are retried on
+//! `RESOURCE_EXHAUSTED` and `UNAVAILABLE` with backoff: the project's write quota is 600
+//! requests a minute.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use futures_util::{StreamExt, TryStreamExt, stream};
+use google_cloud_gax::error::rpc::Code;
+use google_cloud_gax::retry_policy::NeverRetry;
+use google_cloud_secretmanager_v1::client::SecretManagerService;
+use google_cloud_secretmanager_v1::model::{
+    Replication, Secret, SecretPayload, replication::Automatic, secret_version::State,
+};
+use tokio::sync::{OnceCell, Semaphore};
+use vss_protocol::config::{GcpSpec, StoreSpec};
+use vss_protocol::{ContentHash, HashKey, SecretValue};
+
+use crate::{
+    ApiCalls, Capabilities, Entry, ErrorKind, Precondition, SecretStore, Stamp, StoreError,
+    Version, Versioned,
+};
+
+const LABEL_MANAGED: &str = "vss-managed-by";
+const ANNOTATION_HASH: &str = "vss-content-hash";
+const ANNOTATION_OWNER: &str = "vss-managed-by";
+/// The largest payload Secret Manager accepts.
+const MAX_PAYLOAD: usize = 64 * 1024;
+/// ListSecrets' largest page.
+const PAGE_SIZE: i32 = 25_000;
+/// Writes (creates, versions, metadata updates, deletes) in flight at once.
+pub const MAX_CONCURRENT_WRITES: usize = 4;
+/// Latest-version reads in flight at once while listing.
+const CONCURRENT_READS: usize = 16;
+/// Retries of a throttled or unavailable call: enough to wait out a one-minute quota window.
+const MAX_RETRIES: usize = 10;
+/// The version of a secret without any.
+const NO_VERSION: &str = "none";
+
+/// The secret id of secret `name` (without the store's prefix).
+pub fn gcp_name(name: &str) -> Result<String, String> {
+    let mapped: String = name
+        .replace('/', "__")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .collect();
+    if mapped.is_empty() {
+        return Err("an empty name is not a GCP secret id".into());
+    }
+    Ok(mapped)
+}
+
+/// What a listing saw of a secret's metadata: kept so a later update merges into it and
+/// carries its etag.
+#[derive(Clone, Debug, Default)]
+struct Metadata {
+    etag: String,
+    labels: HashMap<String, String>,
+    annotations: HashMap<String, String>,
+}
+
+/// A secret's latest version: its [`Version`] and, when it can be read, its payload.
+struct Latest {
+    version: Version,
+    payload: Option<bytes::Bytes>,
+}
+
+/// GCP Secret Manager secrets of one project under an id prefix.
+pub struct GcpSmStore {
+    spec: GcpSpec,
+    /// The run's content-hash key: a stamp is trusted only while the payload hashes to it.
+    key: HashKey,
+    client: OnceCell<SecretManagerService>,
+    writes: Semaphore,
+    metadata: Mutex<HashMap<String, Metadata>>,
+    label: String,
+    calls: ApiCalls,
+}
+
+impl GcpSmStore {
+    /// A store for `spec`; the client is built on first use. `key` is the run's content-hash
+    /// key.
+    pub fn new(spec: &GcpSpec, key: HashKey) -> Self {
+        Self {
+            spec: spec.clone(),
+            key,
+            client: OnceCell::new(),
+            writes: Semaphore::new(MAX_CONCURRENT_WRITES),
+            metadata: Mutex::new(HashMap::new()),
+            label: StoreSpec::Gcp(Box::new(spec.clone())).to_string(),
+            calls: ApiCalls::default(),
+        }
+    }
+
+    fn err(&self, kind: ErrorKind, secret: Option<&str>, message: impl Into<String>) -> StoreError {
+        StoreError::new(kind, &self.label, secret, message)
+    }
+
+    async fn client(&self) -> Result<&SecretManagerService, StoreError> {
+        self.client
+            .get_or_try_init(|| async {
+                let mut builder = SecretManagerService::builder().with_retry_policy(NeverRetry);
+                if let Some(endpoint) = &self.spec.endpoint {
+                    builder = builder.with_endpoint(endpoint.clone());
+                }
+                builder.build().await.map_err(|e| {
+                    self.err(ErrorKind::Unauthorized, None, format!("GCP client: {e}"))
+                })
+            })
+            .await
+    }
+
+    /// The full resource name of secret id `id`.
+    fn resource(&self, id: &str) -> String {
+        format!("projects/{}/secrets/{id}", self.spec.project)
+    }
+
+    /// Secret `name`'s id: the prefix, then the name (already in store spelling).
+    fn id(&self, name: &str) -> String {
+        format!("{}{name}", self.spec.prefix)
+    }
+
+    /// Classifies a client error; the message is the service's, which never holds a payload.
+    fn api_err(
+        &self,
+        operation: &str,
+        secret: Option<&str>,
+        e: google_cloud_secretmanager_v1::Error,
+    ) -> StoreError {
+        let Some(status) = e.status() else {
+            let kind = if e.is_authentication() {
+                ErrorKind::Unauthorized
+            } else {
+                match e.http_status_code() {
+                    Some(429) => ErrorKind::Throttled,
+                    Some(401 | 403) => ErrorKind::Unauthorized,
+                    Some(400..=499) => ErrorKind::Invalid,
+                    _ => ErrorKind::Unavailable,
+                }
+            };
+            return self.err(kind, secret, format!("{operation}: {e}"));
+        };
+        let kind = match status.code {
+            Code::NotFound => ErrorKind::NotFound,
+            Code::AlreadyExists | Code::Aborted => ErrorKind::Conflict,
+            Code::ResourceExhausted => ErrorKind::Throttled,
+            Code::Unavailable | Code::DeadlineExceeded | Code::Internal => ErrorKind::Unavailable,
+            Code::PermissionDenied | Code::Unauthenticated => ErrorKind::Unauthorized,
+            _ => ErrorKind::Invalid,
+        };
+        self.err(kind, secret, format!("{operation}: {:?}: {}", status.code, status.message))
+    }
+
+    /// Whether `e` is the service's answer for a version that exists but cannot be read, or
+    /// for an etag that no longer matches.
+    fn is_failed_precondition(e: &google_cloud_secretmanager_v1::Error) -> bool {
+        e.status().is_some_and(|s| matches!(s.code, Code::FailedPrecondition | Code::Aborted))
+    }
+
+    /// Secret `id`'s latest version, or `None` if the secret does not exist.
+    async fn latest(&self, id: &str) -> Result<Option<Latest>, StoreError> {
+        let client = self.client().await?;
+        let latest = format!("{}/versions/latest", self.resource(id));
+        let accessed = crate::retry::transient(MAX_RETRIES, || async {
+            self.calls.record("access_version");
+            match client.access_secret_version().set_name(&latest).send().await {
+                Ok(response) => Ok(Some(response)),
+                // Disabled or destroyed: its number and state come from its metadata.
+                Err(e) if Self::is_failed_precondition(&e) => Ok(None),
+                Err(e) => Err(self.api_err("AccessSecretVersion", Some(id), e)),
+            }
+        })
+        .await;
+        match accessed {
+            Ok(Some(response)) => {
+                let payload = response.payload.unwrap_or_default();
+                if let Some(expected) = payload.data_crc32c
+                    && crc32c(&payload.data) != expected
+                {
+                    return Err(self.err(
+                        ErrorKind::Invalid,
+                        Some(id),
+                        "the payload does not match its CRC32C checksum",
+                    ));
+                }
+                let version = Version(version_number(&response.name).to_string());
+                Ok(Some(Latest { version, payload: Some(payload.data) }))
+            }
+            Ok(None) => {
+                let found = crate::retry::transient(MAX_RETRIES, || async {
+                    self.calls.record("get_version");
+                    client
+                        .get_secret_version()
+                        .set_name(&latest)
+                        .send()
+                        .await
+                        .map_err(|e| self.api_err("GetSecretVersion", Some(id), e))
+                })
+                .await?;
+                let state = match found.state {
+                    State::Disabled => "DISABLED",
+                    State::Destroyed => "DESTROYED",
+                    _ => "UNKNOWN",
+                };
+                let version = Version(format!("{}:{state}", version_number(&found.name)));
+                Ok(Some(Latest { version, payload: None }))
+            }
+            // No latest version: either the secret has none or it is gone.
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                let secret = crate::retry::transient(MAX_RETRIES, || async {
+                    self.calls.record("get_secret");
+                    match client.get_secret().set_name(self.resource(id)).send().await {
+                        Ok(secret) => Ok(Some(secret)),
+                        Err(e) => match self.api_err("GetSecret", Some(id), e) {
+                            e if e.kind == ErrorKind::NotFound => Ok(None),
+                            e => Err(e),
+                        },
+                    }
+                })
+                .await?;
+                Ok(secret.map(|secret| {
+                    self.remember(id, &secret);
+                    Latest { version: Version(NO_VERSION.into()), payload: None }
+                }))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn remember(&self, id: &str, secret: &Secret) {
+        let metadata = Metadata {
+            etag: secret.etag.clone(),
+            labels: secret.labels.clone(),
+            annotations: secret.annotations.clone(),
+        };
+        self.metadata.lock().expect("metadata lock").insert(id.to_string(), metadata);
+    }
+
+    /// The value of a latest version (empty when it cannot be read).
+    fn value_of(&self, id: &str, latest: &Latest) -> Result<SecretValue, StoreError> {
+        let Some(payload) = &latest.payload else { return Ok(SecretValue::default()) };
+        let text = std::str::from_utf8(payload)
+            .map_err(|_| self.err(ErrorKind::Invalid, Some(id), "the payload is not UTF-8"))?;
+        Ok(SecretValue::from_text(text))
+    }
+
+    /// The labels and annotations vss keeps on a secret, merged into `metadata`.
+    fn stamped(&self, metadata: &Metadata, stamp: Option<&Stamp>) -> Metadata {
+        let mut merged = metadata.clone();
+        merged.labels.insert(LABEL_MANAGED.into(), "vss".into());
+        merged.labels.extend(self.spec.labels.clone());
+        if let Some(stamp) = stamp {
+            merged.annotations.insert(ANNOTATION_HASH.into(), stamp.hash.as_str().to_string());
+            merged.annotations.insert(ANNOTATION_OWNER.into(), stamp.owner.clone());
+        }
+        merged
+    }
+
+    async fn create(&self, id: &str, stamp: Option<&Stamp>) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let wanted = self.stamped(&Metadata::default(), stamp);
+        let created = crate::retry::transient(MAX_RETRIES, || async {
+            self.calls.record("create_secret");
+            let secret = Secret::new()
+                .set_replication(Replication::new().set_automatic(Automatic::new()))
+                .set_labels(wanted.labels.clone())
+                .set_annotations(wanted.annotations.clone());
+            client
+                .create_secret()
+                .set_parent(format!("projects/{}", self.spec.project))
+                .set_secret_id(id)
+                .set_secret(secret)
+                .send()
+                .await
+                .map_err(|e| self.api_err("CreateSecret", Some(id), e))
+        })
+        .await?;
+        self.remember(id, &created);
+        Ok(())
+    }
+
+    async fn add_version(&self, id: &str, payload: &[u8]) -> Result<Version, StoreError> {
+        let client = self.client().await?;
+        let added = crate::retry::transient(MAX_RETRIES, || async {
+            self.calls.record("add_version");
+            let payload = SecretPayload::new()
+                .set_data(bytes::Bytes::copy_from_slice(payload))
+                .set_data_crc32c(crc32c(payload));
+            client
+                .add_secret_version()
+                .set_parent(self.resource(id))
+                .set_payload(payload)
+                .send()
+                .await
+                .map_err(|e| self.api_err("AddSecretVersion", Some(id), e))
+        })
+        .await?;
+        Ok(Version(version_number(&added.name).to_string()))
+    }
+
+    /// Brings the secret's labels and annotations up to date (merged into what is there,
+    /// conditional on its etag; a concurrent metadata edit is read again once).
+    async fn restamp(&self, id: &str, stamp: Option<&Stamp>) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        for attempt in 0..2 {
+            let cached = self.metadata.lock().expect("metadata lock").get(id).cloned();
+            let current = match cached {
+                Some(metadata) if attempt == 0 => metadata,
+                _ => {
+                    let secret = crate::retry::transient(MAX_RETRIES, || async {
+                        self.calls.record("get_secret");
+                        client
+                            .get_secret()
+                            .set_name(self.resource(id))
+                            .send()
+                            .await
+                            .map_err(|e| self.api_err("GetSecret", Some(id), e))
+                    })
+                    .await?;
+                    self.remember(id, &secret);
+                    Metadata {
+                        etag: secret.etag,
+                        labels: secret.labels,
+                        annotations: secret.annotations,
+                    }
+                }
+            };
+            let wanted = self.stamped(&current, stamp);
+            if wanted.labels == current.labels && wanted.annotations == current.annotations {
+                return Ok(());
+            }
+            let updated = crate::retry::transient(MAX_RETRIES, || async {
+                self.calls.record("update_secret");
+                let secret = Secret::new()
+                    .set_name(self.resource(id))
+                    .set_etag(current.etag.clone())
+                    .set_labels(wanted.labels.clone())
+                    .set_annotations(wanted.annotations.clone());
+                let mask =
+                    google_cloud_wkt::FieldMask::default().set_paths(["labels", "annotations"]);
+                match client.update_secret().set_secret(secret).set_update_mask(mask).send().await {
+                    Ok(secret) => Ok(secret),
+                    Err(e) if Self::is_failed_precondition(&e) => {
+                        Err(StoreError::conflict(&self.label, id))
+                    }
+                    Err(e) => Err(self.api_err("UpdateSecret", Some(id), e)),
+                }
+            })
+            .await;
+            match updated {
+                Ok(secret) => {
+                    self.remember(id, &secret);
+                    return Ok(());
+                }
+                Err(e) if e.kind == ErrorKind::Conflict => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::conflict(&self.label, id))
+    }
+
+    async fn put(
+        &self,
+        name: &str,
+        value: &SecretValue,
+        pre: Precondition,
+        stamp: Option<&Stamp>,
+    ) -> Result<Version, StoreError> {
+        let id = self.id(name);
+        let text = value.to_text();
+        if text.len() > MAX_PAYLOAD {
+            return Err(self.err(
+                ErrorKind::Invalid,
+                Some(name),
+                format!("{} bytes is more than Secret Manager's 64 KiB", text.len()),
+            ));
+        }
+        let _slot = self.writes.acquire().await.expect("the write pool is never closed");
+        let exists = match &pre {
+            Precondition::Absent => false,
+            Precondition::Matches(_) | Precondition::None => {
+                let latest = self.latest(&id).await?;
+                let current = latest.as_ref().map(|l| &l.version);
+                if !pre.holds(current) {
+                    return Err(StoreError::conflict(&self.label, name));
+                }
+                latest.is_some()
+            }
+        };
+        if !exists {
+            // ALREADY_EXISTS is a conflict: someone created it since it was listed.
+            self.create(&id, stamp).await?;
+        }
+        let version = self.add_version(&id, text.as_bytes()).await?;
+        if exists {
+            self.restamp(&id, stamp).await?;
+        }
+        Ok(version)
+    }
+}
+
+/// The number at the end of a version's resource name (`…/versions/7` → `7`).
+fn version_number(name: &str) -> &str {
+    name.rsplit('/').next().unwrap_or(name)
+}
+
+/// The CRC32C (Castagnoli) checksum Secret Manager verifies payloads with.
+fn crc32c(bytes: &[u8]) -> i64 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, bytes) as i64
+}
+
+#[async_trait::async_trait]
+impl SecretStore for GcpSmStore {
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { read_values: true, metadata: true, conditional_writes: false }
+    }
+
+    fn store_name(&self, name: &str) -> Result<String, StoreError> {
+        let id = gcp_name(name).map_err(|e| self.err(ErrorKind::Invalid, Some(name), e))?;
+        if self.spec.prefix.len() + id.len() > 255 {
+            return Err(self.err(
+                ErrorKind::Invalid,
+                Some(name),
+                format!("`{}{id}` is longer than GCP's 255 characters", self.spec.prefix),
+            ));
+        }
+        Ok(id)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let client = self.client().await?;
+        let mut ids = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = crate::retry::transient(MAX_RETRIES, || async {
+                self.calls.record("list_secrets");
+                client
+                    .list_secrets()
+                    .set_parent(format!("projects/{}", self.spec.project))
+                    .set_page_size(PAGE_SIZE)
+                    .set_page_token(&page_token)
+                    .send()
+                    .await
+                    .map_err(|e| self.api_err("ListSecrets", None, e))
+            })
+            .await?;
+            for secret in &page.secrets {
+                let id = version_number(&secret.name);
+                let Some(name) = id.strip_prefix(&self.spec.prefix) else { continue };
+                if !name.starts_with(prefix) || name.is_empty() {
+                    continue;
+                }
+                self.remember(id, secret);
+                let annotation = |k: &str| secret.annotations.get(k).cloned();
+                ids.push((
+                    name.to_string(),
+                    annotation(ANNOTATION_HASH),
+                    annotation(ANNOTATION_OWNER),
+                ));
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        let mut entries: Vec<Entry> = stream::iter(ids)
+            .map(|(name, hash, owner)| async move {
+                let id = self.id(&name);
+                let Some(latest) = self.latest(&id).await? else { return Ok(None) };
+                // The stamp counts only while the latest payload still hashes to it.
+                let stamp = match (hash.as_deref().and_then(ContentHash::parse), owner) {
+                    (Some(hash), Some(owner))
+                        if latest.payload.is_some()
+                            && self
+                                .value_of(&id, &latest)
+                                .is_ok_and(|v| self.key.hash(&v) == hash) =>
+                    {
+                        Some(Stamp { hash, owner })
+                    }
+                    _ => None,
+                };
+                Ok::<_, StoreError>(Some(Entry { name, version: latest.version, stamp }))
+            })
+            .buffer_unordered(CONCURRENT_READS)
+            .try_filter_map(|entry| async move { Ok(entry) })
+            .try_collect()
+            .await?;
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    }
+
+    async fn read(&self, name: &str) -> Result<Option<Versioned<SecretValue>>, StoreError> {
+        let id = self.id(name);
+        let Some(latest) = self.latest(&id).await? else { return Ok(None) };
+        let value = self.value_of(name, &latest)?;
+        Ok(Some(Versioned { value, version: latest.version }))
+    }
+
+    async fn write(
+        &self,
+        name: &str,
+        value: &SecretValue,
+        pre: Precondition,
+    ) -> Result<Version, StoreError> {
+        self.put(name, value, pre, None).await
+    }
+
+    async fn write_stamped(
+        &self,
+        name: &str,
+        value: &SecretValue,
+        pre: Precondition,
+        stamp: &Stamp,
+    ) -> Result<Version, StoreError> {
+        self.put(name, value, pre, Some(stamp)).await
+    }
+
+    async fn delete(&self, name: &str, pre: Precondition) -> Result<(), StoreError> {
+        let id = self.id(name);
+        let client = self.client().await?;
+        let _slot = self.writes.acquire().await.expect("the write pool is never closed");
+        if let Precondition::Matches(_) = &pre {
+            let latest = self.latest(&id).await?;
+            if latest.is_none() {
+                return Ok(());
+            }
+            if !pre.holds(latest.as_ref().map(|l| &l.version)) {
+                return Err(StoreError::conflict(&self.label, name));
+            }
+        }
+        let etag = self
+            .metadata
+            .lock()
+            .expect("metadata lock")
+            .get(&id)
+            .map(|m| m.etag.clone())
+            .unwrap_or_default();
+        let deleted = crate::retry::transient(MAX_RETRIES, || async {
+            self.calls.record("delete_secret");
+            match client.delete_secret().set_name(self.resource(&id)).set_etag(&etag).send().await {
+                Ok(()) => Ok(()),
+                // The etag no longer matches: someone changed the secret since it was listed.
+                Err(e) if Self::is_failed_precondition(&e) => {
+                    Err(StoreError::conflict(&self.label, name))
+                }
+                Err(e) => Err(self.api_err("DeleteSecret", Some(name), e)),
+            }
+        })
+        .await;
+        match deleted {
+            Ok(()) => {
+                self.metadata.lock().expect("metadata lock").remove(&id);
+                Ok(())
+            }
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn api_calls(&self) -> BTreeMap<String, u64> {
+        self.calls.snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{crc32c, gcp_name, version_number};
+
+    #[test]
+    fn names_become_secret_ids() {
+        assert_eq!(gcp_name("app/db").unwrap(), "app__db");
+        assert_eq!(gcp_name("team-a/api.key").unwrap(), "team-a__api_key");
+        assert_eq!(gcp_name("A_b-9").unwrap(), "A_b-9");
+        assert!(gcp_name("").is_err());
+    }
+
+    #[test]
+    fn versions_and_checksums() {
+        assert_eq!(version_number("projects/p/secrets/s/versions/12"), "12");
+        // The CRC32C check value (RFC 3720, B.4).
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+    }
+}
