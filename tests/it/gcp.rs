@@ -64,11 +64,12 @@ targets:
     )
 }
 
+/// Runs the pipeline with trace logging (every client's logs on stderr, for the canaries).
 fn run(ws: &Workspace) -> Run {
     let credentials = ws.path().join("sa.json");
     ws.run_env(
         &["pipeline", "--config", "vss.yaml", "--output", "json", "--exit-code"],
-        &[("GOOGLE_APPLICATION_CREDENTIALS", credentials.to_str().unwrap())],
+        &[("GOOGLE_APPLICATION_CREDENTIALS", credentials.to_str().unwrap()), ("RUST_LOG", "trace")],
     )
 }
 
@@ -128,6 +129,8 @@ fn gcp_secrets_are_created_stamped_resynced_repaired_and_deleted() {
     assert_eq!(counts(&target(&fifth.json(), "G")["summary"]), (0, 0, 1, 1), "{}", fifth.stdout);
     assert_eq!(gcp.ids(), ["app_db__URL", "app_not-ours", "other_thing"]);
 
+    assert!(first.stderr.contains("TRACE"), "trace logs are checked too");
+    assert!(first.stderr.contains("TRACE"), "trace logs are checked too");
     let private = std::fs::read_to_string(ws.path().join("sa.pem")).unwrap();
     let key_line = private.lines().nth(1).unwrap();
     for run in [&first, &second, &third, &fourth, &fifth] {
