@@ -10,9 +10,10 @@
 //! annotations `vss-content-hash` and `vss-managed-by` (labels cannot hold a 64-character
 //! hash). A stamp is reported only while the latest version's payload still hashes to it.
 //!
-//! Versions: a secret's version is its latest version's number (`7`), or `7:DISABLED`,
-//! `7:DESTROYED`, `none` when the latest version cannot be read (consumers reading `latest`
-//! would fail; vss adds a version to repair it). Listing costs one `ListSecrets` per 25,000
+//! Versions: a secret's version is its latest version's number (`7`). A latest version that
+//! is disabled or destroyed (`7:DISABLED`) is listed but not read: vss reports it and leaves
+//! it to whoever disabled it, rather than undo a deliberate act. A secret without any version
+//! (never given a value) is not listed; creating it adds its first version. Listing costs one `ListSecrets` per 25,000
 //! secrets plus one `AccessSecretVersion` per secret, which counts against the generous access
 //! quota (90,000/min) rather than the read quota (600/min). Secret Manager has no conditional
 //! `AddSecretVersion`: vss checks the latest version just before writing, and metadata
@@ -54,8 +55,6 @@ pub const MAX_CONCURRENT_WRITES: usize = 4;
 const CONCURRENT_READS: usize = 16;
 /// Retries of a throttled or unavailable call: enough to wait out a one-minute quota window.
 const MAX_RETRIES: usize = 10;
-/// The version of a secret without any.
-const NO_VERSION: &str = "none";
 
 /// The secret id of secret `name` (without the store's prefix).
 pub fn gcp_name(name: &str) -> Result<String, String> {
@@ -79,10 +78,27 @@ struct Metadata {
     annotations: HashMap<String, String>,
 }
 
-/// A secret's latest version: its [`Version`] and, when it can be read, its payload.
-struct Latest {
-    version: Version,
-    payload: Option<bytes::Bytes>,
+/// What a secret's latest version is.
+enum Latest {
+    /// The secret does not exist.
+    Absent,
+    /// The secret exists without any version.
+    Empty,
+    /// The latest version is disabled or destroyed: `<number>:<STATE>`.
+    Unreadable(Version),
+    /// The latest version and its payload.
+    Readable(Version, bytes::Bytes),
+}
+
+impl Latest {
+    /// The version a precondition compares (`None`: absent).
+    fn version(&self) -> Option<Version> {
+        match self {
+            Latest::Absent => None,
+            Latest::Empty => Some(Version("none".into())),
+            Latest::Unreadable(v) | Latest::Readable(v, _) => Some(v.clone()),
+        }
+    }
 }
 
 /// GCP Secret Manager secrets of one project under an id prefix.
@@ -177,8 +193,8 @@ impl GcpSmStore {
         e.status().is_some_and(|s| matches!(s.code, Code::FailedPrecondition | Code::Aborted))
     }
 
-    /// Secret `id`'s latest version, or `None` if the secret does not exist.
-    async fn latest(&self, id: &str) -> Result<Option<Latest>, StoreError> {
+    /// Secret `id`'s latest version.
+    async fn latest(&self, id: &str) -> Result<Latest, StoreError> {
         let client = self.client().await?;
         let latest = format!("{}/versions/latest", self.resource(id));
         let accessed = crate::retry::transient(MAX_RETRIES, || async {
@@ -204,7 +220,7 @@ impl GcpSmStore {
                     ));
                 }
                 let version = Version(version_number(&response.name).to_string());
-                Ok(Some(Latest { version, payload: Some(payload.data) }))
+                Ok(Latest::Readable(version, payload.data))
             }
             Ok(None) => {
                 let found = crate::retry::transient(MAX_RETRIES, || async {
@@ -223,7 +239,7 @@ impl GcpSmStore {
                     _ => "UNKNOWN",
                 };
                 let version = Version(format!("{}:{state}", version_number(&found.name)));
-                Ok(Some(Latest { version, payload: None }))
+                Ok(Latest::Unreadable(version))
             }
             // No latest version: either the secret has none or it is gone.
             Err(e) if e.kind == ErrorKind::NotFound => {
@@ -238,10 +254,13 @@ impl GcpSmStore {
                     }
                 })
                 .await?;
-                Ok(secret.map(|secret| {
-                    self.remember(id, &secret);
-                    Latest { version: Version(NO_VERSION.into()), payload: None }
-                }))
+                Ok(match secret {
+                    Some(secret) => {
+                        self.remember(id, &secret);
+                        Latest::Empty
+                    }
+                    None => Latest::Absent,
+                })
             }
             Err(e) => Err(e),
         }
@@ -256,11 +275,10 @@ impl GcpSmStore {
         self.metadata.lock().expect("metadata lock").insert(id.to_string(), metadata);
     }
 
-    /// The value of a latest version (empty when it cannot be read).
-    fn value_of(&self, id: &str, latest: &Latest) -> Result<SecretValue, StoreError> {
-        let Some(payload) = &latest.payload else { return Ok(SecretValue::default()) };
+    /// The value a payload holds.
+    fn value_of(&self, name: &str, payload: &[u8]) -> Result<SecretValue, StoreError> {
         let text = std::str::from_utf8(payload)
-            .map_err(|_| self.err(ErrorKind::Invalid, Some(id), "the payload is not UTF-8"))?;
+            .map_err(|_| self.err(ErrorKind::Invalid, Some(name), "the payload is not UTF-8"))?;
         Ok(SecretValue::from_text(text))
     }
 
@@ -396,20 +414,28 @@ impl GcpSmStore {
             ));
         }
         let _slot = self.writes.acquire().await.expect("the write pool is never closed");
-        let exists = match &pre {
+        let mut exists = match &pre {
             Precondition::Absent => false,
             Precondition::Matches(_) | Precondition::None => {
                 let latest = self.latest(&id).await?;
-                let current = latest.as_ref().map(|l| &l.version);
-                if !pre.holds(current) {
+                let current = latest.version();
+                if !pre.holds(current.as_ref()) {
                     return Err(StoreError::conflict(&self.label, name));
                 }
-                latest.is_some()
+                current.is_some()
             }
         };
         if !exists {
-            // ALREADY_EXISTS is a conflict: someone created it since it was listed.
-            self.create(&id, stamp).await?;
+            match self.create(&id, stamp).await {
+                Ok(()) => {}
+                // It exists. Without any version (a create whose first version failed, or a
+                // placeholder) it holds nothing to overwrite: give it its first version.
+                Err(e) if e.kind == ErrorKind::Conflict => match self.latest(&id).await? {
+                    Latest::Empty => exists = true,
+                    _ => return Err(StoreError::conflict(&self.label, name)),
+                },
+                Err(e) => return Err(e),
+            }
         }
         let version = self.add_version(&id, text.as_bytes()).await?;
         if exists {
@@ -490,20 +516,24 @@ impl SecretStore for GcpSmStore {
         let mut entries: Vec<Entry> = stream::iter(ids)
             .map(|(name, hash, owner)| async move {
                 let id = self.id(&name);
-                let Some(latest) = self.latest(&id).await? else { return Ok(None) };
+                let (version, payload) = match self.latest(&id).await? {
+                    // Gone since the listing, or never given a value: nothing to list.
+                    Latest::Absent | Latest::Empty => return Ok(None),
+                    Latest::Unreadable(version) => (version, None),
+                    Latest::Readable(version, payload) => (version, Some(payload)),
+                };
                 // The stamp counts only while the latest payload still hashes to it.
-                let stamp = match (hash.as_deref().and_then(ContentHash::parse), owner) {
-                    (Some(hash), Some(owner))
-                        if latest.payload.is_some()
-                            && self
-                                .value_of(&id, &latest)
-                                .is_ok_and(|v| self.key.hash(&v) == hash) =>
+                let stamp = match (hash.as_deref().and_then(ContentHash::parse), owner, payload) {
+                    (Some(hash), Some(owner), Some(payload))
+                        if self
+                            .value_of(&name, &payload)
+                            .is_ok_and(|v| self.key.hash(&v) == hash) =>
                     {
                         Some(Stamp { hash, owner })
                     }
                     _ => None,
                 };
-                Ok::<_, StoreError>(Some(Entry { name, version: latest.version, stamp }))
+                Ok::<_, StoreError>(Some(Entry { name, version, stamp }))
             })
             .buffer_unordered(CONCURRENT_READS)
             .try_filter_map(|entry| async move { Ok(entry) })
@@ -515,9 +545,21 @@ impl SecretStore for GcpSmStore {
 
     async fn read(&self, name: &str) -> Result<Option<Versioned<SecretValue>>, StoreError> {
         let id = self.id(name);
-        let Some(latest) = self.latest(&id).await? else { return Ok(None) };
-        let value = self.value_of(name, &latest)?;
-        Ok(Some(Versioned { value, version: latest.version }))
+        match self.latest(&id).await? {
+            Latest::Absent | Latest::Empty => Ok(None),
+            Latest::Unreadable(version) => Err(self.err(
+                ErrorKind::Invalid,
+                Some(name),
+                format!(
+                    "its latest version ({}) cannot be read; enable it or add a version in \
+                     Secret Manager (vss does not undo a disable or destroy)",
+                    version.0.replace(':', " is ")
+                ),
+            )),
+            Latest::Readable(version, payload) => {
+                Ok(Some(Versioned { value: self.value_of(name, &payload)?, version }))
+            }
+        }
     }
 
     async fn write(
@@ -544,11 +586,11 @@ impl SecretStore for GcpSmStore {
         let client = self.client().await?;
         let _slot = self.writes.acquire().await.expect("the write pool is never closed");
         if let Precondition::Matches(_) = &pre {
-            let latest = self.latest(&id).await?;
-            if latest.is_none() {
+            let current = self.latest(&id).await?.version();
+            if current.is_none() {
                 return Ok(());
             }
-            if !pre.holds(latest.as_ref().map(|l| &l.version)) {
+            if !pre.holds(current.as_ref()) {
                 return Err(StoreError::conflict(&self.label, name));
             }
         }

@@ -114,13 +114,17 @@ fn gcp_secrets_are_created_stamped_resynced_repaired_and_deleted() {
     assert_eq!(counts(&target(&third.json(), "G")["summary"]), (0, 1, 0, 1), "{}", third.stdout);
     assert_eq!(gcp.latest("app_api-key"), Some(("k1".into(), 3)));
 
-    // A disabled latest version (readers of `latest` fail) is repaired with a new version.
+    // A disabled latest version is someone's deliberate act: reported, never overridden.
     gcp.set_state("app_api-key", 3, VersionState::Disabled);
     let fourth = run(&ws);
-    assert_eq!(counts(&target(&fourth.json(), "G")["summary"]), (0, 1, 0, 1), "{}", fourth.stdout);
-    assert_eq!(gcp.latest("app_api-key"), Some(("k1".into(), 4)));
+    assert_eq!(fourth.code, 2, "{}\n{}", fourth.stdout, fourth.stderr);
+    let error = target(&fourth.json(), "G")["error"].to_string();
+    assert!(error.contains("secret `api-key`") && error.contains("3 is DISABLED"), "{error}");
+    assert_eq!(gcp.latest("app_api-key").unwrap().1, 3, "no version added");
+    gcp.set_state("app_api-key", 3, VersionState::Enabled);
     let writes = gcp.writes();
-    assert_eq!(run(&ws).code, 0);
+    let enabled = run(&ws);
+    assert_eq!(enabled.code, 0, "{}\n{}", enabled.stdout, enabled.stderr);
     assert_eq!(gcp.writes(), writes);
 
     // Removed from the source: deleted; secrets vss never wrote stay.
@@ -133,7 +137,7 @@ fn gcp_secrets_are_created_stamped_resynced_repaired_and_deleted() {
     assert!(first.stderr.contains("TRACE"), "trace logs are checked too");
     let private = std::fs::read_to_string(ws.path().join("sa.pem")).unwrap();
     let key_line = private.lines().nth(1).unwrap();
-    for run in [&first, &second, &third, &fourth, &fifth] {
+    for run in [&first, &second, &third, &fourth, &enabled, &fifth] {
         for text in [&run.stdout, &run.stderr] {
             assert!(!text.contains(CANARY) && !text.contains(key_line), "{text}");
         }
@@ -169,6 +173,33 @@ fn gcp_deletes_need_opt_in_ownership_and_an_unchanged_secret() {
     let deleted = run(&ws);
     assert_eq!(counts(&target(&deleted.json(), "G")["summary"]), (0, 0, 1, 1));
     assert_eq!(gcp.ids(), ["one"]);
+}
+
+#[test]
+fn gcp_as_a_source_and_placeholders_without_versions() {
+    let (gcp, ws) = setup();
+    ws.config(&format!(
+        "source: {{ gcp: {{ project: {PROJECT}, prefix: src_, endpoint: \"{url}\" }} }}
+targets:
+  Files: {{ store: {{ file: {{ dir: out }} }} }}
+  G: {{ store: {{ gcp: {{ project: {PROJECT}, prefix: dst_, endpoint: \"{url}\" }} }} }}
+",
+        url = gcp.url
+    ));
+    gcp.add_version("src_db", r#"{"host":"db","port":5432}"#);
+    gcp.add_version("src_token", "t1");
+    gcp.create_empty("src_later");
+    // A placeholder in the target (a secret without any version) gets its first version.
+    gcp.create_empty("dst_token");
+    let first = run(&ws);
+    assert_eq!(first.code, 1, "{}\n{}", first.stdout, first.stderr);
+    assert_eq!(ws.read_secret("out", "db").unwrap(), json!({"host": "db", "port": 5432}));
+    assert_eq!(ws.read_secret("out", "token").unwrap(), json!({"value": "t1"}));
+    assert!(ws.read_secret("out", "later").is_none(), "a secret without a value is not listed");
+    assert_eq!(gcp.latest("dst_token"), Some(("t1".into(), 1)));
+    assert_eq!(gcp.metadata("dst_token").unwrap().1["vss-managed-by"], "vss:G");
+    assert_eq!(counts(&target(&first.json(), "G")["summary"]), (2, 0, 0, 0));
+    assert_eq!(run(&ws).code, 0, "unchanged");
 }
 
 #[test]

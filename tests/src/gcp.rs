@@ -504,6 +504,14 @@ impl FakeSecretManager {
         secret.versions.push(Version { state: VersionState::Enabled, data, crc32c });
     }
 
+    /// Creates a secret without any version, as someone else would.
+    pub fn create_empty(&self, id: &str) {
+        let mut state = self.shared.state.lock().unwrap();
+        state.etags += 1;
+        let etag = state.etags;
+        state.secrets.insert(id.into(), Secret { etag, ..Secret::default() });
+    }
+
     /// Sets the state of version `number` of `id`.
     pub fn set_state(&self, id: &str, number: usize, state: VersionState) {
         let mut project = self.shared.state.lock().unwrap();
