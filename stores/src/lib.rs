@@ -285,37 +285,23 @@ impl ApiCalls {
 /// Opens a store from its spec.
 /// `key` is the run's content-hash key; stores that version content themselves (http) need it.
 pub fn open(spec: &StoreSpec, key: Option<&HashKey>) -> Result<Arc<dyn SecretStore>, StoreError> {
+    let run_key = || {
+        let missing = || {
+            StoreError::new(ErrorKind::Invalid, &spec.to_string(), None, "no content-hash key yet")
+        };
+        key.cloned().ok_or_else(missing)
+    };
     match spec {
         StoreSpec::File { dir } => Ok(Arc::new(file::FileStore::new(dir.clone()))),
         StoreSpec::Vault(spec) => Ok(Arc::new(vault::VaultStore::open(spec)?)),
         StoreSpec::AwsSm(spec) => Ok(Arc::new(aws_sm::AwsSmStore::new(spec))),
         StoreSpec::S3(spec) => Ok(Arc::new(s3::S3Store::new(spec))),
-        StoreSpec::Http(spec) => {
-            let key = key.ok_or_else(|| {
-                StoreError::new(
-                    ErrorKind::Invalid,
-                    &format!("http:{}", spec.url),
-                    None,
-                    "no content-hash key yet",
-                )
-            })?;
-            Ok(Arc::new(http::HttpStore::open(spec, key.clone())?))
-        }
+        StoreSpec::Http(spec) => Ok(Arc::new(http::HttpStore::open(spec, run_key()?)?)),
         StoreSpec::Github(spec) => Ok(Arc::new(github::GithubStore::open(spec)?)),
         StoreSpec::Kubernetes(spec) => {
-            let key = key.ok_or_else(|| {
-                let label = StoreSpec::Kubernetes(spec.clone()).to_string();
-                StoreError::new(ErrorKind::Invalid, &label, None, "no content-hash key yet")
-            })?;
-            Ok(Arc::new(kubernetes::KubernetesStore::new(spec, key.clone())))
+            Ok(Arc::new(kubernetes::KubernetesStore::new(spec, run_key()?)))
         }
-        StoreSpec::Gcp(spec) => {
-            let key = key.ok_or_else(|| {
-                let label = StoreSpec::Gcp(spec.clone()).to_string();
-                StoreError::new(ErrorKind::Invalid, &label, None, "no content-hash key yet")
-            })?;
-            Ok(Arc::new(gcp_sm::GcpSmStore::new(spec, key.clone())))
-        }
+        StoreSpec::Gcp(spec) => Ok(Arc::new(gcp_sm::GcpSmStore::new(spec, run_key()?))),
     }
 }
 

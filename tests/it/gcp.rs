@@ -14,14 +14,7 @@ const EMAIL: &str = "vss-sync@vss-test.iam.gserviceaccount.com";
 /// Writes a new service-account key to `sa.json` (signed by `sa.pem`) in `ws`; returns its
 /// public key.
 fn service_account(ws: &Workspace) -> String {
-    let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .current_dir(ws.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    };
+    let openssl = |args: &[&str]| vss_tests::openssl(ws.path(), args);
     openssl(&[
         "genpkey",
         "-algorithm",

@@ -168,14 +168,7 @@ targets:
 fn github_app_installation_tokens_authorize_the_writes() {
     let github = FakeGithub::start(TOKEN);
     let ws = Workspace::new();
-    let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .current_dir(ws.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    };
+    let openssl = |args: &[&str]| vss_tests::openssl(ws.path(), args);
     openssl(&["genrsa", "-out", "app.pem", "2048"]);
     openssl(&["rsa", "-in", "app.pem", "-pubout", "-out", "app.pub"]);
     openssl(&["genrsa", "-out", "other.pem", "2048"]);

@@ -213,6 +213,12 @@ impl Drop for Background {
     }
 }
 
+/// Runs the `openssl` command in `dir` (test keys); panics with its stderr if it fails.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl runs");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// The report entry of `target`.
 pub fn target<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["targets"]
