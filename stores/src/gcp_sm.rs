@@ -10,9 +10,11 @@
 //! annotations `vss-content-hash` and `vss-managed-by` (labels cannot hold a 64-character
 //! hash). A stamp is reported only while the latest version's payload still hashes to it.
 //!
-//! Versions: a secret's version is its latest version's number (`7`). A latest version that
-//! is disabled or destroyed (`7:DISABLED`) is listed but not read: vss reports it and leaves
-//! it to whoever disabled it, rather than undo a deliberate act. A secret without any version
+//! Versions: a secret's version is its latest version's number and the secret's creation
+//! time (`7@1767225600.0`), so a secret deleted and created again is never taken for the one
+//! vss wrote. A latest version that is disabled or destroyed (`7:DISABLED@…`) is listed but
+//! not read or written: vss reports it and leaves it to whoever disabled it, rather than undo
+//! a deliberate act. A secret without any version
 //! (never given a value) is not listed; creating it adds its first version. Listing costs one `ListSecrets` per 25,000
 //! secrets plus one `AccessSecretVersion` per secret, which counts against the generous access
 //! quota (90,000/min) rather than the read quota (600/min). Secret Manager has no conditional
@@ -73,6 +75,8 @@ pub fn gcp_name(name: &str) -> Result<String, String> {
 /// carries its etag.
 #[derive(Clone, Debug, Default)]
 struct Metadata {
+    /// `seconds.nanos` of the secret's creation.
+    created: String,
     etag: String,
     labels: HashMap<String, String>,
     annotations: HashMap<String, String>,
@@ -84,7 +88,7 @@ enum Latest {
     Absent,
     /// The secret exists without any version.
     Empty,
-    /// The latest version is disabled or destroyed: `<number>:<STATE>`.
+    /// The latest version is disabled or destroyed: `<number>:<STATE>@<created>`.
     Unreadable(Version),
     /// The latest version and its payload.
     Readable(Version, bytes::Bytes),
@@ -95,7 +99,7 @@ impl Latest {
     fn version(&self) -> Option<Version> {
         match self {
             Latest::Absent => None,
-            Latest::Empty => Some(Version("none".into())),
+            Latest::Empty => Some(Version("empty".into())),
             Latest::Unreadable(v) | Latest::Readable(v, _) => Some(v.clone()),
         }
     }
@@ -164,17 +168,25 @@ impl GcpSmStore {
         e: google_cloud_secretmanager_v1::Error,
     ) -> StoreError {
         let Some(status) = e.status() else {
-            let kind = if e.is_authentication() {
-                ErrorKind::Unauthorized
-            } else {
-                match e.http_status_code() {
-                    Some(429) => ErrorKind::Throttled,
-                    Some(401 | 403) => ErrorKind::Unauthorized,
-                    Some(400..=499) => ErrorKind::Invalid,
+            // No `google.rpc.Status`: classify by what failed. An HTTP body is never quoted.
+            let (kind, message) = if let Some(code) = e.http_status_code() {
+                let kind = match code {
+                    404 => ErrorKind::NotFound,
+                    409 => ErrorKind::Conflict,
+                    429 => ErrorKind::Throttled,
+                    401 | 403 => ErrorKind::Unauthorized,
+                    400..=499 => ErrorKind::Invalid,
                     _ => ErrorKind::Unavailable,
-                }
+                };
+                (kind, format!("{operation}: HTTP {code} without an error status"))
+            } else if e.is_authentication() {
+                (ErrorKind::Unauthorized, format!("{operation}: credentials: {e}"))
+            } else if e.is_binding() || e.is_serialization() || e.is_deserialization() {
+                (ErrorKind::Invalid, format!("{operation}: {e}"))
+            } else {
+                (ErrorKind::Unavailable, format!("{operation}: {e}"))
             };
-            return self.err(kind, secret, format!("{operation}: {e}"));
+            return self.err(kind, secret, message);
         };
         let kind = match status.code {
             Code::NotFound => ErrorKind::NotFound,
@@ -187,92 +199,132 @@ impl GcpSmStore {
         self.err(kind, secret, format!("{operation}: {:?}: {}", status.code, status.message))
     }
 
-    /// Whether `e` is the service's answer for a version that exists but cannot be read, or
-    /// for an etag that no longer matches.
+    /// Whether `e` is the service's answer for a version that exists but cannot be read.
     fn is_failed_precondition(e: &google_cloud_secretmanager_v1::Error) -> bool {
+        e.status().is_some_and(|s| s.code == Code::FailedPrecondition)
+    }
+
+    /// Whether `e` is the service's answer for an etag that no longer matches.
+    fn is_stale_etag(e: &google_cloud_secretmanager_v1::Error) -> bool {
         e.status().is_some_and(|s| matches!(s.code, Code::FailedPrecondition | Code::Aborted))
+    }
+
+    /// When secret `id` was created (from what a listing or a write saw, else asked for).
+    async fn created(&self, id: &str) -> Result<String, StoreError> {
+        if let Some(m) = self.metadata.lock().expect("metadata lock").get(id) {
+            return Ok(m.created.clone());
+        }
+        let secret = self.get_secret(id).await?;
+        Ok(self.remember(id, &secret).created)
+    }
+
+    async fn get_secret(&self, id: &str) -> Result<Secret, StoreError> {
+        let client = self.client().await?;
+        crate::retry::transient(MAX_RETRIES, || async {
+            self.calls.record("get_secret");
+            client
+                .get_secret()
+                .set_name(self.resource(id))
+                .send()
+                .await
+                .map_err(|e| self.api_err("GetSecret", Some(id), e))
+        })
+        .await
     }
 
     /// Secret `id`'s latest version.
     async fn latest(&self, id: &str) -> Result<Latest, StoreError> {
         let client = self.client().await?;
         let latest = format!("{}/versions/latest", self.resource(id));
-        let accessed = crate::retry::transient(MAX_RETRIES, || async {
-            self.calls.record("access_version");
-            match client.access_secret_version().set_name(&latest).send().await {
-                Ok(response) => Ok(Some(response)),
-                // Disabled or destroyed: its number and state come from its metadata.
-                Err(e) if Self::is_failed_precondition(&e) => Ok(None),
-                Err(e) => Err(self.api_err("AccessSecretVersion", Some(id), e)),
-            }
-        })
-        .await;
-        match accessed {
-            Ok(Some(response)) => {
-                let payload = response.payload.unwrap_or_default();
-                if let Some(expected) = payload.data_crc32c
-                    && crc32c(&payload.data) != expected
-                {
-                    return Err(self.err(
-                        ErrorKind::Invalid,
-                        Some(id),
-                        "the payload does not match its CRC32C checksum",
-                    ));
+        // A version re-enabled between the access and the metadata read is accessed again.
+        for _ in 0..3 {
+            let accessed = crate::retry::transient(MAX_RETRIES, || async {
+                self.calls.record("access_version");
+                match client.access_secret_version().set_name(&latest).send().await {
+                    Ok(response) => Ok(Some(response)),
+                    // Disabled or destroyed: its number and state come from its metadata.
+                    Err(e) if Self::is_failed_precondition(&e) => Ok(None),
+                    Err(e) => Err(self.api_err("AccessSecretVersion", Some(id), e)),
                 }
-                let version = Version(version_number(&response.name).to_string());
-                Ok(Latest::Readable(version, payload.data))
-            }
-            Ok(None) => {
-                let found = crate::retry::transient(MAX_RETRIES, || async {
-                    self.calls.record("get_version");
-                    client
-                        .get_secret_version()
-                        .set_name(&latest)
-                        .send()
-                        .await
-                        .map_err(|e| self.api_err("GetSecretVersion", Some(id), e))
-                })
-                .await?;
-                let state = match found.state {
-                    State::Disabled => "DISABLED",
-                    State::Destroyed => "DESTROYED",
-                    _ => "UNKNOWN",
-                };
-                let version = Version(format!("{}:{state}", version_number(&found.name)));
-                Ok(Latest::Unreadable(version))
-            }
-            // No latest version: either the secret has none or it is gone.
-            Err(e) if e.kind == ErrorKind::NotFound => {
-                let secret = crate::retry::transient(MAX_RETRIES, || async {
-                    self.calls.record("get_secret");
-                    match client.get_secret().set_name(self.resource(id)).send().await {
-                        Ok(secret) => Ok(Some(secret)),
-                        Err(e) => match self.api_err("GetSecret", Some(id), e) {
-                            e if e.kind == ErrorKind::NotFound => Ok(None),
-                            e => Err(e),
-                        },
+            })
+            .await;
+            match accessed {
+                Ok(Some(response)) => {
+                    let payload = response.payload.unwrap_or_default();
+                    if let Some(expected) = payload.data_crc32c
+                        && crc32c(&payload.data) != expected
+                    {
+                        return Err(self.err(
+                            ErrorKind::Invalid,
+                            Some(id),
+                            "the payload does not match its CRC32C checksum",
+                        ));
                     }
-                })
-                .await?;
-                Ok(match secret {
-                    Some(secret) => {
-                        self.remember(id, &secret);
-                        Latest::Empty
-                    }
-                    None => Latest::Absent,
-                })
+                    let created = self.created(id).await?;
+                    let version = Version(format!("{}@{created}", version_number(&response.name)));
+                    return Ok(Latest::Readable(version, payload.data));
+                }
+                Ok(None) => {
+                    let found = crate::retry::transient(MAX_RETRIES, || async {
+                        self.calls.record("get_version");
+                        client
+                            .get_secret_version()
+                            .set_name(&latest)
+                            .send()
+                            .await
+                            .map_err(|e| self.api_err("GetSecretVersion", Some(id), e))
+                    })
+                    .await?;
+                    let state = match found.state {
+                        State::Disabled => "DISABLED",
+                        State::Destroyed => "DESTROYED",
+                        _ => continue,
+                    };
+                    let created = self.created(id).await?;
+                    let number = version_number(&found.name);
+                    return Ok(Latest::Unreadable(Version(format!("{number}:{state}@{created}"))));
+                }
+                // No latest version: either the secret has none or it is gone.
+                Err(e) if e.kind == ErrorKind::NotFound => {
+                    return match self.get_secret(id).await {
+                        Ok(secret) => {
+                            self.remember(id, &secret);
+                            Ok(Latest::Empty)
+                        }
+                        Err(e) if e.kind == ErrorKind::NotFound => Ok(Latest::Absent),
+                        Err(e) => Err(e),
+                    };
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => Err(e),
         }
+        Err(self.err(ErrorKind::Conflict, Some(id), "its latest version keeps changing state"))
     }
 
-    fn remember(&self, id: &str, secret: &Secret) {
+    /// The error for a latest version vss must not read or write over.
+    fn unreadable(&self, name: &str, version: &Version) -> StoreError {
+        let shown = version.0.split('@').next().unwrap_or_default().replace(':', " is ");
+        self.err(
+            ErrorKind::Invalid,
+            Some(name),
+            format!(
+                "its latest version ({shown}) cannot be read; enable it or add a version in \
+                 Secret Manager (vss does not undo a disable or destroy)"
+            ),
+        )
+    }
+
+    /// Keeps what a response says of a secret's metadata; returns it.
+    fn remember(&self, id: &str, secret: &Secret) -> Metadata {
+        let created = secret.create_time.as_ref().map(|t| format!("{}.{}", t.seconds(), t.nanos()));
         let metadata = Metadata {
+            created: created.unwrap_or_default(),
             etag: secret.etag.clone(),
             labels: secret.labels.clone(),
             annotations: secret.annotations.clone(),
         };
-        self.metadata.lock().expect("metadata lock").insert(id.to_string(), metadata);
+        self.metadata.lock().expect("metadata lock").insert(id.to_string(), metadata.clone());
+        metadata
     }
 
     /// The value a payload holds.
@@ -317,23 +369,41 @@ impl GcpSmStore {
         Ok(())
     }
 
+    /// Adds a version holding `payload`. AddSecretVersion is not idempotent: after a failure
+    /// that may have been applied (a timeout, a 5xx), the latest version is checked before
+    /// trying again, so a retry never adds a second copy.
     async fn add_version(&self, id: &str, payload: &[u8]) -> Result<Version, StoreError> {
         let client = self.client().await?;
-        let added = crate::retry::transient(MAX_RETRIES, || async {
+        crate::retry::transient(MAX_RETRIES, || async {
             self.calls.record("add_version");
-            let payload = SecretPayload::new()
+            let sent = SecretPayload::new()
                 .set_data(bytes::Bytes::copy_from_slice(payload))
                 .set_data_crc32c(crc32c(payload));
-            client
+            match client
                 .add_secret_version()
                 .set_parent(self.resource(id))
-                .set_payload(payload)
+                .set_payload(sent)
                 .send()
                 .await
-                .map_err(|e| self.api_err("AddSecretVersion", Some(id), e))
+            {
+                Ok(added) => {
+                    let created = self.created(id).await?;
+                    Ok(Version(format!("{}@{created}", version_number(&added.name))))
+                }
+                Err(e) => match self.api_err("AddSecretVersion", Some(id), e) {
+                    // Deleted since it was checked: the caller re-reads.
+                    e if e.kind == ErrorKind::NotFound => {
+                        Err(StoreError::conflict(&self.label, id))
+                    }
+                    e if e.kind == ErrorKind::Unavailable => match self.latest(id).await? {
+                        Latest::Readable(version, current) if current == payload => Ok(version),
+                        _ => Err(e),
+                    },
+                    e => Err(e),
+                },
+            }
         })
-        .await?;
-        Ok(Version(version_number(&added.name).to_string()))
+        .await
     }
 
     /// Brings the secret's labels and annotations up to date (merged into what is there,
@@ -345,22 +415,8 @@ impl GcpSmStore {
             let current = match cached {
                 Some(metadata) if attempt == 0 => metadata,
                 _ => {
-                    let secret = crate::retry::transient(MAX_RETRIES, || async {
-                        self.calls.record("get_secret");
-                        client
-                            .get_secret()
-                            .set_name(self.resource(id))
-                            .send()
-                            .await
-                            .map_err(|e| self.api_err("GetSecret", Some(id), e))
-                    })
-                    .await?;
-                    self.remember(id, &secret);
-                    Metadata {
-                        etag: secret.etag,
-                        labels: secret.labels,
-                        annotations: secret.annotations,
-                    }
+                    let secret = self.get_secret(id).await?;
+                    self.remember(id, &secret)
                 }
             };
             let wanted = self.stamped(&current, stamp);
@@ -378,9 +434,7 @@ impl GcpSmStore {
                     google_cloud_wkt::FieldMask::default().set_paths(["labels", "annotations"]);
                 match client.update_secret().set_secret(secret).set_update_mask(mask).send().await {
                     Ok(secret) => Ok(secret),
-                    Err(e) if Self::is_failed_precondition(&e) => {
-                        Err(StoreError::conflict(&self.label, id))
-                    }
+                    Err(e) if Self::is_stale_etag(&e) => Err(StoreError::conflict(&self.label, id)),
                     Err(e) => Err(self.api_err("UpdateSecret", Some(id), e)),
                 }
             })
@@ -414,17 +468,23 @@ impl GcpSmStore {
             ));
         }
         let _slot = self.writes.acquire().await.expect("the write pool is never closed");
-        let mut exists = match &pre {
-            Precondition::Absent => false,
-            Precondition::Matches(_) | Precondition::None => {
-                let latest = self.latest(&id).await?;
-                let current = latest.version();
-                if !pre.holds(current.as_ref()) {
-                    return Err(StoreError::conflict(&self.label, name));
-                }
-                current.is_some()
+        let mut exists = false;
+        if pre != Precondition::Absent {
+            let latest = self.latest(&id).await?;
+            if !pre.holds(latest.version().as_ref()) {
+                return Err(StoreError::conflict(&self.label, name));
             }
-        };
+            match latest {
+                Latest::Absent => {}
+                Latest::Unreadable(version) => return Err(self.unreadable(name, &version)),
+                // Already there (a write retried after its stamp failed): only the stamp.
+                Latest::Readable(version, current) if current == text.as_bytes() => {
+                    self.restamp(&id, stamp).await?;
+                    return Ok(version);
+                }
+                Latest::Empty | Latest::Readable(..) => exists = true,
+            }
+        }
         if !exists {
             match self.create(&id, stamp).await {
                 Ok(()) => {}
@@ -479,6 +539,8 @@ impl SecretStore for GcpSmStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
         let client = self.client().await?;
+        // `prefix` is in vss's spelling (`app/`); ids are in GCP's (`app__`).
+        let prefix = gcp_name(prefix).unwrap_or_default();
         let mut ids = Vec::new();
         let mut page_token = String::new();
         loop {
@@ -497,7 +559,7 @@ impl SecretStore for GcpSmStore {
             for secret in &page.secrets {
                 let id = version_number(&secret.name);
                 let Some(name) = id.strip_prefix(&self.spec.prefix) else { continue };
-                if !name.starts_with(prefix) || name.is_empty() {
+                if !name.starts_with(&prefix) || name.is_empty() {
                     continue;
                 }
                 self.remember(id, secret);
@@ -547,15 +609,7 @@ impl SecretStore for GcpSmStore {
         let id = self.id(name);
         match self.latest(&id).await? {
             Latest::Absent | Latest::Empty => Ok(None),
-            Latest::Unreadable(version) => Err(self.err(
-                ErrorKind::Invalid,
-                Some(name),
-                format!(
-                    "its latest version ({}) cannot be read; enable it or add a version in \
-                     Secret Manager (vss does not undo a disable or destroy)",
-                    version.0.replace(':', " is ")
-                ),
-            )),
+            Latest::Unreadable(version) => Err(self.unreadable(name, &version)),
             Latest::Readable(version, payload) => {
                 Ok(Some(Versioned { value: self.value_of(name, &payload)?, version }))
             }
@@ -606,9 +660,7 @@ impl SecretStore for GcpSmStore {
             match client.delete_secret().set_name(self.resource(&id)).set_etag(&etag).send().await {
                 Ok(()) => Ok(()),
                 // The etag no longer matches: someone changed the secret since it was listed.
-                Err(e) if Self::is_failed_precondition(&e) => {
-                    Err(StoreError::conflict(&self.label, name))
-                }
+                Err(e) if Self::is_stale_etag(&e) => Err(StoreError::conflict(&self.label, name)),
                 Err(e) => Err(self.api_err("DeleteSecret", Some(name), e)),
             }
         })

@@ -57,12 +57,17 @@ targets:
     )
 }
 
-/// Runs the pipeline with trace logging (every client's logs on stderr, for the canaries).
+/// Runs the pipeline with trace logging, the Google client's own logging on too (every
+/// client's logs on stderr, for the canaries).
 fn run(ws: &Workspace) -> Run {
     let credentials = ws.path().join("sa.json");
     ws.run_env(
         &["pipeline", "--config", "vss.yaml", "--output", "json", "--exit-code"],
-        &[("GOOGLE_APPLICATION_CREDENTIALS", credentials.to_str().unwrap()), ("RUST_LOG", "trace")],
+        &[
+            ("GOOGLE_APPLICATION_CREDENTIALS", credentials.to_str().unwrap()),
+            ("GOOGLE_CLOUD_RUST_LOGGING", "true"),
+            ("RUST_LOG", "trace"),
+        ],
     )
 }
 
@@ -75,6 +80,7 @@ fn gcp_secrets_are_created_stamped_resynced_repaired_and_deleted() {
     ws.secret("src", "api-key", json!({"value": "k1"}));
     gcp.add_version("app_not-ours", "theirs");
     gcp.add_version("other_thing", "outside the prefix");
+    let mut runs = Vec::new();
 
     let first = run(&ws);
     assert_eq!(first.code, 1, "{}\n{}", first.stdout, first.stderr);
@@ -90,6 +96,8 @@ fn gcp_secrets_are_created_stamped_resynced_repaired_and_deleted() {
     assert_eq!(annotations["vss-managed-by"], "vss:G");
     assert_eq!(annotations["vss-content-hash"].len(), 64);
     assert_eq!((gcp.requests("create_secret"), gcp.requests("add_version")), (2, 2));
+    assert!(first.stderr.contains("TRACE"), "trace logs are checked too");
+    runs.push(first);
 
     // Unchanged: one listing and one access per secret under the prefix; nothing written.
     let (writes, lists, accesses) =
@@ -100,39 +108,91 @@ fn gcp_secrets_are_created_stamped_resynced_repaired_and_deleted() {
     assert_eq!(gcp.requests("list_secrets"), lists + 1);
     assert_eq!(gcp.requests("access"), accesses + 3);
     assert_eq!(gcp.requests("get_secret") + gcp.requests("get_version"), 0, "no read quota");
+    runs.push(second);
+
+    // A change adds a version and restamps; someone's concurrent metadata edit (the etag
+    // moved) is read again and kept.
+    ws.secret("src", "api-key", json!({"value": "k2"}));
+    let hash_before = gcp.metadata("app_api-key").unwrap().1["vss-content-hash"].clone();
+    gcp.rival_before_next_update();
+    let changed = run(&ws);
+    assert_eq!(
+        counts(&target(&changed.json(), "G")["summary"]),
+        (0, 1, 0, 1),
+        "{}",
+        changed.stdout
+    );
+    assert_eq!(gcp.latest("app_api-key"), Some(("k2".into(), 2)));
+    let annotations = gcp.metadata("app_api-key").unwrap().1;
+    assert_ne!(annotations["vss-content-hash"], hash_before);
+    assert_eq!(annotations["edited-by"], "someone", "the rival's annotation is kept");
+    assert_eq!((gcp.requests("update_secret"), gcp.requests("get_secret")), (2, 1));
+    runs.push(changed);
 
     // Drift: someone adds a version; the next run reads it back and adds the desired one.
     gcp.add_version("app_api-key", "tampered");
-    let third = run(&ws);
-    assert_eq!(counts(&target(&third.json(), "G")["summary"]), (0, 1, 0, 1), "{}", third.stdout);
-    assert_eq!(gcp.latest("app_api-key"), Some(("k1".into(), 3)));
+    let drift = run(&ws);
+    assert_eq!(counts(&target(&drift.json(), "G")["summary"]), (0, 1, 0, 1), "{}", drift.stdout);
+    assert_eq!(gcp.latest("app_api-key"), Some(("k2".into(), 4)));
+    runs.push(drift);
 
     // A disabled latest version is someone's deliberate act: reported, never overridden.
-    gcp.set_state("app_api-key", 3, VersionState::Disabled);
-    let fourth = run(&ws);
-    assert_eq!(fourth.code, 2, "{}\n{}", fourth.stdout, fourth.stderr);
-    let error = target(&fourth.json(), "G")["error"].to_string();
-    assert!(error.contains("secret `api-key`") && error.contains("3 is DISABLED"), "{error}");
-    assert_eq!(gcp.latest("app_api-key").unwrap().1, 3, "no version added");
-    gcp.set_state("app_api-key", 3, VersionState::Enabled);
+    gcp.set_state("app_api-key", 4, VersionState::Disabled);
+    let disabled = run(&ws);
+    assert_eq!(disabled.code, 2, "{}\n{}", disabled.stdout, disabled.stderr);
+    let error = target(&disabled.json(), "G")["error"].to_string();
+    assert!(error.contains("secret `api-key`") && error.contains("4 is DISABLED"), "{error}");
+    assert_eq!(gcp.latest("app_api-key").unwrap().1, 4, "no version added");
+    gcp.set_state("app_api-key", 4, VersionState::Enabled);
     let writes = gcp.writes();
     let enabled = run(&ws);
     assert_eq!(enabled.code, 0, "{}\n{}", enabled.stdout, enabled.stderr);
     assert_eq!(gcp.writes(), writes);
+    runs.extend([disabled, enabled]);
+
+    // Deleted and created again by someone else (version 1 again): a different secret, read
+    // and brought back to the desired value.
+    gcp.delete("app_db__URL");
+    gcp.add_version("app_db__URL", "{}");
+    let recreated = run(&ws);
+    assert_eq!(counts(&target(&recreated.json(), "G")["summary"]), (0, 1, 0, 1));
+    let (payload, version) = gcp.latest("app_db__URL").unwrap();
+    assert_eq!(
+        (serde_json::from_str::<Value>(&payload).unwrap()["user"].clone(), version),
+        (json!("u"), 2)
+    );
+    runs.push(recreated);
+
+    // A version whose response is lost (a 503 after it was stored) is not added twice.
+    ws.secret("src", "api-key", json!({"value": "k3"}));
+    gcp.lose_next_add_response();
+    let adds = gcp.requests("add_version");
+    let lost = run(&ws);
+    assert_eq!(lost.code, 1, "{}\n{}", lost.stdout, lost.stderr);
+    assert_eq!(gcp.latest("app_api-key"), Some(("k3".into(), 5)));
+    assert_eq!(gcp.requests("add_version"), adds + 1);
+    runs.push(lost);
 
     // Removed from the source: deleted; secrets vss never wrote stay.
     std::fs::remove_file(ws.path().join("src/api-key.json")).unwrap();
-    let fifth = run(&ws);
-    assert_eq!(counts(&target(&fifth.json(), "G")["summary"]), (0, 0, 1, 1), "{}", fifth.stdout);
+    let removed = run(&ws);
+    assert_eq!(
+        counts(&target(&removed.json(), "G")["summary"]),
+        (0, 0, 1, 1),
+        "{}",
+        removed.stdout
+    );
     assert_eq!(gcp.ids(), ["app_db__URL", "app_not-ours", "other_thing"]);
+    runs.push(removed);
 
-    assert!(first.stderr.contains("TRACE"), "trace logs are checked too");
-    assert!(first.stderr.contains("TRACE"), "trace logs are checked too");
     let private = std::fs::read_to_string(ws.path().join("sa.pem")).unwrap();
     let key_line = private.lines().nth(1).unwrap();
-    for run in [&first, &second, &third, &fourth, &enabled, &fifth] {
+    let token = gcp.last_token();
+    assert!(token.len() > 100, "a signed JWT");
+    for run in &runs {
         for text in [&run.stdout, &run.stderr] {
-            assert!(!text.contains(CANARY) && !text.contains(key_line), "{text}");
+            assert!(!text.contains(CANARY), "{text}");
+            assert!(!text.contains(key_line) && !text.contains(&token), "{text}");
         }
     }
 }

@@ -54,6 +54,8 @@ struct Secret {
     labels: BTreeMap<String, String>,
     annotations: BTreeMap<String, String>,
     etag: u64,
+    /// Creation order: a secret created again is a different secret.
+    created: u64,
     /// Version `n` is `versions[n - 1]`.
     versions: Vec<Version>,
 }
@@ -69,6 +71,12 @@ struct Project {
     max_page: usize,
     /// Someone edits the secret's metadata just before the next delete arrives.
     rival_before_delete: bool,
+    /// Someone edits the secret's metadata just before the next update arrives.
+    rival_before_update: bool,
+    /// The next AddSecretVersion is applied, then answered 503 (as a timed-out call).
+    lose_next_add_response: bool,
+    /// The bearer token of the latest request.
+    last_token: String,
 }
 
 struct Shared {
@@ -130,7 +138,7 @@ fn secret_json(project: &str, id: &str, secret: &Secret) -> Value {
     let mut body = json!({
         "name": format!("projects/{project}/secrets/{id}"),
         "replication": {"automatic": {}},
-        "createTime": "2026-01-01T00:00:00Z",
+        "createTime": format!("2026-01-01T00:00:00.{:09}Z", secret.created),
         "etag": format!("\"{}\"", secret.etag),
     });
     if !secret.labels.is_empty() {
@@ -217,6 +225,8 @@ async fn route(
         );
     }
     let mut state = shared.state.lock().unwrap();
+    let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+    state.last_token = bearer.trim_start_matches("Bearer ").to_string();
     let writes = ["create_secret", "update_secret", "delete_secret", "add_version"];
     if writes.contains(&operation) && state.exhausted_writes > 0 {
         state.exhausted_writes -= 1;
@@ -306,6 +316,7 @@ async fn route(
                 labels: string_map(&body["labels"]),
                 annotations: string_map(&body["annotations"]),
                 etag: state.etags,
+                created: state.etags,
                 versions: Vec::new(),
             };
             let response = secret_json(&project, &id, &secret);
@@ -329,9 +340,14 @@ async fn route(
             }
             state.etags += 1;
             let etag = state.etags;
+            let rival = std::mem::take(&mut state.rival_before_update);
             let Some(secret) = state.secrets.get_mut(parts[3]) else {
                 return not_found(&format!("Secret [{resource}]"));
             };
+            if rival {
+                secret.annotations.insert("edited-by".into(), "someone".into());
+                secret.etag = etag;
+            }
             if let Some(sent) = body["etag"].as_str().filter(|e| !e.is_empty())
                 && sent != format!("\"{}\"", secret.etag)
             {
@@ -409,6 +425,14 @@ async fn route(
             }
             let crc32c = crc32c(&data);
             secret.versions.push(Version { state: VersionState::Enabled, data, crc32c });
+            if std::mem::take(&mut state.lose_next_add_response) {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UNAVAILABLE",
+                    "The service is currently unavailable.",
+                );
+            }
+            let secret = &state.secrets[parts[3]];
             let number = secret.versions.len();
             Json(version_json(&project, parts[3], number, &secret.versions[number - 1], ints))
                 .into_response()
@@ -497,8 +521,11 @@ impl FakeSecretManager {
         let mut state = self.shared.state.lock().unwrap();
         state.etags += 1;
         let etag = state.etags;
-        let secret =
-            state.secrets.entry(id.into()).or_insert_with(|| Secret { etag, ..Secret::default() });
+        let secret = state.secrets.entry(id.into()).or_insert_with(|| Secret {
+            etag,
+            created: etag,
+            ..Secret::default()
+        });
         let data = payload.as_bytes().to_vec();
         let crc32c = crc32c(&data);
         secret.versions.push(Version { state: VersionState::Enabled, data, crc32c });
@@ -509,7 +536,7 @@ impl FakeSecretManager {
         let mut state = self.shared.state.lock().unwrap();
         state.etags += 1;
         let etag = state.etags;
-        state.secrets.insert(id.into(), Secret { etag, ..Secret::default() });
+        state.secrets.insert(id.into(), Secret { etag, created: etag, ..Secret::default() });
     }
 
     /// Sets the state of version `number` of `id`.
@@ -545,6 +572,26 @@ impl FakeSecretManager {
     /// Makes someone edit the next secret vss deletes just before the delete arrives.
     pub fn rival_before_next_delete(&self) {
         self.shared.state.lock().unwrap().rival_before_delete = true;
+    }
+
+    /// Makes someone edit the next secret vss updates just before the update arrives.
+    pub fn rival_before_next_update(&self) {
+        self.shared.state.lock().unwrap().rival_before_update = true;
+    }
+
+    /// Applies the next AddSecretVersion but answers it 503, as a call that timed out.
+    pub fn lose_next_add_response(&self) {
+        self.shared.state.lock().unwrap().lose_next_add_response = true;
+    }
+
+    /// Deletes a secret as someone else would.
+    pub fn delete(&self, id: &str) {
+        self.shared.state.lock().unwrap().secrets.remove(id);
+    }
+
+    /// The bearer token of the latest request (to check it never reaches an output).
+    pub fn last_token(&self) -> String {
+        self.shared.state.lock().unwrap().last_token.clone()
     }
 
     /// Returns at most `n` secrets per page.
