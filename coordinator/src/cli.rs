@@ -4,6 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -197,13 +198,15 @@ enum LogFormatArg {
 
 /// Runs the command line; returns the process exit code.
 pub async fn run(cli: Cli) -> u8 {
-    match dispatch(cli).await {
+    let code = match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             2
         }
-    }
+    };
+    crate::telemetry::shutdown();
+    code
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
@@ -245,11 +248,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Pipeline(args) => pipeline(args, log_format).await,
         Command::Migrate(args) => {
-            crate::logging::init(None, log_format);
+            crate::logging::init(None, log_format, "vss");
             crate::migrate::run(args).await
         }
         Command::Runs { command, nats } => {
-            crate::logging::init(None, log_format);
+            crate::logging::init(None, log_format, "vss");
             let coordinator = JetStream::connect(&nats.spec(), false).await?;
             match command {
                 RunsCommand::List => {
@@ -274,7 +277,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Worker(args) => {
             // A worker is a daemon: its job lines are its activity log.
-            crate::logging::init(Some("info"), log_format);
+            crate::logging::init(Some("info"), log_format, "vss-worker");
             let options = WorkerOptions {
                 concurrency: args.concurrency,
                 ack_wait: Duration::from_secs(args.ack_wait),
@@ -301,11 +304,11 @@ async fn pipeline(args: PipelineArgs, log_format: Option<LogFormat>) -> anyhow::
     let cfg = match Config::load(&args.config) {
         Ok(cfg) => cfg,
         Err(e) => {
-            crate::logging::init(None, log_format);
+            crate::logging::init(None, log_format, "vss");
             return Ok(config_error(e));
         }
     };
-    crate::logging::init(cfg.log.level.as_deref(), log_format.or(cfg.log.format));
+    crate::logging::init(cfg.log.level.as_deref(), log_format.or(cfg.log.format), "vss");
 
     let dry_run = (args.dry_run || cfg.pipeline.dry_run) && args.resume.is_none();
     let run_id = uuid::Uuid::now_v7().to_string();
@@ -412,7 +415,9 @@ async fn run_with_progress(executor: &dyn Executor, plan: &Plan) -> anyhow::Resu
         bar.set_message(r.job_id.clone());
         bar.inc(1);
     };
-    let results = executor.execute(plan, &on_result).await;
+    // The run's trace: every job's span (here or on a worker) is a child of this one.
+    let span = tracing::info_span!("run", run_id = %plan.run_id, jobs = plan.jobs.len());
+    let results = executor.execute(plan, &on_result).instrument(span).await;
     bar.finish_and_clear();
     results
 }

@@ -14,3 +14,4 @@ pub mod logging;
 pub mod migrate;
 pub mod nats;
 pub mod report;
+pub mod telemetry;

@@ -24,8 +24,9 @@ fn safe(meta: &Metadata<'_>) -> bool {
         || !BODY_LOGGING_TARGETS.iter().any(|t| meta.target().starts_with(t))
 }
 
-/// Installs the global subscriber once.
-pub fn init(level: Option<&str>, format: Option<LogFormat>) {
+/// Installs the global subscriber once; `service` names the process in exported traces
+/// (see [`crate::telemetry`]).
+pub fn init(level: Option<&str>, format: Option<LogFormat>, service: &'static str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level.unwrap_or("warn")))
         .unwrap_or_else(|_| EnvFilter::new("warn"));
@@ -38,6 +39,7 @@ pub fn init(level: Option<&str>, format: Option<LogFormat>) {
     };
     let installed = tracing_subscriber::registry()
         .with(layer.with_filter(filter).with_filter(filter_fn(safe)))
+        .with(crate::telemetry::layer(service))
         .try_init();
     // A second call (e.g. after a config error) keeps the first subscriber.
     drop(installed);

@@ -14,6 +14,7 @@ mod migrate;
 mod nats;
 mod outputs;
 mod pipeline;
+mod traces;
 mod vault;
 
 use serde_json::json;

@@ -5,6 +5,7 @@
 pub mod gcp;
 pub mod github;
 pub mod kubernetes;
+pub mod otlp;
 pub mod servers;
 
 use std::collections::BTreeMap;

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 use vss_protocol::job::{JobResult, Phase};
 use vss_protocol::plan::Plan;
 use vss_worker::WorkerContext;
@@ -43,7 +44,8 @@ impl Executor for InProcess {
             skipped.iter().for_each(on_result);
             for job in ready {
                 let (job, ctx) = (job.clone(), self.ctx.clone());
-                tasks.spawn(async move { vss_worker::execute_isolated(&job, &ctx).await });
+                let work = async move { vss_worker::execute_isolated(&job, &ctx).await };
+                tasks.spawn(work.in_current_span());
             }
             let Some(joined) = tasks.join_next().await else {
                 break;

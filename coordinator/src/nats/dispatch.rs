@@ -83,7 +83,10 @@ impl JetStream {
     async fn publish(&self, job: &Job) -> anyhow::Result<()> {
         let job = &Job { deadline: Some(now() + self.job_timeout.as_secs()), ..job.clone() };
         let attempt = || async {
+            let mut headers = async_nats::HeaderMap::new();
+            crate::telemetry::inject(&mut headers);
             let message = PublishMessage::build()
+                .headers(headers)
                 .payload(job.encode().into())
                 .message_id(message_id(&job.run_id, &job.id));
             self.js.send_publish(job_subject(job), message).await?.await

@@ -201,6 +201,7 @@ async fn handle(
         }
     };
     let span = tracing::info_span!("delivery", job = %job.id, attempt = delivered);
+    crate::telemetry::continue_trace(&span, message.headers.as_ref());
     run_and_settle(js, &message, &job, contexts, ack_wait, delivered, max_deliver)
         .instrument(span)
         .await;

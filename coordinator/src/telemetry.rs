@@ -1,0 +1,108 @@
+//! OpenTelemetry traces: one trace per run, a span per job (and per NATS delivery), exported
+//! over OTLP/HTTP when the standard variables ask for it (`OTEL_EXPORTER_OTLP_ENDPOINT` or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; `OTEL_EXPORTER_OTLP_PROTOCOL` `http/protobuf` (the
+//! default) or `http/json`; `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
+//! `OTEL_BSP_SCHEDULE_DELAY`, …; `OTEL_SDK_DISABLED=true` turns it off).
+//!
+//! The trace context crosses NATS as W3C `traceparent` / `tracestate` headers on each job, so
+//! a worker's spans join the coordinator's run. Only vss's own spans are exported, at `info`
+//! and above: they carry names, counts and ids, never values.
+
+use std::sync::OnceLock;
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Subscriber;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::registry::LookupSpan;
+
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// Whether the environment asks for traces.
+fn wanted() -> bool {
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+/// The layer that exports vss's spans, when the environment asks for traces; `service` is
+/// the default `service.name`. An exporter that cannot be built is reported and skipped.
+pub fn layer<S>(service: &'static str) -> Option<impl Layer<S>>
+where
+    S: Subscriber + for<'span> LookupSpan<'span>,
+{
+    if !wanted() {
+        return None;
+    }
+    // The exporter's HTTP client blocks; build it where blocking is allowed.
+    let exporter = tokio::task::block_in_place(|| {
+        opentelemetry_otlp::SpanExporter::builder().with_http().build()
+    });
+    let exporter = match exporter {
+        Ok(exporter) => exporter,
+        Err(e) => {
+            eprintln!("warning: traces are not exported: {e}");
+            return None;
+        }
+    };
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service);
+    }
+    let provider = SdkTracerProvider::builder()
+        .with_resource(resource.build())
+        .with_batch_exporter(exporter)
+        .build();
+    let tracer = provider.tracer("vss");
+    let _ = PROVIDER.set(provider);
+    let ours =
+        filter_fn(|meta| meta.target().starts_with("vss") && *meta.level() <= tracing::Level::INFO);
+    Some(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(ours))
+}
+
+/// Exports what is still buffered; call once, before the process exits.
+pub fn shutdown() {
+    if let Some(provider) = PROVIDER.get() {
+        let flushed = tokio::task::block_in_place(|| provider.shutdown());
+        if let Err(e) = flushed {
+            eprintln!("warning: not every trace span was exported: {e}");
+        }
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut async_nats::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value);
+    }
+}
+
+struct HeaderExtractor<'a>(&'a async_nats::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|v| v.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(name, _)| name.as_ref()).collect()
+    }
+}
+
+/// Writes the current span's trace context into NATS headers.
+pub fn inject(headers: &mut async_nats::HeaderMap) {
+    let context = tracing::Span::current().context();
+    TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
+}
+
+/// Makes `span` a child of the trace context in NATS headers, if they carry one.
+pub fn continue_trace(span: &tracing::Span, headers: Option<&async_nats::HeaderMap>) {
+    let Some(headers) = headers else { return };
+    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    let _ = span.set_parent(parent);
+}
