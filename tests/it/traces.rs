@@ -45,9 +45,19 @@ fn traces_an_in_process_run_is_one_trace_of_job_spans() {
     assert_eq!(run_id.len(), 36, "the run's id: {:?}", root.attributes);
     let jobs = named(&spans, "vss", "job");
     assert_eq!(jobs.len(), 6, "3 merges and 3 syncs: {spans:#?}");
-    for job in jobs {
+    for job in &jobs {
         assert_eq!((&job.trace_id, &job.parent_span_id), (&root.trace_id, &root.span_id));
     }
+    // Store calls are spans of their job, named by operation and store.
+    let calls = named(&spans, "vss", "store");
+    let production = jobs.iter().find(|j| j.attributes["job"] == "sync:Production").unwrap();
+    let writes: Vec<_> = calls
+        .iter()
+        .filter(|c| c.parent_span_id == production.span_id && c.attributes["operation"] == "write")
+        .collect();
+    assert_eq!(writes.len(), 1, "{calls:#?}");
+    assert_eq!(writes[0].attributes["secrets"], "3", "{:?}", writes[0].attributes);
+    assert!(writes[0].attributes["store"].as_str().unwrap().starts_with("file:"));
     assert_no_values(&collector);
 }
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::{StreamExt, stream};
 use serde::{Deserialize, Serialize};
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 use vss_protocol::job::{Job, JobResult, JobSpec, Outcome, RunOptions};
 use vss_protocol::{ContentHash, HashKey, SecretValue};
 use vss_stores::conflict::{DesiredWrite, delete_resolving_conflicts, write_resolving_conflicts};
@@ -151,8 +151,10 @@ async fn read_many(
         return Ok(BTreeMap::new());
     }
     let full: Vec<String> = names.iter().map(|n| format!("{prefix}{n}")).collect();
+    let span = store_span("read", store, full.len());
     let mut found: BTreeMap<String, SecretValue> = store
         .read_batch(full)
+        .instrument(span)
         .await?
         .into_iter()
         .filter_map(|(name, value)| value.map(|v| (name, v.value)))
@@ -174,6 +176,12 @@ async fn read_many(
         .collect()
 }
 
+/// A span around one batch of store calls (`list`, `read`, `write`): the store and how many
+/// secrets, never a value. Traces export these, so dashboards see time per store.
+fn store_span(operation: &'static str, store: &Arc<dyn SecretStore>, secrets: usize) -> Span {
+    tracing::info_span!("store", operation, store = %store.describe(), secrets)
+}
+
 /// Lists `prefix`, keyed by name relative to it.
 async fn list_versions(
     store: &Arc<dyn SecretStore>,
@@ -181,6 +189,7 @@ async fn list_versions(
 ) -> Result<BTreeMap<String, Version>, StoreError> {
     Ok(store
         .list(prefix)
+        .instrument(store_span("list", store, 0))
         .await?
         .into_iter()
         .map(|e| (e.name[prefix.len()..].to_string(), e.version))
@@ -209,6 +218,7 @@ async fn apply(
     owner: Option<&str>,
     key: &HashKey,
 ) -> Outcomes {
+    let span = store_span("write", store, writes.len());
     stream::iter(writes)
         .map(|w| async move {
             let full = format!("{prefix}{}", w.name);
@@ -234,6 +244,7 @@ async fn apply(
         })
         .buffer_unordered(CONCURRENT_CALLS)
         .collect()
+        .instrument(span)
         .await
 }
 
