@@ -31,6 +31,8 @@ fn wanted() -> bool {
 
 /// The layer that exports vss's spans, when the environment asks for traces; `service` is
 /// the default `service.name`. An exporter that cannot be built is reported and skipped.
+/// Call it (and [`shutdown`]) on a multi-threaded Tokio runtime: the exporter's HTTP client
+/// blocks.
 pub fn layer<S>(service: &'static str) -> Option<impl Layer<S>>
 where
     S: Subscriber + for<'span> LookupSpan<'span>,
