@@ -358,17 +358,24 @@ async fn pipeline(args: PipelineArgs, log_format: Option<LogFormat>) -> anyhow::
         continue_on_error,
     };
     let results = match (resumed, nats) {
+        (Some((executor, _)), _) => {
+            // The resumed run continues the trace the run started.
+            let record = executor.run_record(&plan.run_id).await;
+            let parent = record.and_then(|r| r.traceparent);
+            run_with_progress(&executor, &plan, parent.as_deref()).await?
+        }
         // A dry run's merges live in this process's memory, where its syncs must see them.
-        (Some((executor, _)), _) => run_with_progress(&executor, &plan).await?,
         (None, Some(_)) if dry_run => {
             tracing::info!("dry run: jobs run in-process (nothing is written, nothing to share)");
-            run_with_progress(&InProcess::new(ctx.clone(), limits), &plan).await?
+            run_with_progress(&InProcess::new(ctx.clone(), limits), &plan, None).await?
         }
         (None, Some(spec)) => {
             let executor = JetStream::connect(&spec, continue_on_error).await?;
-            run_with_progress(&executor, &plan).await?
+            run_with_progress(&executor, &plan, None).await?
         }
-        (None, None) => run_with_progress(&InProcess::new(ctx.clone(), limits), &plan).await?,
+        (None, None) => {
+            run_with_progress(&InProcess::new(ctx.clone(), limits), &plan, None).await?
+        }
     };
     tracing::debug!(api_calls = ?ctx.stores().api_calls(), "store calls");
 
@@ -399,8 +406,13 @@ async fn pipeline(args: PipelineArgs, log_format: Option<LogFormat>) -> anyhow::
     Ok(report.exit_code(args.exit_code))
 }
 
-/// Executes the plan with a progress bar on stderr when it is a terminal.
-async fn run_with_progress(executor: &dyn Executor, plan: &Plan) -> anyhow::Result<Vec<JobResult>> {
+/// Executes the plan with a progress bar on stderr when it is a terminal, in the run's span
+/// (a child of `parent`, a `traceparent`, when a resumed run continues its trace).
+async fn run_with_progress(
+    executor: &dyn Executor,
+    plan: &Plan,
+    parent: Option<&str>,
+) -> anyhow::Result<Vec<JobResult>> {
     let bar = if std::io::stderr().is_terminal() && plan.jobs.len() > 1 {
         ProgressBar::with_draw_target(Some(plan.jobs.len() as u64), ProgressDrawTarget::stderr())
     } else {
@@ -417,6 +429,9 @@ async fn run_with_progress(executor: &dyn Executor, plan: &Plan) -> anyhow::Resu
     };
     // The run's trace: every job's span (here or on a worker) is a child of this one.
     let span = tracing::info_span!("run", run_id = %plan.run_id, jobs = plan.jobs.len());
+    if let Some(parent) = parent {
+        crate::telemetry::continue_from(&span, parent);
+    }
     let results = executor.execute(plan, &on_result).instrument(span).await;
     bar.finish_and_clear();
     results

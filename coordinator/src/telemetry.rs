@@ -2,16 +2,19 @@
 //! over OTLP/HTTP when the standard variables ask for it (`OTEL_EXPORTER_OTLP_ENDPOINT` or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; `OTEL_EXPORTER_OTLP_PROTOCOL` `http/protobuf` (the
 //! default) or `http/json`; `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
-//! `OTEL_BSP_SCHEDULE_DELAY`, …; `OTEL_SDK_DISABLED=true` turns it off).
+//! `OTEL_BSP_SCHEDULE_DELAY`, …; `OTEL_SDK_DISABLED=true` turns it off). The SDK's own
+//! warnings (an unreachable collector) go to the logs under `opentelemetry*` targets.
 //!
 //! The trace context crosses NATS as W3C `traceparent` / `tracestate` headers on each job, so
 //! a worker's spans join the coordinator's run. Only vss's own spans are exported, at `info`
 //! and above: they carry names, counts and ids, never values.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Subscriber;
@@ -21,6 +24,13 @@ use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::registry::LookupSpan;
 
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// The OTLP protocol the environment names (traces' own setting first).
+fn protocol_setting() -> Option<String> {
+    ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+}
 
 /// Whether the environment asks for traces.
 fn wanted() -> bool {
@@ -40,9 +50,17 @@ where
     if !wanted() {
         return None;
     }
+    let protocol = match protocol_setting().as_deref() {
+        Some("http/json") => Protocol::HttpJson,
+        None | Some("http/protobuf") => Protocol::HttpBinary,
+        Some(other) => {
+            eprintln!("warning: OTLP protocol `{other}` is not supported; using http/protobuf");
+            Protocol::HttpBinary
+        }
+    };
     // The exporter's HTTP client blocks; build it where blocking is allowed.
     let exporter = tokio::task::block_in_place(|| {
-        opentelemetry_otlp::SpanExporter::builder().with_http().build()
+        opentelemetry_otlp::SpanExporter::builder().with_http().with_protocol(protocol).build()
     });
     let exporter = match exporter {
         Ok(exporter) => exporter,
@@ -52,7 +70,9 @@ where
         }
     };
     let mut resource = opentelemetry_sdk::Resource::builder();
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+    let named_in_attributes = std::env::var("OTEL_RESOURCE_ATTRIBUTES")
+        .is_ok_and(|a| a.split(',').any(|kv| kv.trim().starts_with("service.name=")));
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() && !named_in_attributes {
         resource = resource.with_service_name(service);
     }
     let provider = SdkTracerProvider::builder()
@@ -107,4 +127,19 @@ pub fn continue_trace(span: &tracing::Span, headers: Option<&async_nats::HeaderM
     let Some(headers) = headers else { return };
     let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
     let _ = span.set_parent(parent);
+}
+
+/// The current span's W3C `traceparent`, if a trace is being recorded (kept with a run, so a
+/// resumed run continues its trace).
+pub fn traceparent() -> Option<String> {
+    let mut carrier = HashMap::new();
+    let context = tracing::Span::current().context();
+    TraceContextPropagator::new().inject_context(&context, &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// Makes `span` a child of the span a `traceparent` names.
+pub fn continue_from(span: &tracing::Span, traceparent: &str) {
+    let carrier = HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    let _ = span.set_parent(TraceContextPropagator::new().extract(&carrier));
 }

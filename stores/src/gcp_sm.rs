@@ -181,7 +181,10 @@ impl GcpSmStore {
                 (kind, format!("{operation}: HTTP {code} without an error status"))
             } else if e.is_authentication() {
                 (ErrorKind::Unauthorized, format!("{operation}: credentials: {e}"))
-            } else if e.is_binding() || e.is_serialization() || e.is_deserialization() {
+            } else if e.is_deserialization() {
+                // Decoder messages may quote what they could not decode: a payload.
+                (ErrorKind::Invalid, format!("{operation}: the response could not be decoded"))
+            } else if e.is_binding() || e.is_serialization() {
                 (ErrorKind::Invalid, format!("{operation}: {e}"))
             } else {
                 (ErrorKind::Unavailable, format!("{operation}: {e}"))

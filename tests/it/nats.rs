@@ -9,6 +9,7 @@ use serde_json::json;
 use vss_protocol::config::Config;
 use vss_protocol::job::{Job, JobResult, Outcome, Shard};
 use vss_protocol::plan::{PlanRequest, plan_run};
+use vss_tests::otlp::Collector;
 use vss_tests::servers::{AWS_TEST_ENV, JsonServer, Moto, Nats};
 use vss_tests::{Background, Workspace, target};
 
@@ -347,10 +348,14 @@ fn nats_a_restarted_coordinator_resumes_the_run() {
     let (nats, moto) = (Nats::start(), Moto::start());
     let ws = aws_workspace(&moto);
     let _worker = aws_worker(&ws, &nats, 0);
+    let collector = Collector::start();
+    let env = collector.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let log = ws.path().join("coordinator.log");
-    let mut coordinator = ws.spawn(
+    let mut coordinator = ws.spawn_env(
         &["pipeline", "--config", "vss.yaml", "--output", "json", "--nats", &nats.url],
         &log,
+        &env,
     );
     started(&ws, 1);
     coordinator.kill();
@@ -360,7 +365,21 @@ fn nats_a_restarted_coordinator_resumes_the_run() {
     let line = list.stdout.lines().find(|l| l.contains("running")).expect("an unfinished run");
     let run_id = line.split_whitespace().next().unwrap();
 
-    let resumed = ws.pipeline(&["--nats", &nats.url, "--resume", run_id, "--exit-code"]);
+    let resumed = ws.run_env(
+        &[
+            "pipeline",
+            "--config",
+            "vss.yaml",
+            "--output",
+            "json",
+            "--nats",
+            &nats.url,
+            "--resume",
+            run_id,
+            "--exit-code",
+        ],
+        &env,
+    );
     assert_eq!(resumed.code, 1, "changes were made: {}\n{}", resumed.stderr, logs(&ws));
     let t = target(&resumed.json(), "T").clone();
     assert_eq!(t["summary"]["added"], 500, "the worker's one result, replayed or awaited: {t:#}");
@@ -371,6 +390,15 @@ fn nats_a_restarted_coordinator_resumes_the_run() {
         (record["status"].as_str(), record["finished_jobs"].as_u64()),
         (Some("finished"), Some(1))
     );
+    // The resumed run continues the trace the killed coordinator started.
+    let traceparent = record["traceparent"].as_str().expect("the run's trace context");
+    let [_, trace_id, span_id, _] = traceparent.split('-').collect::<Vec<_>>()[..] else {
+        panic!("not a traceparent: {traceparent}");
+    };
+    let spans = collector.spans();
+    let runs: Vec<_> = spans.iter().filter(|s| s.name == "run").collect();
+    assert_eq!(runs.len(), 1, "the killed coordinator exported nothing: {runs:#?}");
+    assert_eq!((runs[0].trace_id.as_str(), runs[0].parent_span_id.as_str()), (trace_id, span_id));
 }
 
 #[test]

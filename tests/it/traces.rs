@@ -31,7 +31,8 @@ fn assert_no_values(collector: &Collector) {
 fn traces_an_in_process_run_is_one_trace_of_job_spans() {
     let collector = Collector::start();
     let ws = workspace();
-    let env = collector.env();
+    let mut env = collector.env();
+    env.push(("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json".into()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let run = ws.run_env(&["pipeline", "--config", "vss.yaml", "--output", "json"], &env);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
@@ -53,11 +54,24 @@ fn traces_an_in_process_run_is_one_trace_of_job_spans() {
     let production = jobs.iter().find(|j| j.attributes["job"] == "sync:Production").unwrap();
     let writes: Vec<_> = calls
         .iter()
-        .filter(|c| c.parent_span_id == production.span_id && c.attributes["operation"] == "write")
+        .filter(|c| c.parent_span_id == production.span_id && c.attributes["operation"] == "apply")
         .collect();
     assert_eq!(writes.len(), 1, "{calls:#?}");
     assert_eq!(writes[0].attributes["secrets"], "3", "{:?}", writes[0].attributes);
     assert!(writes[0].attributes["store"].as_str().unwrap().starts_with("file:"));
+    let common = calls.iter().find(|c| {
+        c.attributes["operation"] == "list"
+            && c.attributes["store"].as_str().unwrap().ends_with("src/common")
+    });
+    assert_eq!(common.expect("the listing of a source").attributes["secrets"], "2");
+    assert!(collector.content_types().iter().all(|t| t.starts_with("application/json")));
+
+    // A failing job exports its error, never the value that made it fail.
+    ws.write("src/prod/broken.json", &format!("{{\"key\": \"{CANARY}"));
+    let failed = ws.run_env(&["pipeline", "--config", "vss.yaml", "--output", "json"], &env);
+    assert_eq!(failed.code, 2, "{}\n{}", failed.stdout, failed.stderr);
+    let spans = collector.spans();
+    assert_eq!(named(&spans, "vss", "run").len(), 2);
     assert_no_values(&collector);
 }
 
@@ -97,5 +111,7 @@ fn traces_cross_nats_from_the_coordinator_to_the_workers() {
         assert!(deliveries.iter().any(|d| d.span_id == job.parent_span_id), "{job:?}");
         assert_eq!(job.trace_id, root.trace_id);
     }
+    let types = collector.content_types();
+    assert!(types.iter().all(|t| t.starts_with("application/x-protobuf")), "{types:?}");
     assert_no_values(&collector);
 }

@@ -116,6 +116,7 @@ impl Workspace {
             .args(args)
             .env_remove("RUST_LOG")
             .env_remove("GITHUB_STEP_SUMMARY");
+        without_otel(&mut cmd);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -131,7 +132,9 @@ impl Workspace {
     /// [`spawn`](Self::spawn) with `env` added to the environment.
     pub fn spawn_env(&self, args: &[&str], log: &Path, env: &[(&str, &str)]) -> Background {
         let out = std::fs::File::create(log).expect("log file");
-        let child = Command::new(vss_bin())
+        let mut cmd = Command::new(vss_bin());
+        without_otel(&mut cmd);
+        let child = cmd
             .current_dir(self.dir.path())
             .args(args)
             .env_remove("RUST_LOG")
@@ -211,6 +214,15 @@ impl Background {
 impl Drop for Background {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Keeps the test machine's own OpenTelemetry settings away from a `vss` process.
+fn without_otel(cmd: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("OTEL_") {
+            cmd.env_remove(name);
+        }
     }
 }
 

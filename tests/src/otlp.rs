@@ -1,12 +1,13 @@
-//! A local OpenTelemetry collector: accepts OTLP/HTTP JSON trace exports (`POST /v1/traces`,
-//! `ExportTraceServiceRequest`) and keeps every span with its service name, so tests can
-//! follow a trace across processes.
+//! A local OpenTelemetry collector: accepts OTLP/HTTP trace exports (`POST /v1/traces`, an
+//! `ExportTraceServiceRequest` as protobuf or JSON, by `Content-Type`) and keeps every span
+//! with its service name, so tests can follow a trace across processes.
 
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 /// One exported span.
@@ -30,6 +31,7 @@ pub struct Span {
 struct Received {
     spans: Vec<Span>,
     bodies: Vec<String>,
+    content_types: Vec<String>,
 }
 
 /// The collector; stopped when dropped.
@@ -52,8 +54,21 @@ fn attributes(list: &Value) -> Value {
 
 async fn traces(
     State(received): State<Arc<Mutex<Received>>>,
-    body: String,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> (StatusCode, Json<Value>) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message as _;
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    // Protobuf is read into the same JSON mapping the JSON protocol sends (hex ids).
+    let body = if content_type.starts_with("application/x-protobuf") {
+        match ExportTraceServiceRequest::decode(body.as_ref()) {
+            Ok(request) => serde_json::to_string(&request).expect("the JSON mapping"),
+            Err(_) => return (StatusCode::BAD_REQUEST, Json(json!({"message": "not OTLP"}))),
+        }
+    } else {
+        String::from_utf8_lossy(&body).into_owned()
+    };
     let Ok(request) = serde_json::from_str::<Value>(&body) else {
         return (StatusCode::BAD_REQUEST, Json(json!({"message": "not OTLP JSON"})));
     };
@@ -76,6 +91,7 @@ async fn traces(
         }
     }
     received.bodies.push(body);
+    received.content_types.push(content_type.to_string());
     (StatusCode::OK, Json(json!({})))
 }
 
@@ -97,13 +113,19 @@ impl Collector {
         Self { url, received, _runtime: runtime }
     }
 
-    /// The environment that makes a vss process export its traces here, as JSON.
+    /// The environment that makes a vss process export its traces here (with the default
+    /// protocol). Batches are held for ten minutes, so whatever arrives was flushed as the
+    /// process exited.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("OTEL_EXPORTER_OTLP_ENDPOINT", self.url.clone()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json".into()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "600000".into()),
         ]
+    }
+
+    /// The `Content-Type`s of the exports received so far.
+    pub fn content_types(&self) -> Vec<String> {
+        self.received.lock().unwrap().content_types.clone()
     }
 
     /// Every span received so far.

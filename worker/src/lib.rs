@@ -17,7 +17,9 @@ use vss_protocol::job::{Job, JobResult, JobSpec, Outcome, RunOptions};
 use vss_protocol::{ContentHash, HashKey, SecretValue};
 use vss_stores::conflict::{DesiredWrite, delete_resolving_conflicts, write_resolving_conflicts};
 use vss_stores::ledger::{LedgerError, StateLedger};
-use vss_stores::{ErrorKind, Precondition, SecretStore, Stamp, StoreCache, StoreError, Version};
+use vss_stores::{
+    Entry, ErrorKind, Precondition, SecretStore, Stamp, StoreCache, StoreError, Version,
+};
 
 /// Store calls a job keeps in flight at once.
 const CONCURRENT_CALLS: usize = 16;
@@ -151,7 +153,7 @@ async fn read_many(
         return Ok(BTreeMap::new());
     }
     let full: Vec<String> = names.iter().map(|n| format!("{prefix}{n}")).collect();
-    let span = store_span("read", store, full.len());
+    let span = store_span("read", store, Some(full.len()));
     let mut found: BTreeMap<String, SecretValue> = store
         .read_batch(full)
         .instrument(span)
@@ -176,10 +178,32 @@ async fn read_many(
         .collect()
 }
 
-/// A span around one batch of store calls (`list`, `read`, `write`): the store and how many
-/// secrets, never a value. Traces export these, so dashboards see time per store.
-fn store_span(operation: &'static str, store: &Arc<dyn SecretStore>, secrets: usize) -> Span {
-    tracing::info_span!("store", operation, store = %store.describe(), secrets)
+/// A span around one batch of store calls (`list`, `read`, `apply`: writes and deletes): the
+/// store and how many secrets, never a value. Traces export these, so dashboards see time per
+/// store. A listing records its count when it returns.
+fn store_span(
+    operation: &'static str,
+    store: &Arc<dyn SecretStore>,
+    secrets: Option<usize>,
+) -> Span {
+    let span = tracing::info_span!(
+        "store",
+        operation,
+        store = %store.describe(),
+        secrets = tracing::field::Empty
+    );
+    if let Some(n) = secrets {
+        span.record("secrets", n);
+    }
+    span
+}
+
+/// Lists every secret under `prefix` of `store`, in a `store` span.
+async fn list_traced(store: &Arc<dyn SecretStore>, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+    let span = store_span("list", store, None);
+    let listed = store.list(prefix).instrument(span.clone()).await?;
+    span.record("secrets", listed.len());
+    Ok(listed)
 }
 
 /// Lists `prefix`, keyed by name relative to it.
@@ -187,9 +211,7 @@ async fn list_versions(
     store: &Arc<dyn SecretStore>,
     prefix: &str,
 ) -> Result<BTreeMap<String, Version>, StoreError> {
-    Ok(store
-        .list(prefix)
-        .instrument(store_span("list", store, 0))
+    Ok(list_traced(store, prefix)
         .await?
         .into_iter()
         .map(|e| (e.name[prefix.len()..].to_string(), e.version))
@@ -218,7 +240,7 @@ async fn apply(
     owner: Option<&str>,
     key: &HashKey,
 ) -> Outcomes {
-    let span = store_span("write", store, writes.len());
+    let span = store_span("apply", store, Some(writes.len()));
     stream::iter(writes)
         .map(|w| async move {
             let full = format!("{prefix}{}", w.name);

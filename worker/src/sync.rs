@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use tracing::Instrument as _;
 use vss_protocol::diff::SecretChange;
 use vss_protocol::job::{DesiredState, Job, JobResult, Shard, SyncSpec};
 use vss_protocol::{ContentHash, HashKey, SecretValue};
@@ -176,7 +175,7 @@ pub(crate) async fn run(
         None => (job.target.clone(), ledger_store.load(&job.target, &target.describe())?),
     };
     let owner = Stamp::owner_of(&job.target);
-    let listing = target.list("").instrument(crate::store_span("list", &target, 0)).await?;
+    let listing = crate::list_traced(&target, "").await?;
     // The guard counts over the whole target, so every shard decides as one job would.
     let guard = match (&spec.shard, &whole_target) {
         (Some(shard), Some(all)) => Some(whole_target_orphans(

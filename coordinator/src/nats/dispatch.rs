@@ -50,6 +50,9 @@ pub struct RunRecord {
     /// them again).
     #[serde(default)]
     pub published: Vec<String>,
+    /// The W3C `traceparent` of the run's span, so a resumed run continues its trace.
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 /// The key suffix of a stored plan (`<run_id>.plan`; the run record is `<run_id>`).
@@ -176,6 +179,7 @@ impl Executor for JetStream {
                 started_at: now(),
                 updated_at: now(),
                 published: Vec::new(),
+                traceparent: crate::telemetry::traceparent(),
             },
         };
         self.store_plan(plan).await?;
@@ -201,7 +205,8 @@ impl Executor for JetStream {
 }
 
 impl JetStream {
-    async fn run_record(&self, run_id: &str) -> Option<RunRecord> {
+    /// The stored record of run `run_id`, if any.
+    pub async fn run_record(&self, run_id: &str) -> Option<RunRecord> {
         let runs = self.js.get_key_value(RUNS_BUCKET).await.ok()?;
         let bytes = runs.get(run_id).await.ok()??;
         serde_json::from_slice(&bytes).ok()
