@@ -28,7 +28,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use futures_util::{StreamExt, TryStreamExt, stream};
 use google_cloud_gax::error::rpc::Code;
 use google_cloud_gax::retry_policy::NeverRetry;
 use google_cloud_secretmanager_v1::client::SecretManagerService;
@@ -578,34 +577,26 @@ impl SecretStore for GcpSmStore {
             }
             page_token = page.next_page_token;
         }
-        let mut entries: Vec<Entry> = stream::iter(ids)
-            .map(|(name, hash, owner)| async move {
-                let id = self.id(&name);
-                let (version, payload) = match self.latest(&id).await? {
-                    // Gone since the listing, or never given a value: nothing to list.
-                    Latest::Absent | Latest::Empty => return Ok(None),
-                    Latest::Unreadable(version) => (version, None),
-                    Latest::Readable(version, payload) => (version, Some(payload)),
-                };
-                // The stamp counts only while the latest payload still hashes to it.
-                let stamp = match (hash.as_deref().and_then(ContentHash::parse), owner, payload) {
-                    (Some(hash), Some(owner), Some(payload))
-                        if self
-                            .value_of(&name, &payload)
-                            .is_ok_and(|v| self.key.hash(&v) == hash) =>
-                    {
-                        Some(Stamp { hash, owner })
-                    }
-                    _ => None,
-                };
-                Ok::<_, StoreError>(Some(Entry { name, version, stamp }))
-            })
-            .buffer_unordered(CONCURRENT_READS)
-            .try_filter_map(|entry| async move { Ok(entry) })
-            .try_collect()
-            .await?;
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(entries)
+        crate::entries_concurrently(ids, CONCURRENT_READS, |(name, hash, owner)| async move {
+            let id = self.id(&name);
+            let (version, payload) = match self.latest(&id).await? {
+                // Gone since the listing, or never given a value: nothing to list.
+                Latest::Absent | Latest::Empty => return Ok(None),
+                Latest::Unreadable(version) => (version, None),
+                Latest::Readable(version, payload) => (version, Some(payload)),
+            };
+            // The stamp counts only while the latest payload still hashes to it.
+            let stamp = match (hash.as_deref().and_then(ContentHash::parse), owner, payload) {
+                (Some(hash), Some(owner), Some(payload))
+                    if self.value_of(&name, &payload).is_ok_and(|v| self.key.hash(&v) == hash) =>
+                {
+                    Some(Stamp { hash, owner })
+                }
+                _ => None,
+            };
+            Ok(Some(Entry { name, version, stamp }))
+        })
+        .await
     }
 
     async fn read(&self, name: &str) -> Result<Option<Versioned<SecretValue>>, StoreError> {

@@ -266,6 +266,29 @@ pub trait SecretStore: Send + Sync {
     fn api_calls(&self) -> BTreeMap<String, u64>;
 }
 
+/// Looks up every listed item concurrently (`limit` at a time), keeping the entries found
+/// (`None`: gone since the listing), sorted by name: the second half of a listing in stores
+/// whose list call returns names only (Vault, GCP).
+pub(crate) async fn entries_concurrently<T, F, Fut>(
+    items: Vec<T>,
+    limit: usize,
+    lookup: F,
+) -> Result<Vec<Entry>, StoreError>
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Entry>, StoreError>>,
+{
+    use futures_util::{StreamExt, TryStreamExt, stream};
+    let mut entries: Vec<Entry> = stream::iter(items)
+        .map(lookup)
+        .buffer_unordered(limit)
+        .try_filter_map(|entry| async move { Ok(entry) })
+        .try_collect()
+        .await?;
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(entries)
+}
+
 /// Counts a store's API calls by operation.
 #[derive(Debug, Default)]
 pub struct ApiCalls(Mutex<BTreeMap<&'static str, u64>>);

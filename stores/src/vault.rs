@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use futures_util::{StreamExt, TryStreamExt, stream};
 /// The HTTP method of an [`VaultStore::api`] call.
 pub use reqwest::Method;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
@@ -454,18 +453,12 @@ impl SecretStore for VaultStore {
             .filter(|path| wanted(&path[base.len()..]))
             .collect();
         let base = &base;
-        let mut entries: Vec<Entry> = stream::iter(names)
-            .map(|path| async move {
-                let name = path[base.len()..].to_string();
-                let found = self.current_version(&path, &name).await?;
-                Ok::<_, StoreError>(found.map(|(version, stamp)| Entry { name, version, stamp }))
-            })
-            .buffer_unordered(CONCURRENT_METADATA_READS)
-            .try_filter_map(|entry| async move { Ok(entry) })
-            .try_collect()
-            .await?;
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(entries)
+        crate::entries_concurrently(names, CONCURRENT_METADATA_READS, |path| async move {
+            let name = path[base.len()..].to_string();
+            let found = self.current_version(&path, &name).await?;
+            Ok(found.map(|(version, stamp)| Entry { name, version, stamp }))
+        })
+        .await
     }
 
     async fn read(&self, name: &str) -> Result<Option<Versioned<SecretValue>>, StoreError> {
