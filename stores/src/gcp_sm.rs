@@ -14,12 +14,14 @@
 //! time (`7@1767225600.0`), so a secret deleted and created again is never taken for the one
 //! vss wrote. A latest version that is disabled or destroyed (`7:DISABLED@…`) is listed but
 //! not read or written: vss reports it and leaves it to whoever disabled it, rather than undo
-//! a deliberate act. A secret without any version
-//! (never given a value) is not listed; creating it adds its first version. Listing costs one `ListSecrets` per 25,000
-//! secrets plus one `AccessSecretVersion` per secret, which counts against the generous access
-//! quota (90,000/min) rather than the read quota (600/min). Secret Manager has no conditional
-//! `AddSecretVersion`: vss checks the latest version just before writing, and metadata
-//! updates and deletes carry the secret's etag.
+//! a deliberate act. A secret without any version (never given a value) is not listed;
+//! creating it adds its first version.
+//!
+//! Listing costs one `ListSecrets` per 25,000 secrets plus one `AccessSecretVersion` per
+//! secret, which counts against the generous access quota (90,000/min) rather than the read
+//! quota (600/min). Secret Manager has no conditional `AddSecretVersion`: vss checks the
+//! latest version just before writing (and again after an ambiguous failure, so a retry never
+//! adds a second copy); metadata updates and deletes carry the secret's etag.
 //!
 //! Writes go through a small pool ([`MAX_CONCURRENT_WRITES`]) and are retried on
 //! `RESOURCE_EXHAUSTED` and `UNAVAILABLE` with backoff: the project's write quota is 600
