@@ -4,11 +4,11 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::Instrument as _;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tracing::Instrument as _;
 use vss_protocol::config::{Config, ConfigError, LogFormat, NatsSpec, SecretRef};
 use vss_protocol::job::JobResult;
 use vss_protocol::plan::{Plan, PlanRequest, plan_run};
