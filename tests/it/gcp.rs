@@ -302,6 +302,13 @@ fn gcp_oversized_payloads_and_bad_credentials_are_named() {
     assert!(error.contains("secret `big`") && error.contains("64 KiB"), "{error}");
     assert_eq!(gcp.ids(), ["small"]);
 
+    // A payload that does not match its checksum is refused, never used.
+    gcp.corrupt_checksum("small");
+    let corrupt = run(&ws);
+    assert_eq!(corrupt.code, 2, "{}", corrupt.stdout);
+    let error = target(&corrupt.json(), "G")["error"].to_string();
+    assert!(error.contains("CRC32C"), "{error}");
+
     // A key the server does not trust: UNAUTHENTICATED, named, nothing written.
     let stranger = Workspace::new();
     service_account(&stranger);

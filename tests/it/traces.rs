@@ -115,3 +115,15 @@ fn traces_cross_nats_from_the_coordinator_to_the_workers() {
     assert!(types.iter().all(|t| t.starts_with("application/x-protobuf")), "{types:?}");
     assert_no_values(&collector);
 }
+
+#[test]
+fn traces_an_unreachable_collector_is_a_logged_warning_not_a_failure() {
+    let ws = workspace();
+    let closed = format!("http://127.0.0.1:{}", vss_tests::servers::free_port());
+    let run = ws.run_env(
+        &["pipeline", "--config", "vss.yaml", "--output", "json"],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", closed.as_str())],
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("ExportError"), "{}", run.stderr);
+}

@@ -539,6 +539,13 @@ impl FakeSecretManager {
         state.secrets.insert(id.into(), Secret { etag, created: etag, ..Secret::default() });
     }
 
+    /// Damages the checksum stored with `id`'s latest version, as a corrupted read would.
+    pub fn corrupt_checksum(&self, id: &str) {
+        let mut state = self.shared.state.lock().unwrap();
+        let version = state.secrets.get_mut(id).unwrap().versions.last_mut().unwrap();
+        version.crc32c ^= 1;
+    }
+
     /// Sets the state of version `number` of `id`.
     pub fn set_state(&self, id: &str, number: usize, state: VersionState) {
         let mut project = self.shared.state.lock().unwrap();
