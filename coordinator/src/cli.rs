@@ -60,6 +60,16 @@ enum Command {
     /// Vault configuration as versioned migrations: generate, plan, apply, status, rollback,
     /// repair.
     Migrate(crate::migrate::MigrateArgs),
+    /// The config file's format.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Prints a shell completion script, e.g. `vss completions bash > /etc/bash_completion.d/vss`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Distributed runs kept in NATS (`vss-runs`).
     Runs {
         #[command(subcommand)]
@@ -67,6 +77,13 @@ enum Command {
         #[command(flatten)]
         nats: NatsArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Prints the JSON Schema of `vss.yaml`, for editors (YAML language servers read a
+    /// `# yaml-language-server: $schema=<file>` line).
+    Schema,
 }
 
 #[derive(Debug, Subcommand)]
@@ -246,6 +263,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             );
             Ok(0)
         }
+        Command::Config { command: ConfigCommand::Schema } => {
+            let schema = serde_json::to_string_pretty(&Config::schema())?;
+            print_or_closed(&format!("{schema}\n"))
+        }
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "vss",
+                &mut script,
+            );
+            print_or_closed(&String::from_utf8_lossy(&script))
+        }
         Command::Pipeline(args) => pipeline(args, log_format).await,
         Command::Migrate(args) => {
             crate::logging::init(None, log_format, "vss");
@@ -288,6 +319,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             crate::nats::worker::run(&args.nats.spec(), options, health, shutdown_signal()).await?;
             Ok(0)
         }
+    }
+}
+
+/// Writes `text` to stdout; a reader that closed the pipe early (`| head`) is no error.
+fn print_or_closed(text: &str) -> anyhow::Result<u8> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(0),
     }
 }
 

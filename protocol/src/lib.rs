@@ -6,6 +6,8 @@
 //! - [`merge`]: the deep-merge rules of the merge phase.
 //! - [`diff`]: per-target change sets and their summaries (names, key names, hashes; never values).
 //! - [`plan`]: a run as a DAG of [`Job`](job::Job)s, and its drawings (dot, mermaid).
+//! - [`reconcile`]: the two decisions of a sync (what each secret needs, whether deletes may
+//!   happen), pure.
 //! - [`job`]: the job and result wire types shared by executors and workers (MessagePack).
 
 pub mod config;
@@ -13,6 +15,7 @@ pub mod diff;
 pub mod job;
 pub mod merge;
 pub mod plan;
+pub mod reconcile;
 pub mod secret;
 
 pub use secret::{ContentHash, HashKey, SecretValue};

@@ -13,7 +13,9 @@ use serde_json::Value;
 use crate::SecretValue;
 
 /// How lists from a later layer combine with the earlier list.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ListMerge {
     /// Later items after earlier ones, duplicates kept (the reference behaviour).

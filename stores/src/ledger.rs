@@ -6,13 +6,15 @@
 //! bound to the target's store: pointing a target at another store starts a fresh ledger, so
 //! nothing there counts as owned.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{ErrorKind as IoKind, Write};
 use std::path::PathBuf;
 
+use crate::credentials::ReadSecretRef;
 use serde::{Deserialize, Serialize};
 use vss_protocol::config::{SecretRef, StateSpec};
+use vss_protocol::job::Shard;
 use vss_protocol::{ContentHash, HashKey};
 use zeroize::Zeroize;
 
@@ -96,8 +98,58 @@ impl StateLedger {
         }
     }
 
+    /// The records a sync job keeps, and the name it saves them under: the target's own, or
+    /// a shard's (shards run concurrently, so each keeps its own records).
+    pub fn load_for_job(
+        &self,
+        target: &str,
+        shard: Option<&Shard>,
+        store: &str,
+    ) -> Result<(String, TargetLedger), LedgerError> {
+        match shard {
+            Some(shard) => {
+                Ok((shard_records(target, shard), self.load_shard(target, shard, store)?))
+            }
+            None => Ok((target.to_string(), self.load(target, store)?)),
+        }
+    }
+
+    /// A shard's records. Before its first save they come from whatever the target had: its
+    /// unsharded records and those of any earlier shard count, narrowed to this shard's names.
+    fn load_shard(
+        &self,
+        target: &str,
+        shard: &Shard,
+        store: &str,
+    ) -> Result<TargetLedger, LedgerError> {
+        if let Some(own) = self.load_existing(&shard_records(target, shard), store)? {
+            return Ok(own);
+        }
+        let mut seeded = self.load(target, store)?;
+        for name in self.names_with_prefix(&format!("{target}#"))? {
+            seeded.secrets.extend(self.load(&name, store)?.secrets);
+        }
+        seeded.secrets.retain(|name, _| shard.owns(name));
+        Ok(seeded)
+    }
+
+    /// The secrets any of a target's `count` shards has records of.
+    pub fn recorded_in_any_shard(
+        &self,
+        target: &str,
+        count: u32,
+        store: &str,
+    ) -> Result<BTreeSet<String>, LedgerError> {
+        let mut recorded = BTreeSet::new();
+        for index in 0..count {
+            let shard = Shard { index, count };
+            recorded.extend(self.load_shard(target, &shard, store)?.secrets.into_keys());
+        }
+        Ok(recorded)
+    }
+
     /// The names under which records were saved that start with `prefix`.
-    pub fn names_with_prefix(&self, prefix: &str) -> Result<Vec<String>, LedgerError> {
+    fn names_with_prefix(&self, prefix: &str) -> Result<Vec<String>, LedgerError> {
         let dir = self.dir.join("targets");
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
@@ -180,6 +232,11 @@ impl StateLedger {
             Err(e) => Err(self.err(&path, e.to_string())),
         }
     }
+}
+
+/// The name a shard's records are saved under: `<target>#<index>-of-<count>`.
+fn shard_records(target: &str, shard: &Shard) -> String {
+    format!("{target}#{}-of-{}", shard.index, shard.count)
 }
 
 /// A key given as 64 hex digits is used as is; any other text is stretched into one.

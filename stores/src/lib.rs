@@ -11,6 +11,7 @@
 //! - [`overlay`]: an in-memory layer over a store, so a dry run computes everything and writes
 //!   nothing.
 //! - [`ledger`]: the state ledger (ownership records, content hashes, the hash key).
+//! - [`credentials`]: reading the credentials a config references (env, files).
 //!
 //! Every backend counts its API calls by operation ([`ApiCalls`]); tests and benchmarks read
 //! these counts.
@@ -18,6 +19,7 @@
 mod aws;
 pub mod aws_sm;
 pub mod conflict;
+pub mod credentials;
 pub mod file;
 pub mod gcp_sm;
 pub mod github;

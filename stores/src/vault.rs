@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::credentials::ReadSecretRef;
 /// The HTTP method of an [`VaultStore::api`] call.
 pub use reqwest::Method;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};

@@ -14,6 +14,7 @@ mod migrate;
 mod nats;
 mod outputs;
 mod pipeline;
+mod schema;
 mod traces;
 mod vault;
 

@@ -643,17 +643,32 @@ targets:
 
 #[test]
 fn nats_a_job_longer_than_ack_wait_is_kept_alive_by_heartbeats() {
-    let (nats, moto) = (Nats::start(), Moto::start());
-    let ws = aws_workspace(&moto);
-    // 500 Secrets Manager writes take several AckWaits of 1 s; without heartbeats the job
+    let nats = Nats::start();
+    // The source answers after 3.5 s: several AckWaits of 1 s. Without heartbeats the job
     // would be redelivered to the idle second worker meanwhile.
-    let _pool = [0, 1].map(|i| aws_worker_with(&ws, &nats, i, &["--ack-wait", "1"]));
+    let body = json!({"db": {"password": "p"}}).to_string();
+    let delay = Duration::from_millis(3500);
+    let server = JsonServer::start_delayed("x-key: k", vec![(200, "", body)], delay);
+    let ws = Workspace::new();
+    ws.config(&format!(
+        "source: {{ http: {{ url: \"{}\", headers: {{ X-Key: {{ file: key }} }} }} }}
+targets:
+  T: {{ store: {{ file: {{ dir: out }} }} }}
+",
+        server.url
+    ));
+    ws.write("key", "k");
+    let _pool = [0, 1].map(|i| {
+        let log = ws.path().join(format!("worker-{i}.log"));
+        ws.spawn(&["worker", "--nats", &nats.url, "--concurrency", "1", "--ack-wait", "1"], &log)
+    });
     let started_at = std::time::Instant::now();
     let run = ws.pipeline(&["--nats", &nats.url]);
     assert_eq!(run.code, 0, "{}\n{}", run.stderr, logs(&ws));
-    assert!(started_at.elapsed() > Duration::from_secs(2), "the job must outlive AckWait");
+    assert!(started_at.elapsed() > delay, "the job outlived AckWait");
     assert_eq!(logs(&ws).matches("job started").count(), 1, "{}", logs(&ws));
-    assert_desired_once(&moto);
+    assert_eq!(server.requests(), 1, "the source was read once");
+    assert_eq!(ws.read_secret("out", "db"), Some(json!({"password": "p"})));
 }
 
 #[test]

@@ -6,6 +6,7 @@ pub mod gcp;
 pub mod github;
 pub mod kubernetes;
 pub mod otlp;
+pub mod schema;
 pub mod servers;
 
 use std::collections::BTreeMap;
@@ -104,9 +105,18 @@ impl Workspace {
         Some(serde_json::from_str(&text).expect("secret files hold JSON"))
     }
 
-    /// Writes the config as `vss.yaml`.
+    /// Writes the config as `vss.yaml`. Every config is also checked against the JSON Schema
+    /// editors use: one the schema refuses must be one `vss validate` refuses too.
     pub fn config(&self, yaml: &str) {
         self.write("vss.yaml", yaml);
+        let violations = schema::violations(yaml);
+        if !violations.is_empty() {
+            let run = self.run(&["validate", "--config", "vss.yaml"]);
+            assert_eq!(
+                run.code, 2,
+                "the schema refuses a config vss accepts: {violations:#?}\n{yaml}"
+            );
+        }
     }
 
     /// Runs `vss <args>` in the workspace with a clean environment plus `env`.

@@ -276,6 +276,16 @@ pub struct JsonServer {
 impl JsonServer {
     /// Serves `responses` (status, extra headers, body) in order, the last one forever.
     pub fn start(required_header: &str, responses: Vec<(u16, &str, String)>) -> Self {
+        Self::start_delayed(required_header, responses, Duration::ZERO)
+    }
+
+    /// [`start`](Self::start), each answer sent `delay` after its request arrived: a source
+    /// that is deterministically slow.
+    pub fn start_delayed(
+        required_header: &str,
+        responses: Vec<(u16, &str, String)>,
+        delay: Duration,
+    ) -> Self {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -302,6 +312,7 @@ impl JsonServer {
                         Ok(n) => request.extend_from_slice(&buf[..n]),
                     }
                 }
+                std::thread::sleep(delay);
                 let n = count.fetch_add(1, Ordering::SeqCst);
                 let head = String::from_utf8_lossy(&request).to_ascii_lowercase();
                 let (status, headers, body) = if head.lines().any(|l| l.trim() == required) {

@@ -16,10 +16,9 @@ use vss_protocol::merge::merge_layer;
 use vss_protocol::{ContentHash, HashKey, SecretValue};
 use vss_stores::{Precondition, SecretStore, Version};
 
-use crate::{
-    JobError, Manifest, ManifestEntry, WorkerContext, Write, apply, list_versions, merged_prefix,
-    read_many, record_outcomes,
-};
+use crate::io::{Write, apply, list_versions, read_many, record_outcomes};
+use crate::manifest::{Manifest, ManifestEntry, merged_prefix};
+use crate::{JobError, WorkerContext};
 
 /// One layer's store, folder and listing.
 struct LayerListing {

@@ -9,15 +9,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use vss_protocol::diff::SecretChange;
-use vss_protocol::job::{DesiredState, Job, JobResult, Shard, SyncSpec};
+use vss_protocol::job::{DesiredState, Job, JobResult, SyncSpec};
+use vss_protocol::reconcile::{self, Classified, Deletions, Known, TargetCounts};
 use vss_protocol::{ContentHash, HashKey, SecretValue};
 use vss_stores::ledger::{Record, StateLedger, TargetLedger};
 use vss_stores::{Entry, Precondition, SecretStore, Stamp, Version};
 
-use crate::{
-    JobError, Manifest, WorkerContext, Write, apply, ledger, list_versions, merged_prefix,
-    read_many, record_outcomes,
-};
+use crate::io::{Write, apply, list_traced, list_versions, read_many, record_outcomes};
+use crate::manifest::{Manifest, merged_prefix};
+use crate::{JobError, WorkerContext};
 
 /// The desired state of a target: hashes for every secret, values fetched on demand.
 struct Desired {
@@ -150,6 +150,7 @@ impl Desired {
     }
 }
 
+/// Syncs one target (or one shard of it): list → classify → read → diff → apply → record.
 pub(crate) async fn run(
     job: &Job,
     spec: &SyncSpec,
@@ -157,261 +158,266 @@ pub(crate) async fn run(
     result: &mut JobResult,
 ) -> Result<(), JobError> {
     let key = ctx.hash_key(&job.options)?;
+    let ledger = WorkerContext::ledger(&job.options);
     let mut desired = Desired::load(job, spec, ctx, &key).await?;
     let target = ctx.store(&spec.store)?;
     desired.rename_for(target.as_ref(), job, result);
-    // A shard's secrets are the names that hash to it, as the desired state spells them; a
-    // listed secret nothing desires belongs to the shard its own name hashes to.
-    let whole_target: Option<BTreeMap<String, String>> = desired.whole_target.as_ref().map(|all| {
-        all.iter().filter_map(|n| target.store_name(n).ok().map(|t| (t, n.clone()))).collect()
-    });
-    let ledger_store = ledger(&job.options);
-    // A shard keeps its own records (shards run concurrently).
-    let (records_name, mut records) = match &spec.shard {
-        Some(s) => (
-            shard_records(&job.target, s),
-            shard_ledger(&ledger_store, &job.target, s, &target.describe())?,
-        ),
-        None => (job.target.clone(), ledger_store.load(&job.target, &target.describe())?),
-    };
-    let owner = Stamp::owner_of(&job.target);
-    let listing = crate::list_traced(&target, "").await?;
-    // The guard counts over the whole target, so every shard decides as one job would.
-    let guard = match (&spec.shard, &whole_target) {
-        (Some(shard), Some(all)) => Some(whole_target_orphans(
-            &ledger_store,
-            job,
-            shard,
-            &target.describe(),
-            &listing,
-            &all.keys().cloned().collect(),
-            &owner,
-        )?),
-        _ => None,
-    };
-    let mut listed = BTreeMap::new();
-    let mut stamps = BTreeMap::new();
-    let in_shard = |name: &str| {
-        let spelled =
-            whole_target.as_ref().and_then(|all| all.get(name)).map_or(name, String::as_str);
-        spec.shard.is_none_or(|s| s.owns(spelled))
-    };
-    for entry in listing.into_iter().filter(|e| in_shard(&e.name)) {
-        if let Some(stamp) = entry.stamp {
-            stamps.insert(entry.name.clone(), stamp);
-        }
-        listed.insert(entry.name, entry.version);
-    }
-    // Records of secrets that no longer exist are dropped.
-    records.secrets.retain(|name, _| listed.contains_key(name));
-    // What vss knows of a secret's current content without reading it: its ledger record
-    // while the version is the one recorded, else the stamp the store keeps beside it.
-    let known_hash = |name: &str, version: &Version| {
-        records
-            .secrets
-            .get(name)
-            .filter(|r| &r.version == version)
-            .map(|r| &r.hash)
-            .or_else(|| stamps.get(name).map(|s| &s.hash))
-    };
-    let owned = |name: &str| {
-        records.secrets.contains_key(name) || stamps.get(name).is_some_and(|s| s.owner == owner)
-    };
+    let (records_name, mut records) =
+        ledger.load_for_job(&job.target, spec.shard.as_ref(), &target.describe())?;
+    let state = TargetState::list(job, spec, &target, &desired, &mut records, &ledger).await?;
 
-    // Classify without reading: created, known unchanged, or needing the current value.
-    let mut added = Vec::new();
-    let mut to_read = Vec::new();
-    for (name, hash) in &desired.hashes {
-        match listed.get(name) {
-            None => added.push(name.clone()),
-            Some(version) => {
-                if known_hash(name, version) == Some(hash) {
-                    tracing::trace!(secret = %name, "unchanged");
-                    result.unchanged += 1;
-                } else {
-                    to_read.push(name.clone());
-                }
-            }
-        }
+    let classified = reconcile::classify(&desired.hashes, &desired.held, &state.known);
+    for name in &classified.unchanged {
+        tracing::trace!(secret = %name, "unchanged");
     }
-    let orphans: Vec<String> = listed
-        .keys()
-        .filter(|n| !desired.hashes.contains_key(*n) && !desired.held.contains(*n) && owned(n))
-        .cloned()
-        .collect();
-    let (deletable, total, desired_empty) = match (&guard, &desired.whole_target) {
-        (Some((orphans, total)), Some(all)) => (*orphans, *total, all.is_empty()),
-        _ => (orphans.len(), listed.len(), desired.hashes.is_empty()),
-    };
-    // Sharded, every shard decides on the whole target's counts, so all refuse or none does.
-    let deleting = match spec.delete {
-        Some(_) if deletable == 0 => false,
-        Some(_) if desired_empty => {
+    result.unchanged += classified.unchanged.len() as u64;
+    let deleting = match reconcile::deletions(
+        spec.delete,
+        state.counts,
+        job.options.allow_mass_delete,
+    ) {
+        Deletions::NotOptedIn | Deletions::NothingToDelete => false,
+        Deletions::KeptForEmptyDesired => {
             result.warnings.push(format!(
                 "target `{}`: the desired state is empty, so its {} owned secrets are kept (deletes skipped)",
                 job.target,
-                orphans.len()
+                classified.orphans.len()
             ));
             false
         }
-        Some(threshold)
-            if threshold.exceeded(deletable as u64, total as u64)
-                && !job.options.allow_mass_delete =>
-        {
+        Deletions::Refused { deletable, listed, threshold } => {
             return Err(JobError::Refused(format!(
-                "refusing to delete {} of {} secrets in {} (more than {}% and more than {}); \
-                 nothing was changed. Check the sources, or rerun with --allow-mass-delete",
-                deletable,
-                total,
+                "refusing to delete {deletable} of {listed} secrets in {} (more than {}% and more \
+                 than {}); nothing was changed. Check the sources, or rerun with --allow-mass-delete",
                 target.describe(),
                 threshold.percent,
                 threshold.count
             )));
         }
-        Some(_) => !orphans.is_empty(),
-        None => false,
+        Deletions::Allowed => !classified.orphans.is_empty(),
     };
-    if deleting {
-        to_read.extend(orphans.iter().cloned());
-    }
 
-    // Current values of everything that may differ (drift checks, key diffs, deletes). A
-    // write-only target (GitHub) shows none: what differs from its records is rewritten.
-    let readable = target.capabilities().read_values;
-    let mut modified = Vec::new();
-    if !readable {
-        modified.extend(to_read.iter().filter(|n| desired.hashes.contains_key(*n)).cloned());
-    }
-    let mut current =
-        if readable { read_many(&target, "", to_read).await? } else { BTreeMap::new() };
-    let current_hashes: BTreeMap<String, ContentHash> =
-        current.iter().map(|(n, v)| (n.clone(), key.hash(v))).collect();
-    for (name, current_hash) in &current_hashes {
-        let Some(hash) = desired.hashes.get(name) else {
-            continue;
-        };
-        if current_hash == hash {
-            tracing::trace!(secret = %name, "unchanged after reading");
-            result.unchanged += 1;
-            let version = listed[name].clone();
-            records.secrets.insert(name.clone(), Record { hash: hash.clone(), version });
-        } else {
-            modified.push(name.clone());
-        }
-    }
-
-    let mut wanted = added.clone();
-    wanted.extend(modified.iter().cloned());
-    let mut values = desired.take(&wanted).await?;
-    let mut writes = Vec::new();
-    for name in added {
-        tracing::debug!(secret = %name, "create");
-        let (value, hash) =
-            (values.remove(&name).expect("read above"), desired.hashes[&name].clone());
-        result.changes.push(SecretChange::between(
-            name.clone(),
-            None,
-            Some((&value, hash.clone())),
-        ));
-        writes.push(Write { name, pre: Precondition::Absent, value: Some((value, hash)) });
-    }
-    for name in modified {
-        tracing::debug!(secret = %name, "update");
-        let (value, hash) =
-            (values.remove(&name).expect("read above"), desired.hashes[&name].clone());
-        result.changes.push(match current.remove(&name) {
-            Some(old) => SecretChange::between(
-                name.clone(),
-                Some((&old, current_hashes[&name].clone())),
-                Some((&value, hash.clone())),
-            ),
-            None => SecretChange::unseen(
-                name.clone(),
-                records.secrets.get(&name).map(|r| r.hash.clone()),
-                Some((&value, hash.clone())),
-            ),
-        });
-        let pre = Precondition::Matches(listed[&name].clone());
-        writes.push(Write { name, pre, value: Some((value, hash)) });
-    }
-    if deleting {
-        for name in orphans {
-            tracing::debug!(secret = %name, "delete");
-            result.changes.push(match current.remove(&name) {
-                Some(old) => {
-                    let old_hash = current_hashes[&name].clone();
-                    SecretChange::between(name.clone(), Some((&old, old_hash)), None)
-                }
-                None => SecretChange::unseen(
-                    name.clone(),
-                    records.secrets.get(&name).map(|r| r.hash.clone()),
-                    None,
-                ),
-            });
-            let pre = Precondition::Matches(listed[&name].clone());
-            writes.push(Write { name, pre, value: None });
-        }
-    }
-
+    let diff =
+        Diff::read(&target, &key, &desired, &classified, deleting, &state, &mut records, result)
+            .await?;
+    let writes = diff.plan(&mut desired, &classified, deleting, &state, &records, result).await?;
     if job.options.dry_run {
         return Ok(());
     }
+    let owner = Stamp::owner_of(&job.target);
     let outcomes = apply(&target, "", writes, Some(&owner), &key).await;
     let applied = record_outcomes(outcomes, &mut records.secrets, |_, hash, version| Record {
         hash,
         version,
     });
     // Whatever succeeded is recorded, even when something else failed.
-    ledger_store.save(&records_name, &records)?;
+    ledger.save(&records_name, &records)?;
     applied
 }
 
-/// The ledger records of one shard of `target`.
-fn shard_records(target: &str, shard: &Shard) -> String {
-    format!("{target}#{}-of-{}", shard.index, shard.count)
+/// The target's side, before any value is read: the listed versions of the job's secrets,
+/// what is known of each, and the counts the delete decision takes (over the whole target
+/// when the job is a shard).
+struct TargetState {
+    listed: BTreeMap<String, Version>,
+    known: BTreeMap<String, Known>,
+    counts: TargetCounts,
 }
 
-/// A shard's records. Before its first save they come from whatever the target had: its
-/// unsharded records and those of any earlier shard count, narrowed to this shard's names.
-fn shard_ledger(
-    ledger: &StateLedger,
-    target: &str,
-    shard: &Shard,
-    store: &str,
-) -> Result<TargetLedger, JobError> {
-    if let Some(own) = ledger.load_existing(&shard_records(target, shard), store)? {
-        return Ok(own);
+impl TargetState {
+    async fn list(
+        job: &Job,
+        spec: &SyncSpec,
+        target: &Arc<dyn SecretStore>,
+        desired: &Desired,
+        records: &mut TargetLedger,
+        ledger: &StateLedger,
+    ) -> Result<Self, JobError> {
+        let owner = Stamp::owner_of(&job.target);
+        let listing = list_traced(target, "").await?;
+        // A shard's secrets are the names that hash to it, as the desired state spells them; a
+        // listed secret nothing desires belongs to the shard its own name hashes to.
+        let whole_target: Option<BTreeMap<String, String>> =
+            desired.whole_target.as_ref().map(|all| {
+                all.iter()
+                    .filter_map(|n| target.store_name(n).ok().map(|t| (t, n.clone())))
+                    .collect()
+            });
+        let whole_counts = match (&spec.shard, &whole_target, &desired.whole_target) {
+            (Some(shard), Some(spelled), Some(all)) => {
+                let recorded =
+                    ledger.recorded_in_any_shard(&job.target, shard.count, &target.describe())?;
+                let owned_orphans = listing
+                    .iter()
+                    .filter(|e| !spelled.contains_key(&e.name))
+                    .filter(|e| recorded.contains(&e.name) || stamped_by(e, &owner))
+                    .count();
+                Some(TargetCounts {
+                    owned_orphans,
+                    listed: listing.len(),
+                    desired_empty: all.is_empty(),
+                })
+            }
+            _ => None,
+        };
+        let in_shard = |name: &str| {
+            let spelled =
+                whole_target.as_ref().and_then(|all| all.get(name)).map_or(name, String::as_str);
+            spec.shard.is_none_or(|s| s.owns(spelled))
+        };
+        let listing: Vec<Entry> = listing.into_iter().filter(|e| in_shard(&e.name)).collect();
+        // Records of secrets that no longer exist are dropped.
+        records.secrets.retain(|name, _| listing.iter().any(|e| &e.name == name));
+        let mut listed = BTreeMap::new();
+        let mut known = BTreeMap::new();
+        for entry in listing {
+            let record = records.secrets.get(&entry.name);
+            // What vss knows of a secret's content without reading it: its ledger record while
+            // the version is the one recorded, else the stamp the store keeps beside it.
+            let hash = record
+                .filter(|r| r.version == entry.version)
+                .map(|r| r.hash.clone())
+                .or_else(|| entry.stamp.as_ref().map(|s| s.hash.clone()));
+            let owned = record.is_some() || stamped_by(&entry, &owner);
+            known.insert(entry.name.clone(), Known { hash, owned });
+            listed.insert(entry.name, entry.version);
+        }
+        let counts = whole_counts.unwrap_or_else(|| TargetCounts {
+            owned_orphans: known
+                .iter()
+                .filter(|(n, k)| {
+                    k.owned && !desired.hashes.contains_key(*n) && !desired.held.contains(*n)
+                })
+                .count(),
+            listed: listed.len(),
+            desired_empty: desired.hashes.is_empty(),
+        });
+        Ok(Self { listed, known, counts })
     }
-    let mut seeded = ledger.load(target, store)?;
-    for name in ledger.names_with_prefix(&format!("{target}#"))? {
-        seeded.secrets.extend(ledger.load(&name, store)?.secrets);
-    }
-    seeded.secrets.retain(|name, _| shard.owns(name));
-    Ok(seeded)
 }
 
-/// For a shard's job: how many of the whole target's listed secrets are owned orphans, and
-/// how many are listed. Ownership is any shard's records or a stamp.
-fn whole_target_orphans(
-    ledger: &StateLedger,
-    job: &Job,
-    shard: &Shard,
-    store: &str,
-    listing: &[Entry],
-    desired: &BTreeSet<String>,
-    owner: &str,
-) -> Result<(usize, usize), JobError> {
-    let mut recorded = BTreeSet::new();
-    for index in 0..shard.count {
-        let sibling = Shard { index, count: shard.count };
-        recorded.extend(shard_ledger(ledger, &job.target, &sibling, store)?.secrets.into_keys());
+/// Whether the store's stamp on `entry` names `owner`.
+fn stamped_by(entry: &Entry, owner: &str) -> bool {
+    entry.stamp.as_ref().is_some_and(|s| s.owner == owner)
+}
+
+/// The current values that may differ (drift checks, key diffs, deletes), and the desired
+/// secrets whose content differs from them.
+struct Diff {
+    current: BTreeMap<String, SecretValue>,
+    current_hashes: BTreeMap<String, ContentHash>,
+    modified: Vec<String>,
+}
+
+impl Diff {
+    /// Reads what [`classify`](reconcile::classify) could not vouch for (and the orphans to
+    /// delete); an equal value is recorded as unchanged. A write-only target (GitHub) shows
+    /// nothing: what differs from its records is rewritten.
+    #[allow(clippy::too_many_arguments)]
+    async fn read(
+        target: &Arc<dyn SecretStore>,
+        key: &HashKey,
+        desired: &Desired,
+        classified: &Classified,
+        deleting: bool,
+        state: &TargetState,
+        records: &mut TargetLedger,
+        result: &mut JobResult,
+    ) -> Result<Self, JobError> {
+        let mut to_read = classified.to_read.clone();
+        if deleting {
+            to_read.extend(classified.orphans.iter().cloned());
+        }
+        let mut modified = Vec::new();
+        let current = if target.capabilities().read_values {
+            read_many(target, "", to_read).await?
+        } else {
+            modified.extend(to_read.into_iter().filter(|n| desired.hashes.contains_key(n)));
+            BTreeMap::new()
+        };
+        let current_hashes: BTreeMap<String, ContentHash> =
+            current.iter().map(|(n, v)| (n.clone(), key.hash(v))).collect();
+        for (name, current_hash) in &current_hashes {
+            let Some(hash) = desired.hashes.get(name) else {
+                continue;
+            };
+            if current_hash == hash {
+                tracing::trace!(secret = %name, "unchanged after reading");
+                result.unchanged += 1;
+                let version = state.listed[name].clone();
+                records.secrets.insert(name.clone(), Record { hash: hash.clone(), version });
+            } else {
+                modified.push(name.clone());
+            }
+        }
+        Ok(Self { current, current_hashes, modified })
     }
-    let orphans = listing
-        .iter()
-        .filter(|e| !desired.contains(&e.name))
-        .filter(|e| {
-            recorded.contains(&e.name) || e.stamp.as_ref().is_some_and(|s| s.owner == owner)
-        })
-        .count();
-    Ok((orphans, listing.len()))
+
+    /// The writes and deletes to make, each reported as a change (key names and hashes).
+    async fn plan(
+        mut self,
+        desired: &mut Desired,
+        classified: &Classified,
+        deleting: bool,
+        state: &TargetState,
+        records: &TargetLedger,
+        result: &mut JobResult,
+    ) -> Result<Vec<Write>, JobError> {
+        let mut wanted = classified.added.clone();
+        wanted.extend(self.modified.iter().cloned());
+        let mut values = desired.take(&wanted).await?;
+        let mut writes = Vec::new();
+        for name in &classified.added {
+            tracing::debug!(secret = %name, "create");
+            let (value, hash) =
+                (values.remove(name).expect("read above"), desired.hashes[name].clone());
+            result.changes.push(SecretChange::between(
+                name.clone(),
+                None,
+                Some((&value, hash.clone())),
+            ));
+            writes.push(Write {
+                name: name.clone(),
+                pre: Precondition::Absent,
+                value: Some((value, hash)),
+            });
+        }
+        for name in std::mem::take(&mut self.modified) {
+            tracing::debug!(secret = %name, "update");
+            let (value, hash) =
+                (values.remove(&name).expect("read above"), desired.hashes[&name].clone());
+            result.changes.push(self.change(&name, records, Some((&value, hash.clone()))));
+            let pre = Precondition::Matches(state.listed[&name].clone());
+            writes.push(Write { name, pre, value: Some((value, hash)) });
+        }
+        if deleting {
+            for name in &classified.orphans {
+                tracing::debug!(secret = %name, "delete");
+                result.changes.push(self.change(name, records, None));
+                let pre = Precondition::Matches(state.listed[name].clone());
+                writes.push(Write { name: name.clone(), pre, value: None });
+            }
+        }
+        Ok(writes)
+    }
+
+    /// The change from what `name` holds now (read, or known only by its record) to `new`.
+    fn change(
+        &mut self,
+        name: &str,
+        records: &TargetLedger,
+        new: Option<(&SecretValue, ContentHash)>,
+    ) -> SecretChange {
+        match self.current.remove(name) {
+            Some(old) => {
+                let old_hash = self.current_hashes[name].clone();
+                SecretChange::between(name.to_string(), Some((&old, old_hash)), new)
+            }
+            None => SecretChange::unseen(
+                name.to_string(),
+                records.secrets.get(name).map(|r| r.hash.clone()),
+                new,
+            ),
+        }
+    }
 }

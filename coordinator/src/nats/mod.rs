@@ -21,6 +21,7 @@ use async_nats::jetstream::{self, stream};
 pub use dispatch::JetStream;
 use vss_protocol::config::NatsSpec;
 use vss_protocol::job::{Job, Phase};
+use vss_stores::credentials::ReadSecretRef;
 
 /// The stream of pending jobs.
 pub const JOBS_STREAM: &str = "VSS_JOBS";

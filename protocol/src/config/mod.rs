@@ -5,11 +5,20 @@
 //! the way becomes a [`Diagnostic`] naming file, line and key, and all of them are returned at
 //! once.
 
+mod build;
+mod check;
 mod raw;
+mod secret_ref;
+pub mod stores;
 pub mod yaml;
 
 /// The closest known name to a mistyped one, if one is close enough to be a likely typo.
-pub use raw::did_you_mean as suggest;
+pub use check::did_you_mean as suggest;
+pub use secret_ref::SecretRef;
+pub use stores::{
+    AwsSmSpec, GcpSpec, GithubAuth, GithubScope, GithubSpec, HttpSpec, KubernetesSpec, S3Spec,
+    StoreSpec, VaultAuth, VaultSpec,
+};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -206,241 +215,6 @@ pub enum Layer {
     Source(String),
 }
 
-/// Where secrets live. One variant per store backend.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StoreSpec {
-    /// A folder of JSON files: secret `a/b` is `<dir>/a/b.json`.
-    File {
-        /// The folder (absolute once loaded).
-        dir: PathBuf,
-    },
-    /// A folder of a Vault (or OpenBao) KV v2 mount (boxed: far larger than a path).
-    Vault(Box<VaultSpec>),
-    /// AWS Secrets Manager in one region, optionally under a name prefix.
-    AwsSm(Box<AwsSmSpec>),
-    /// An S3 bucket (a merge store): one JSON object per secret under a key prefix.
-    S3(Box<S3Spec>),
-    /// An HTTP endpoint returning `{name: {key: value}}` (a source).
-    Http(Box<HttpSpec>),
-    /// A GitHub repository's Actions secrets (a write-only target).
-    Github(Box<GithubSpec>),
-    /// Kubernetes Secrets in a namespace (a target).
-    Kubernetes(Box<KubernetesSpec>),
-    /// GCP Secret Manager secrets of a project (a source or a target).
-    Gcp(Box<GcpSpec>),
-}
-
-/// Where a GCP Secret Manager store lives. Credentials are Application Default Credentials
-/// (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud's user credentials, or the metadata server).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct GcpSpec {
-    /// The project id.
-    pub project: String,
-    /// Secret ids start with this (`[A-Za-z0-9_-]`); names are relative to it.
-    pub prefix: String,
-    /// Labels set on every secret vss creates or adopts, beside `vss-managed-by`.
-    pub labels: BTreeMap<String, String>,
-    /// The API's base URL (default `https://secretmanager.googleapis.com`): a private or
-    /// regional endpoint.
-    pub endpoint: Option<String>,
-}
-
-/// How a GitHub target authenticates: references, read by the process that syncs.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GithubAuth {
-    /// A personal access token (fine-grained or classic).
-    Token(SecretRef),
-    /// A GitHub App installation: a JWT signed with the app's private key buys short-lived
-    /// installation tokens (renewed before they expire).
-    App {
-        /// The app's id.
-        app_id: u64,
-        /// The installation's id.
-        installation_id: u64,
-        /// The app's private key (PEM).
-        private_key: SecretRef,
-    },
-}
-
-/// The secrets a GitHub target writes.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GithubScope {
-    /// A repository's Actions secrets.
-    Repository {
-        /// The owner (a user or an organization).
-        owner: String,
-        /// The repository.
-        repo: String,
-    },
-    /// A repository environment's secrets.
-    Environment {
-        /// The owner.
-        owner: String,
-        /// The repository.
-        repo: String,
-        /// The environment.
-        environment: String,
-    },
-    /// An organization's Actions secrets.
-    Organization {
-        /// The organization.
-        org: String,
-        /// Which repositories see them: `all`, `private` or `selected`.
-        visibility: String,
-        /// With `selected`: the repositories (names in the organization).
-        selected_repositories: Vec<String>,
-    },
-}
-
-/// Where a Kubernetes target lives. Credentials come from the in-cluster service account or
-/// the kubeconfig of the process that syncs.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct KubernetesSpec {
-    /// The namespace.
-    pub namespace: String,
-    /// A kubeconfig context (default: the current one).
-    pub context: Option<String>,
-    /// `Some`: every secret is a key of this one Secret; `None`: one Secret per secret.
-    pub name: Option<String>,
-}
-
-/// Where a GitHub Actions secrets target lives. The token is a reference.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct GithubSpec {
-    /// Whose secrets: a repository's, one of its environments', or an organization's.
-    pub scope: GithubScope,
-    /// How vss authenticates.
-    pub auth: GithubAuth,
-    /// The REST API's base URL (`https://api.github.com`, GitHub Enterprise's, or a test's).
-    pub api_url: String,
-}
-
-/// Where an HTTP source is fetched from. Header values are references, never values.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct HttpSpec {
-    /// The URL.
-    pub url: String,
-    /// Request headers, by name.
-    pub headers: BTreeMap<String, SecretRef>,
-    /// Seconds before a request is abandoned.
-    pub timeout_secs: u64,
-}
-
-/// Where an S3 store lives. Credentials come from the default chain of the process.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct S3Spec {
-    /// The bucket.
-    pub bucket: String,
-    /// Prepended to every key (e.g. `merged/`).
-    pub prefix: String,
-    /// The bucket's region.
-    pub region: String,
-    /// An endpoint override (tests, VPC endpoints); path-style addressing is used with one.
-    pub endpoint: Option<String>,
-}
-
-/// Where an AWS Secrets Manager store lives. Credentials come from the default chain of the
-/// process that uses it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct AwsSmSpec {
-    /// The region, e.g. `us-east-1`.
-    pub region: String,
-    /// An endpoint override (tests, VPC endpoints).
-    pub endpoint: Option<String>,
-    /// Prepended to every secret name (e.g. `app/`); empty for none.
-    pub prefix: String,
-    /// A role to assume (another account's), if any.
-    pub role_arn: Option<String>,
-    /// The external id the role's trust policy asks for.
-    pub external_id: Option<String>,
-    /// Days a deleted secret stays recoverable (7–30).
-    pub recovery_window_days: i64,
-    /// Delete at once, without a recovery window (only if configured).
-    pub force_delete: bool,
-}
-
-/// Where a Vault store lives and how to reach it. Holds references, never a token.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct VaultSpec {
-    /// The server, e.g. `https://vault.example.com:8200`.
-    pub address: String,
-    /// The Vault Enterprise / OpenBao namespace, if any.
-    pub namespace: Option<String>,
-    /// How to log in.
-    pub auth: VaultAuth,
-    /// The KV v2 mount, e.g. `secret`.
-    pub mount: String,
-    /// The folder inside the mount (no leading or trailing `/`; empty for the whole mount).
-    pub prefix: String,
-    /// Sources only: glob patterns (relative to the folder) of the secrets to read; `*`
-    /// stays within one path segment, `**` spans any number. Empty: everything.
-    #[serde(default)]
-    pub paths: Vec<String>,
-}
-
-impl fmt::Display for StoreSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StoreSpec::File { dir } => write!(f, "file:{}", dir.display()),
-            StoreSpec::S3(b) => write!(f, "s3://{}/{}", b.bucket, b.prefix),
-            StoreSpec::Http(h) => write!(f, "http:{}", h.url),
-            StoreSpec::Github(g) => match &g.scope {
-                GithubScope::Repository { owner, repo } => write!(f, "github:{owner}/{repo}"),
-                GithubScope::Environment { owner, repo, environment } => {
-                    write!(f, "github:{owner}/{repo}@{environment}")
-                }
-                GithubScope::Organization { org, .. } => write!(f, "github:{org}"),
-            },
-            StoreSpec::Gcp(g) => write!(f, "gcp:{}/{}", g.project, g.prefix),
-            StoreSpec::Kubernetes(k) => {
-                write!(f, "kubernetes:")?;
-                if let Some(context) = &k.context {
-                    write!(f, "{context}/")?;
-                }
-                write!(f, "{}", k.namespace)?;
-                match &k.name {
-                    Some(name) => write!(f, "/{name}"),
-                    None => Ok(()),
-                }
-            }
-            StoreSpec::AwsSm(a) => {
-                write!(f, "aws-sm:{}/{}", a.region, a.prefix)?;
-                match &a.role_arn {
-                    Some(role) => write!(f, " via {role}"),
-                    None => Ok(()),
-                }
-            }
-            StoreSpec::Vault(v) => {
-                write!(f, "vault:{}/{}", v.address.trim_end_matches('/'), v.mount)?;
-                if !v.prefix.is_empty() {
-                    write!(f, "/{}", v.prefix)?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-/// How a Vault store logs in: references to credentials, never their values.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VaultAuth {
-    /// A token.
-    Token(SecretRef),
-    /// AppRole login; the token it returns is renewed before it expires.
-    AppRole {
-        /// The auth mount, e.g. `approle`.
-        mount: String,
-        /// The role id.
-        role_id: SecretRef,
-        /// The secret id.
-        secret_id: SecretRef,
-    },
-}
-
 /// Where the state ledger lives.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -450,30 +224,6 @@ pub enum StateSpec {
         /// The folder (absolute once loaded).
         path: PathBuf,
     },
-}
-
-/// A reference to a secret the process reads from its own environment.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SecretRef {
-    /// An environment variable's name.
-    Env(String),
-    /// A file's path.
-    File(PathBuf),
-}
-
-impl SecretRef {
-    /// The referenced text, trimmed, read from this process's environment or a file. The
-    /// error names the variable or file, never any content.
-    pub fn read(&self) -> Result<zeroize::Zeroizing<String>, String> {
-        let text = zeroize::Zeroizing::new(match self {
-            SecretRef::Env(name) => std::env::var(name)
-                .map_err(|_| format!("environment variable {name} is not set"))?,
-            SecretRef::File(path) => std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-        });
-        Ok(zeroize::Zeroizing::new(text.trim().to_string()))
-    }
 }
 
 /// Logging defaults from the config.
@@ -486,7 +236,7 @@ pub struct LogSettings {
 }
 
 /// The log line format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -513,7 +263,14 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let doc = yaml::parse(text, file, env).map_err(ConfigError::Invalid)?;
-        raw::build(doc, file, base_dir, env).map_err(ConfigError::Invalid)
+        build::build(doc, file, base_dir, env).map_err(ConfigError::Invalid)
+    }
+
+    /// The JSON Schema of the config file (draft 2020-12), generated from the types the
+    /// loader deserializes, with their docs as descriptions: editors complete and check
+    /// `vss.yaml` with it. Rules across keys (names that must exist, cycles) are `validate`'s.
+    pub fn schema() -> serde_json::Value {
+        serde_json::Value::from(schemars::schema_for!(raw::RawConfig))
     }
 
     /// Target names in an order where every parent comes before its children.

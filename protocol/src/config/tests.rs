@@ -527,3 +527,93 @@ fn github_app_auth_is_a_key_reference() {
     );
     assert!(both[0].contains("either `token` or `app`, not both"), "{both:?}");
 }
+
+#[test]
+fn a_bad_account_id_is_reported_once() {
+    let errs =
+        errors("merge_store: { file: { dir: m } }\ntargets:\n  A: { account_id: \"12345\" }\n");
+    assert_eq!(
+        errs,
+        [
+            "vss.yaml:3: targets.A.account_id: an AWS account id is exactly 12 digits (quote it to keep leading zeros)"
+        ],
+    );
+}
+
+#[test]
+fn a_vault_address_must_be_a_url() {
+    let errs = errors(
+        "vault: { address: \"localhost:8200\" }\nsource: { vault: { path: secret/app } }\ntargets:\n  A: { store: { vault: { path: secret/out } } }\n",
+    );
+    assert_eq!(
+        errs,
+        [
+            "vss.yaml:1: vault.address: `localhost:8200` is not a URL: write http://localhost:8200 or https://localhost:8200"
+        ],
+    );
+    let env = |n: &str| (n == "VAULT_ADDR").then(|| "canary-host:8200".to_string());
+    let err = Config::from_yaml(
+        "source: { vault: { path: secret/app } }\ntargets: { A: { store: { file: { dir: o } } } }\n",
+        "vss.yaml",
+        Path::new("/base"),
+        &env,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("source.vault: VAULT_ADDR is not an http:// or https:// URL"), "{err}");
+    assert!(!err.contains("canary-host"), "{err}");
+}
+
+#[test]
+fn every_credential_is_a_reference_and_literals_are_never_quoted() {
+    let text = "
+hash_key: canary-hash-key
+source: { file: { dir: s } }
+execution: { nats: { url: nats://n:4222, token: canary-nats-token, nkey: \"${NKEY}\" } }
+targets:
+  A: { store: { github: { owner: o, repo: r, token: canary-github-token } } }
+  B: { store: { github: { owner: o, repo: r, app: { app_id: 1, installation_id: 2, private_key: canary-pem } } } }
+  C: { store: { github: { owner: o, repo: r, token: \"${GH}\" } } }
+";
+    let env = |n: &str| ["NKEY", "GH", "HK"].contains(&n).then(|| "from-env".to_string());
+    let load = |text: &str| Config::from_yaml(text, "vss.yaml", Path::new("/base"), &env);
+    let errs: Vec<String> = match load(text).unwrap_err() {
+        ConfigError::Invalid(d) => d.iter().map(ToString::to_string).collect(),
+        ConfigError::Read { .. } => unreachable!(),
+    };
+    for key in [
+        "hash_key",
+        "execution.nats.token",
+        "targets.A.store.github.token",
+        "targets.B.store.github.app.private_key",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.contains(&format!(": {key}: a credential cannot be written"))),
+            "{key}: {errs:#?}"
+        );
+    }
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+    assert!(!errs.iter().any(|e| e.contains("canary")), "{errs:#?}");
+    let ok = "source: { file: { dir: s } }\nhash_key: \"${HK}\"\ntargets:\n  C: { store: { github: { owner: o, repo: r, token: \"${GH}\" } } }\n";
+    let cfg = load(ok).unwrap();
+    assert_eq!(cfg.hash_key, Some(SecretRef::Env("HK".into())));
+    let StoreSpec::Github(github) = &cfg.targets["C"].store else { panic!("a github target") };
+    assert_eq!(github.auth, GithubAuth::Token(SecretRef::Env("GH".into())));
+}
+
+#[test]
+fn the_schema_describes_every_store_and_documents_fields() {
+    let schema = Config::schema();
+    let text = schema.to_string();
+    for kind in ["file", "vault", "aws", "s3", "http", "gcp", "github", "kubernetes"] {
+        assert!(text.contains(&format!("\"{kind}\"")), "{kind} missing");
+    }
+    assert_eq!(schema["additionalProperties"], false);
+    let targets = &schema["properties"]["targets"];
+    assert!(targets.to_string().contains("TargetOrImports"), "{targets}");
+    let vault_store = &schema["$defs"]["RawVaultStore"]["properties"]["path"]["description"];
+    assert!(
+        vault_store.as_str().is_some_and(|d| d.contains("secret/apps/payments")),
+        "{vault_store}"
+    );
+}

@@ -1,0 +1,62 @@
+//! `kubernetes`: Secrets in a namespace (a target).
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Role, StoreCheck, StoreSpec};
+
+/// `{ kubernetes: { namespace, name?, context? } }`: Secrets in a namespace, reached with
+/// the in-cluster service account or the kubeconfig of the process that syncs.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawKubernetesStore {
+    /// The namespace. Example: `payments`.
+    pub namespace: String,
+    /// Set: every secret becomes one key of this single Secret. Unset (the default): one
+    /// Secret per secret. Example: `app-secrets`.
+    pub name: Option<String>,
+    /// A kubeconfig context. Default: the current one. Example: `prod-cluster`.
+    pub context: Option<String>,
+}
+
+impl RawKubernetesStore {
+    pub(crate) fn check(&self, cx: &mut StoreCheck) -> Option<StoreSpec> {
+        if !cx.refuse_unless(&[Role::Target], "the `kubernetes` store is a target") {
+            return None;
+        }
+        Some(StoreSpec::Kubernetes(Box::new(KubernetesSpec {
+            namespace: self.namespace.clone(),
+            context: self.context.clone(),
+            name: self.name.clone(),
+        })))
+    }
+}
+
+/// Where a Kubernetes target lives. Credentials come from the in-cluster service account or
+/// the kubeconfig of the process that syncs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct KubernetesSpec {
+    /// The namespace.
+    pub namespace: String,
+    /// A kubeconfig context (default: the current one).
+    pub context: Option<String>,
+    /// `Some`: every secret is a key of this one Secret; `None`: one Secret per secret.
+    pub name: Option<String>,
+}
+
+/// `kubernetes:[<context>/]<namespace>[/<name>]`.
+impl fmt::Display for KubernetesSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "kubernetes:")?;
+        if let Some(context) = &self.context {
+            write!(f, "{context}/")?;
+        }
+        write!(f, "{}", self.namespace)?;
+        match &self.name {
+            Some(name) => write!(f, "/{name}"),
+            None => Ok(()),
+        }
+    }
+}

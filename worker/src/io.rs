@@ -1,0 +1,182 @@
+//! The store I/O a job does, each batch in a `store` span: listings, concurrent reads, and
+//! writes and deletes that survive concurrent writers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures_util::{StreamExt, stream};
+use tracing::{Instrument, Span};
+use vss_protocol::{ContentHash, HashKey, SecretValue};
+use vss_stores::conflict::{DesiredWrite, delete_resolving_conflicts, write_resolving_conflicts};
+use vss_stores::{Entry, ErrorKind, Precondition, SecretStore, Stamp, StoreError, Version};
+
+use crate::JobError;
+
+/// Store calls a job keeps in flight at once.
+const CONCURRENT_CALLS: usize = 16;
+
+/// Reads `names` (relative to `prefix`) concurrently. A failed read fails the whole read (a
+/// partial source must never look like a smaller one), and a secret that disappeared since it
+/// was listed is a conflict, not an absence.
+pub(crate) async fn read_many(
+    store: &Arc<dyn SecretStore>,
+    prefix: &str,
+    names: Vec<String>,
+) -> Result<BTreeMap<String, SecretValue>, StoreError> {
+    if names.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let full: Vec<String> = names.iter().map(|n| format!("{prefix}{n}")).collect();
+    let span = store_span("read", store, Some(full.len()));
+    let mut found: BTreeMap<String, SecretValue> = store
+        .read_batch(full)
+        .instrument(span)
+        .await?
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| (name, v.value)))
+        .collect();
+    names
+        .into_iter()
+        .map(|name| {
+            let full = format!("{prefix}{name}");
+            match found.remove(&full) {
+                Some(value) => Ok((name, value)),
+                None => Err(StoreError::new(
+                    ErrorKind::Conflict,
+                    &store.describe(),
+                    Some(&full),
+                    "disappeared while the run was reading it",
+                )),
+            }
+        })
+        .collect()
+}
+
+/// A span around one batch of store calls (`list`, `read`, `apply`: writes and deletes): the
+/// store and how many secrets, never a value. Traces export these, so dashboards see time per
+/// store. A listing records its count when it returns.
+fn store_span(
+    operation: &'static str,
+    store: &Arc<dyn SecretStore>,
+    secrets: Option<usize>,
+) -> Span {
+    let span = tracing::info_span!(
+        "store",
+        operation,
+        store = %store.describe(),
+        secrets = tracing::field::Empty
+    );
+    if let Some(n) = secrets {
+        span.record("secrets", n);
+    }
+    span
+}
+
+/// Lists every secret under `prefix` of `store`, in a `store` span.
+pub(crate) async fn list_traced(
+    store: &Arc<dyn SecretStore>,
+    prefix: &str,
+) -> Result<Vec<Entry>, StoreError> {
+    let span = store_span("list", store, None);
+    let listed = store.list(prefix).instrument(span.clone()).await?;
+    span.record("secrets", listed.len());
+    Ok(listed)
+}
+
+/// Lists `prefix`, keyed by name relative to it.
+pub(crate) async fn list_versions(
+    store: &Arc<dyn SecretStore>,
+    prefix: &str,
+) -> Result<BTreeMap<String, Version>, StoreError> {
+    Ok(list_traced(store, prefix)
+        .await?
+        .into_iter()
+        .map(|e| (e.name[prefix.len()..].to_string(), e.version))
+        .collect())
+}
+
+/// One planned write (`value: Some`) or delete (`value: None`) of `prefix + name`.
+pub(crate) struct Write {
+    /// The secret, relative to the prefix.
+    pub name: String,
+    /// What the store must hold for the write to go ahead.
+    pub pre: Precondition,
+    /// The value and its hash; `None` deletes.
+    pub value: Option<(SecretValue, ContentHash)>,
+}
+
+/// What [`apply`] did to each secret: its new hash and version, `None` when deleted, or the
+/// error.
+pub(crate) type Outcomes = Vec<(String, Result<Option<(ContentHash, Version)>, StoreError>)>;
+
+/// Applies writes and deletes concurrently. Returns, per secret, its new record (`None` for a
+/// delete) or the error; one failure does not stop the others. A conflict (a concurrent writer)
+/// is re-read and retried, never overwritten blindly ([`vss_stores::conflict`]).
+/// With `owner`, writes are stamped (hash and ownership marker) in stores with metadata.
+pub(crate) async fn apply(
+    store: &Arc<dyn SecretStore>,
+    prefix: &str,
+    writes: Vec<Write>,
+    owner: Option<&str>,
+    key: &HashKey,
+) -> Outcomes {
+    let span = store_span("apply", store, Some(writes.len()));
+    stream::iter(writes)
+        .map(|w| async move {
+            let full = format!("{prefix}{}", w.name);
+            let done = match w.value {
+                Some((value, hash)) => {
+                    let stamp =
+                        owner.map(|owner| Stamp { hash: hash.clone(), owner: owner.into() });
+                    let write = DesiredWrite {
+                        name: &full,
+                        value: &value,
+                        hash: &hash,
+                        stamp: stamp.as_ref(),
+                    };
+                    write_resolving_conflicts(store.as_ref(), write, w.pre, key)
+                        .await
+                        .map(|v| Some((hash, v)))
+                }
+                None => {
+                    delete_resolving_conflicts(store.as_ref(), &full, w.pre).await.map(|()| None)
+                }
+            };
+            (w.name, done)
+        })
+        .buffer_unordered(CONCURRENT_CALLS)
+        .collect()
+        .instrument(span)
+        .await
+}
+
+/// Folds the outcomes of [`apply`] into `records` (name → hash and version); returns the
+/// first error, counting the rest.
+pub(crate) fn record_outcomes<R>(
+    outcomes: Outcomes,
+    records: &mut BTreeMap<String, R>,
+    record: impl Fn(&str, ContentHash, Version) -> R,
+) -> Result<(), JobError> {
+    let mut first_error = None;
+    let mut failed = 0;
+    for (name, done) in outcomes {
+        match done {
+            Ok(Some((hash, version))) => {
+                let value = record(&name, hash, version);
+                records.insert(name, value);
+            }
+            Ok(None) => {
+                records.remove(&name);
+            }
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        None => Ok(()),
+        Some(e) if failed == 1 => Err(e.into()),
+        Some(first) => Err(JobError::Partial { failed, first }),
+    }
+}
