@@ -16,8 +16,8 @@ use vss_worker::WorkerContext;
 
 use crate::executor::{Executor, InProcess, Limits};
 use crate::nats::JetStream;
-use crate::nats::worker::{HealthFile, WorkerOptions};
 use crate::report::{self, Report};
+use vss_worker::daemon::{HealthFile, WorkerOptions};
 
 /// Keeps secrets in sync across stores.
 #[derive(Debug, Parser)]
@@ -316,7 +316,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 shutdown_grace: Duration::from_secs(args.shutdown_grace),
             };
             let health = args.health_file.map(HealthFile);
-            crate::nats::worker::run(&args.nats.spec(), options, health, shutdown_signal()).await?;
+            vss_worker::daemon::run(&args.nats.spec(), options, health, shutdown_signal()).await?;
             Ok(0)
         }
     }

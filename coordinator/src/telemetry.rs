@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
+use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -94,39 +94,6 @@ pub fn shutdown() {
             eprintln!("warning: not every trace span was exported: {e}");
         }
     }
-}
-
-struct HeaderInjector<'a>(&'a mut async_nats::HeaderMap);
-
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key, value);
-    }
-}
-
-struct HeaderExtractor<'a>(&'a async_nats::HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(|v| v.as_str())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.iter().map(|(name, _)| name.as_ref()).collect()
-    }
-}
-
-/// Writes the current span's trace context into NATS headers.
-pub fn inject(headers: &mut async_nats::HeaderMap) {
-    let context = tracing::Span::current().context();
-    TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
-}
-
-/// Makes `span` a child of the trace context in NATS headers, if they carry one.
-pub fn continue_trace(span: &tracing::Span, headers: Option<&async_nats::HeaderMap>) {
-    let Some(headers) = headers else { return };
-    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
-    let _ = span.set_parent(parent);
 }
 
 /// The current span's W3C `traceparent`, if a trace is being recorded (kept with a run, so a

@@ -2,10 +2,11 @@
 //!
 //! [`execute`] is the whole contract: a [`Job`] in, a [`JobResult`] out. Workers keep nothing
 //! between jobs except open store handles and the hash key; the in-process executor and the
-//! JetStream worker both call it. `io` holds the store I/O a job does (listings, concurrent
+//! JetStream worker ([`daemon`], `vss worker`) both call it. `io` holds the store I/O a job does (listings, concurrent
 //! reads, conflict-safe writes, each in a `store` span), `manifest` the merge store's
 //! per-target manifest format.
 
+pub mod daemon;
 mod io;
 mod manifest;
 mod merge;

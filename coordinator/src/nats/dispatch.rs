@@ -12,10 +12,10 @@ use vss_protocol::config::NatsSpec;
 use vss_protocol::job::{Job, JobResult, Outcome};
 use vss_protocol::plan::Plan;
 
-use super::{
+use crate::executor::{Executor, Schedule};
+use vss_transport::{
     RESULTS_STREAM, RUNS_BUCKET, ensure_streams, job_subject, message_id, results_subject,
 };
-use crate::executor::{Executor, Schedule};
 
 /// How often the coordinator looks for jobs past their deadline while it waits.
 const TICK: Duration = Duration::from_secs(1);
@@ -69,7 +69,7 @@ fn now() -> u64 {
 impl JetStream {
     /// Connects and creates the streams and bucket if needed.
     pub async fn connect(spec: &NatsSpec, continue_on_error: bool) -> anyhow::Result<Self> {
-        let client = super::connect(spec, "vss-coordinator").await?;
+        let client = vss_transport::connect(spec, "vss-coordinator").await?;
         let js = jetstream::new(client);
         ensure_streams(&js).await?;
         Ok(Self { js, job_timeout: Duration::from_secs(spec.job_timeout_secs), continue_on_error })
@@ -87,7 +87,7 @@ impl JetStream {
         let job = &Job { deadline: Some(now() + self.job_timeout.as_secs()), ..job.clone() };
         let attempt = || async {
             let mut headers = async_nats::HeaderMap::new();
-            crate::telemetry::inject(&mut headers);
+            vss_transport::trace::inject(&mut headers);
             let message = PublishMessage::build()
                 .headers(headers)
                 .payload(job.encode().into())

@@ -1,4 +1,5 @@
-//! `vss worker`: takes jobs from `VSS_JOBS`, runs them, publishes their results.
+//! The `vss worker` daemon: takes jobs from `VSS_JOBS`, runs them with [`execute_isolated`],
+//! publishes their results.
 //!
 //! One durable pull consumer shared by every worker, explicit acks. A job that outlives a third
 //! of AckWait sends `Progress` so it is not redelivered while it runs. A retryable failure is
@@ -12,16 +13,17 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer, message::PublishMessage};
 use futures_util::StreamExt;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 use vss_protocol::config::NatsSpec;
 use vss_protocol::job::{Job, JobResult, Outcome};
-use vss_worker::WorkerContext;
+use vss_transport::{
+    JOBS_STREAM, TransportError, WORKERS_CONSUMER, ensure_streams, message_id, results_subject,
+};
 
-use super::{JOBS_STREAM, WORKERS_CONSUMER, ensure_streams, message_id, results_subject};
+use crate::{WorkerContext, execute_isolated};
 
 /// How a worker takes and runs jobs.
 #[derive(Clone, Copy, Debug)]
@@ -84,13 +86,14 @@ pub async fn run(
     options: WorkerOptions,
     health: Option<HealthFile>,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let client = super::connect(spec, "vss-worker").await?;
+) -> Result<(), TransportError> {
+    let client = vss_transport::connect(spec, "vss-worker").await?;
     let js = jetstream::new(client);
     ensure_streams(&js).await?;
     let jobs = js
         .get_stream(JOBS_STREAM)
-        .await?
+        .await
+        .map_err(|e| TransportError::setup(format!("stream {JOBS_STREAM}"), e))?
         .get_or_create_consumer(
             WORKERS_CONSUMER,
             consumer::pull::Config {
@@ -102,7 +105,7 @@ pub async fn run(
             },
         )
         .await
-        .context("cannot create the workers' consumer")?;
+        .map_err(|e| TransportError::setup(format!("consumer {WORKERS_CONSUMER}"), e))?;
     let ack_wait = jobs.cached_info().config.ack_wait;
     let max_deliver = jobs.cached_info().config.max_deliver;
     let concurrency = options.concurrency.max(1);
@@ -201,7 +204,7 @@ async fn handle(
         }
     };
     let span = tracing::info_span!("delivery", job = %job.id, attempt = delivered);
-    crate::telemetry::continue_trace(&span, message.headers.as_ref());
+    vss_transport::trace::continue_trace(&span, message.headers.as_ref());
     run_and_settle(js, &message, &job, contexts, ack_wait, delivered, max_deliver)
         .instrument(span)
         .await;
@@ -227,7 +230,7 @@ async fn run_and_settle(
         Some(left) if left.is_zero() => past_deadline("expired before a worker took it"),
         _ => {
             tracing::info!("job started");
-            let work = with_heartbeat(message, ack_wait, vss_worker::execute_isolated(job, &ctx));
+            let work = with_heartbeat(message, ack_wait, execute_isolated(job, &ctx));
             match remaining {
                 Some(left) => tokio::time::timeout(left, work)
                     .await
@@ -287,10 +290,14 @@ async fn with_heartbeat(
 }
 
 /// Publishes a result and waits until JetStream has stored it.
-async fn publish_result(js: &jetstream::Context, result: &JobResult) -> anyhow::Result<()> {
+async fn publish_result(js: &jetstream::Context, result: &JobResult) -> Result<(), String> {
     let message = PublishMessage::build()
         .payload(result.encode().into())
         .message_id(message_id(&result.run_id, &result.job_id));
-    js.send_publish(results_subject(&result.run_id), message).await?.await?;
+    let ack = js
+        .send_publish(results_subject(&result.run_id), message)
+        .await
+        .map_err(|e| e.to_string())?;
+    ack.await.map_err(|e| e.to_string())?;
     Ok(())
 }
