@@ -40,7 +40,7 @@ pub struct HttpStore {
 impl HttpStore {
     /// Opens the store: reads the header references and builds the client.
     pub fn open(spec: &HttpSpec, key: HashKey) -> Result<Self, StoreError> {
-        let label = format!("http:{}", spec.url);
+        let label = spec.to_string();
         let invalid = |message: String| StoreError::new(ErrorKind::Invalid, &label, None, message);
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));

@@ -3,8 +3,10 @@
 //! Per target it records, for each secret vss manages there, the content hash it wrote and the
 //! store's version right after the write. A listing whose version still matches needs no read
 //! (the speed core), and only recorded secrets may ever be deleted (ownership). The records are
-//! bound to the target's store: pointing a target at another store starts a fresh ledger, so
-//! nothing there counts as owned.
+//! bound to the target's store by its [`StoreIdentity`]: pointing a target at another store
+//! starts a fresh ledger, so nothing there counts as owned, while respelling the same store
+//! (a trailing slash, another role into the same account) keeps them. Records bound by the
+//! store's label (before identities) are taken over and rebound on their next save.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -13,7 +15,7 @@ use std::path::PathBuf;
 
 use crate::credentials::ReadSecretRef;
 use serde::{Deserialize, Serialize};
-use vss_protocol::config::{SecretRef, StateSpec};
+use vss_protocol::config::{SecretRef, StateSpec, StoreSpec};
 use vss_protocol::job::Shard;
 use vss_protocol::{ContentHash, HashKey};
 use zeroize::Zeroize;
@@ -42,7 +44,8 @@ pub struct Record {
 /// The records of one target.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetLedger {
-    /// The store these records describe.
+    /// The identity of the store these records describe (its label, in ledgers written
+    /// before identities).
     pub store: String,
     /// Secret name → record.
     pub secrets: BTreeMap<String, Record>,
@@ -71,17 +74,18 @@ impl StateLedger {
     }
 
     /// The records of `target` for `store`; empty when none exist or they describe another store.
-    pub fn load(&self, target: &str, store: &str) -> Result<TargetLedger, LedgerError> {
-        Ok(self
-            .load_existing(target, store)?
-            .unwrap_or_else(|| TargetLedger { store: store.to_string(), ..Default::default() }))
+    pub fn load(&self, target: &str, store: &StoreSpec) -> Result<TargetLedger, LedgerError> {
+        Ok(self.load_existing(target, store)?.unwrap_or_else(|| TargetLedger {
+            store: store.identity().as_str().to_string(),
+            ..Default::default()
+        }))
     }
 
     /// Like [`load`](Self::load), but `None` when no records were ever saved for `target`.
-    pub fn load_existing(
+    fn load_existing(
         &self,
         target: &str,
-        store: &str,
+        store: &StoreSpec,
     ) -> Result<Option<TargetLedger>, LedgerError> {
         let path = self.target_path(target);
         let bytes = match fs::read(&path) {
@@ -89,13 +93,15 @@ impl StateLedger {
             Err(e) if e.kind() == IoKind::NotFound => return Ok(None),
             Err(e) => return Err(self.err(&path, e.to_string())),
         };
-        let ledger: TargetLedger =
+        let mut ledger: TargetLedger =
             serde_json::from_slice(&bytes).map_err(|e| self.err(&path, format!("corrupt: {e}")))?;
-        if ledger.store == store {
-            Ok(Some(ledger))
-        } else {
-            Ok(Some(TargetLedger { store: store.to_string(), ..Default::default() }))
+        let identity = store.identity().as_str().to_string();
+        // Records bound by the store's label are the same store's: rebind them.
+        if ledger.store != identity && ledger.store != store.to_string() {
+            ledger.secrets.clear();
         }
+        ledger.store = identity;
+        Ok(Some(ledger))
     }
 
     /// The records a sync job keeps, and the name it saves them under: the target's own, or
@@ -104,7 +110,7 @@ impl StateLedger {
         &self,
         target: &str,
         shard: Option<&Shard>,
-        store: &str,
+        store: &StoreSpec,
     ) -> Result<(String, TargetLedger), LedgerError> {
         match shard {
             Some(shard) => {
@@ -120,7 +126,7 @@ impl StateLedger {
         &self,
         target: &str,
         shard: &Shard,
-        store: &str,
+        store: &StoreSpec,
     ) -> Result<TargetLedger, LedgerError> {
         if let Some(own) = self.load_existing(&shard_records(target, shard), store)? {
             return Ok(own);
@@ -138,7 +144,7 @@ impl StateLedger {
         &self,
         target: &str,
         count: u32,
-        store: &str,
+        store: &StoreSpec,
     ) -> Result<BTreeSet<String>, LedgerError> {
         let mut recorded = BTreeSet::new();
         for index in 0..count {
@@ -250,18 +256,43 @@ fn key_from_text(text: &str) -> HashKey {
 mod tests {
     use super::*;
 
+    fn file(dir: &str) -> StoreSpec {
+        StoreSpec::File { dir: dir.into() }
+    }
+
     #[test]
     fn records_round_trip_and_are_bound_to_their_store() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = StateLedger::open(&StateSpec::File { path: dir.path().into() }, false);
-        let mut records = ledger.load("Prod", "file:/a").unwrap();
+        let mut records = ledger.load("Prod", &file("/a")).unwrap();
         let key = ledger.hash_key(None).unwrap();
         let hash = key.hash(&vss_protocol::SecretValue::default());
         records.secrets.insert("s".into(), Record { hash, version: Version("1".into()) });
         ledger.save("Prod", &records).unwrap();
-        assert_eq!(ledger.load("Prod", "file:/a").unwrap(), records);
-        assert!(ledger.load("Prod", "file:/b").unwrap().secrets.is_empty());
+        assert_eq!(ledger.load("Prod", &file("/a")).unwrap(), records);
+        assert_eq!(ledger.load("Prod", &file("/a/")).unwrap(), records, "same store, respelled");
+        assert!(ledger.load("Prod", &file("/b")).unwrap().secrets.is_empty());
         assert_eq!(ledger.hash_key(None).unwrap().to_hex(), key.to_hex(), "the key is kept");
+    }
+
+    #[test]
+    fn records_bound_by_label_are_rebound_to_the_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = StateLedger::open(&StateSpec::File { path: dir.path().into() }, false);
+        let store = file("/a");
+        let key = ledger.hash_key(None).unwrap();
+        let hash = key.hash(&vss_protocol::SecretValue::default());
+        let legacy = TargetLedger {
+            store: "file:/a".into(),
+            secrets: BTreeMap::from([("s".into(), Record { hash, version: Version("1".into()) })]),
+        };
+        ledger.save("Prod", &legacy).unwrap();
+        let loaded = ledger.load("Prod", &store).unwrap();
+        assert_eq!(loaded.secrets, legacy.secrets, "nothing owned is forgotten");
+        assert_eq!(loaded.store, store.identity().as_str());
+        ledger.save("Prod", &loaded).unwrap();
+        assert_eq!(ledger.load("Prod", &store).unwrap(), loaded);
+        assert!(ledger.load("Prod", &file("/b")).unwrap().secrets.is_empty());
     }
 
     #[test]

@@ -163,7 +163,7 @@ pub(crate) async fn run(
     let target = ctx.store(&spec.store)?;
     desired.rename_for(target.as_ref(), job, result);
     let (records_name, mut records) =
-        ledger.load_for_job(&job.target, spec.shard.as_ref(), &target.describe())?;
+        ledger.load_for_job(&job.target, spec.shard.as_ref(), &spec.store)?;
     let state = TargetState::list(job, spec, &target, &desired, &mut records, &ledger).await?;
 
     let classified = reconcile::classify(&desired.hashes, &desired.held, &state.known);
@@ -246,7 +246,7 @@ impl TargetState {
         let whole_counts = match (&spec.shard, &whole_target, &desired.whole_target) {
             (Some(shard), Some(spelled), Some(all)) => {
                 let recorded =
-                    ledger.recorded_in_any_shard(&job.target, shard.count, &target.describe())?;
+                    ledger.recorded_in_any_shard(&job.target, shard.count, &spec.store)?;
                 let owned_orphans = listing
                     .iter()
                     .filter(|e| !spelled.contains_key(&e.name))

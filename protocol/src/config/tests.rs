@@ -617,3 +617,48 @@ fn the_schema_describes_every_store_and_documents_fields() {
         "{vault_store}"
     );
 }
+
+#[test]
+fn identities_ignore_spelling_and_labels_hide_credentials() {
+    let vault = |address: &str| {
+        let text = format!(
+            "vault: {{ address: \"{address}\" }}\nsource: {{ file: {{ dir: s }} }}\ntargets:\n  A: {{ store: {{ vault: {{ path: secret/app/ }} }} }}\n"
+        );
+        load(&text).unwrap().targets["A"].store.clone()
+    };
+    let plain = vault("https://vault.example.com:8200");
+    for same in ["https://vault.example.com:8200/", "HTTPS://Vault.Example.com:8200"] {
+        assert_eq!(vault(same).identity(), plain.identity(), "{same}");
+    }
+    assert_eq!(
+        vault("https://vault.example.com/").identity(),
+        vault("https://vault.example.com:443").identity()
+    );
+    assert_ne!(vault("https://other:8200").identity(), plain.identity());
+    assert!(plain.identity().as_str().starts_with("v1:vault:"));
+    let with_userinfo = vault("https://user:canary-pass@vault.example.com:8200/?token=canary-q");
+    assert_eq!(with_userinfo.identity(), plain.identity());
+    assert_eq!(with_userinfo.to_string(), "vault:https://vault.example.com:8200/secret/app");
+    assert!(!with_userinfo.identity().as_str().contains("canary"));
+
+    let aws = |extra: &str| {
+        let text = format!(
+            "source: {{ file: {{ dir: s }} }}\ntargets:\n  A: {{ account_id: \"123456789012\"{extra} }}\n"
+        );
+        load(&text).unwrap().targets["A"].store.identity()
+    };
+    assert_eq!(aws(""), aws(", role_arn: \"arn:aws:iam::123456789012:role/Other\""));
+    assert_ne!(aws(""), aws(", region: eu-west-1"));
+    assert_ne!(aws(""), aws(", secret_prefix: app/"));
+
+    let http = |url: &str| {
+        let text = format!(
+            "source: {{ http: {{ url: \"{url}\" }} }}\ntargets:\n  A: {{ store: {{ file: {{ dir: o }} }} }}\n"
+        );
+        load(&text).unwrap().source.unwrap()
+    };
+    let source = http("https://u:canary-pw@api.example.com/s.json?key=canary-key");
+    assert_eq!(source.to_string(), "http:https://api.example.com/s.json");
+    assert!(!source.identity().as_str().contains("canary"));
+    assert_ne!(source.identity(), http("https://api.example.com/s.json?key=other").identity());
+}

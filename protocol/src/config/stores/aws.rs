@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
-use super::{StoreCheck, StoreSpec};
+use super::{StoreCheck, StoreIdentity, StoreSpec, canonical_url};
 use crate::config::check::{Checker, path};
 
 /// The top-level `aws:` block: region, endpoint and cross-account roles of every AWS store.
@@ -237,6 +237,21 @@ pub struct AwsSmSpec {
     pub recovery_window_days: i64,
     /// Delete at once, without a recovery window (only if configured).
     pub force_delete: bool,
+}
+
+impl AwsSmSpec {
+    /// Account (from the role, else the caller's), region, prefix and endpoint; not which
+    /// role reaches the account.
+    pub(super) fn identity(&self) -> StoreIdentity {
+        let account = self
+            .role_arn
+            .as_deref()
+            .and_then(|arn| arn.split(':').nth(4))
+            .filter(|a| !a.is_empty())
+            .unwrap_or("caller");
+        let endpoint = self.endpoint.as_deref().map(canonical_url).unwrap_or_default();
+        StoreIdentity::new("aws-sm", &[account, &self.region, &self.prefix, &endpoint])
+    }
 }
 
 /// `aws-sm:<region>/<prefix>[ via <role>]`.

@@ -6,7 +6,7 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Role, StoreCheck, StoreSpec};
+use super::{Role, StoreCheck, StoreIdentity, StoreSpec, canonical_url};
 
 /// `{ gcp: { project, prefix?, labels?, endpoint? } }`: GCP Secret Manager, with Application
 /// Default Credentials.
@@ -95,6 +95,14 @@ pub struct GcpSpec {
     /// The API's base URL (default `https://secretmanager.googleapis.com`): a private or
     /// regional endpoint.
     pub endpoint: Option<String>,
+}
+
+impl GcpSpec {
+    /// Project, prefix and endpoint; not the labels.
+    pub(super) fn identity(&self) -> StoreIdentity {
+        let endpoint = self.endpoint.as_deref().map(canonical_url).unwrap_or_default();
+        StoreIdentity::new("gcp", &[&self.project, &self.prefix, &endpoint])
+    }
 }
 
 /// `gcp:<project>/<prefix>`.

@@ -6,7 +6,7 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Role, StoreCheck, StoreSpec};
+use super::{Role, StoreCheck, StoreIdentity, StoreSpec, canonical_url};
 use crate::config::secret_ref::{RawSecretRef, SecretRef};
 
 /// `{ github: { owner, repo, environment? } }` or `{ github: { org, visibility?,
@@ -185,6 +185,20 @@ pub struct GithubSpec {
     pub auth: GithubAuth,
     /// The REST API's base URL (`https://api.github.com`, GitHub Enterprise's, or a test's).
     pub api_url: String,
+}
+
+impl GithubSpec {
+    /// API server and scope; names in lower case (GitHub ignores their case); not the login.
+    pub(super) fn identity(&self) -> StoreIdentity {
+        let scope = match &self.scope {
+            GithubScope::Repository { owner, repo } => format!("repo:{owner}/{repo}"),
+            GithubScope::Environment { owner, repo, environment } => {
+                format!("environment:{owner}/{repo}/{environment}")
+            }
+            GithubScope::Organization { org, .. } => format!("org:{org}"),
+        };
+        StoreIdentity::new("github", &[&canonical_url(&self.api_url), &scope.to_lowercase()])
+    }
 }
 
 /// `github:<owner>/<repo>[@<environment>]` or `github:<org>`.

@@ -6,7 +6,7 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Role, StoreCheck, StoreSpec};
+use super::{Role, StoreCheck, StoreIdentity, StoreSpec, canonical_url, display_url};
 use crate::config::secret_ref::{RawSecretRef, SecretRef};
 
 /// `{ http: { url, headers?, timeout? } }`: a JSON document `{name: {key: value}}` fetched
@@ -55,9 +55,18 @@ pub struct HttpSpec {
     pub timeout_secs: u64,
 }
 
-/// `http:<url>`.
+impl HttpSpec {
+    /// The canonical URL; a query string (which may hold a credential) only as a hash.
+    pub(super) fn identity(&self) -> StoreIdentity {
+        let query = self.url.split_once('?').map(|(_, q)| blake3::hash(q.as_bytes()).to_hex());
+        let query = query.as_ref().map(|h| &h.as_str()[..16]).unwrap_or_default();
+        StoreIdentity::new("http", &[&canonical_url(&self.url), query])
+    }
+}
+
+/// `http:<url>`, without userinfo or query.
 impl fmt::Display for HttpSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http:{}", self.url)
+        write!(f, "http:{}", display_url(&self.url))
     }
 }

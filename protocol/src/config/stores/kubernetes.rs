@@ -5,7 +5,7 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Role, StoreCheck, StoreSpec};
+use super::{Role, StoreCheck, StoreIdentity, StoreSpec};
 
 /// `{ kubernetes: { namespace, name?, context? } }`: Secrets in a namespace, reached with
 /// the in-cluster service account or the kubeconfig of the process that syncs.
@@ -44,6 +44,15 @@ pub struct KubernetesSpec {
     pub context: Option<String>,
     /// `Some`: every secret is a key of this one Secret; `None`: one Secret per secret.
     pub name: Option<String>,
+}
+
+impl KubernetesSpec {
+    /// Context, namespace and Secret name.
+    pub(super) fn identity(&self) -> StoreIdentity {
+        let (context, name) =
+            (self.context.as_deref().unwrap_or_default(), self.name.as_deref().unwrap_or_default());
+        StoreIdentity::new("kubernetes", &[context, &self.namespace, name])
+    }
 }
 
 /// `kubernetes:[<context>/]<namespace>[/<name>]`.

@@ -202,6 +202,78 @@ pub enum StoreSpec {
     Gcp(Box<GcpSpec>),
 }
 
+/// A store's canonical identity: what ledger records (ownership) are bound to. Versioned
+/// (`v1:`), and made of what names the store's contents (server, namespace, mount and folder;
+/// account, region and prefix; project; scope), never of credentials or spelling: a trailing
+/// slash, a default port, letter case where the service ignores it, or which role reaches an
+/// account do not change it. Labels ([`StoreSpec`]'s `Display`) are for people only.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StoreIdentity(String);
+
+impl StoreIdentity {
+    /// The current identity scheme's prefix.
+    const VERSION: &'static str = "v1";
+
+    fn new(kind: &str, parts: &[&str]) -> Self {
+        Self(format!("{}:{kind}:{}", Self::VERSION, parts.join("|")))
+    }
+
+    /// The identity as stored.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl StoreSpec {
+    /// The store's canonical identity (see [`StoreIdentity`]).
+    pub fn identity(&self) -> StoreIdentity {
+        match self {
+            StoreSpec::File { dir } => {
+                let dir: PathBuf = dir.components().collect();
+                StoreIdentity::new("file", &[&dir.to_string_lossy()])
+            }
+            StoreSpec::Vault(s) => s.identity(),
+            StoreSpec::AwsSm(s) => s.identity(),
+            StoreSpec::S3(s) => s.identity(),
+            StoreSpec::Http(s) => s.identity(),
+            StoreSpec::Github(s) => s.identity(),
+            StoreSpec::Kubernetes(s) => s.identity(),
+            StoreSpec::Gcp(s) => s.identity(),
+        }
+    }
+}
+
+/// A URL as it identifies a server: scheme and host in lower case, no default port, no
+/// userinfo, query or fragment, no trailing slash.
+pub(crate) fn canonical_url(text: &str) -> String {
+    match url::Url::parse(text.trim()) {
+        Ok(url) => {
+            let mut out = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
+            if let Some(port) = url.port() {
+                out.push_str(&format!(":{port}"));
+            }
+            out.push_str(url.path().trim_end_matches('/'));
+            out
+        }
+        Err(_) => text.trim().trim_end_matches('/').to_string(),
+    }
+}
+
+/// A URL for labels: as written, without userinfo, query, fragment or trailing slash (they
+/// may hold credentials).
+pub(crate) fn display_url(text: &str) -> String {
+    let text = text.split(['?', '#']).next().unwrap_or_default();
+    let text = match text.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+            format!("{scheme}://{host}{path}")
+        }
+        None => text.to_string(),
+    };
+    text.trim_end_matches('/').to_string()
+}
+
 /// The store's label, for people: reports, logs, errors.
 impl fmt::Display for StoreSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -5,7 +5,7 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{StoreCheck, StoreSpec, aws};
+use super::{StoreCheck, StoreIdentity, StoreSpec, aws, canonical_url};
 
 /// `{ s3: { bucket, prefix?, region? } }`: a merge store in an S3 bucket. Credentials come
 /// from the default AWS chain; the endpoint from `aws.endpoint`.
@@ -55,6 +55,14 @@ pub struct S3Spec {
     pub region: String,
     /// An endpoint override (tests, VPC endpoints); path-style addressing is used with one.
     pub endpoint: Option<String>,
+}
+
+impl S3Spec {
+    /// Bucket, prefix and endpoint (bucket names are global: the region is not part of it).
+    pub(super) fn identity(&self) -> StoreIdentity {
+        let endpoint = self.endpoint.as_deref().map(canonical_url).unwrap_or_default();
+        StoreIdentity::new("s3", &[&self.bucket, &self.prefix, &endpoint])
+    }
 }
 
 /// `s3://<bucket>/<prefix>`.

@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
-use super::{Role, StoreCheck, StoreSpec};
+use super::{Role, StoreCheck, StoreIdentity, StoreSpec, canonical_url, display_url};
 use crate::config::check::{Checker, path};
 use crate::config::secret_ref::{RawSecretRef, SecretRef};
 
@@ -132,12 +132,17 @@ impl RawVault {
             (None, None) => VaultAuth::Token(SecretRef::Env("VAULT_TOKEN".into())),
         };
         let namespace = raw.namespace.clone().or_else(|| env("VAULT_NAMESPACE"));
-        let is_url = |a: &str| a.starts_with("http://") || a.starts_with("https://");
+        let is_url = |a: &str| {
+            url::Url::parse(a)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        };
         match (&raw.address, env("VAULT_ADDR")) {
             (Some(address), _) if !is_url(address) => {
                 let at = path(&["vault", "address"]);
                 let message = if ck.is_from_env(&at) {
                     "not an http:// or https:// URL (value from the environment, not shown)".into()
+                } else if address.contains("://") {
+                    format!("`{address}` is not an http:// or https:// URL")
                 } else {
                     format!("`{address}` is not a URL: write http://{address} or https://{address}")
                 };
@@ -237,10 +242,19 @@ pub struct VaultSpec {
     pub paths: Vec<String>,
 }
 
+impl VaultSpec {
+    /// Server, namespace, mount and folder; not the login.
+    pub(super) fn identity(&self) -> StoreIdentity {
+        let namespace = self.namespace.as_deref().unwrap_or_default().trim_matches('/');
+        let folder = format!("{}/{}", self.mount, self.prefix);
+        StoreIdentity::new("vault", &[&canonical_url(&self.address), namespace, &folder])
+    }
+}
+
 /// `vault:<address>/<mount>[/<prefix>]`.
 impl fmt::Display for VaultSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "vault:{}/{}", self.address.trim_end_matches('/'), self.mount)?;
+        write!(f, "vault:{}/{}", display_url(&self.address), self.mount)?;
         if !self.prefix.is_empty() {
             write!(f, "/{}", self.prefix)?;
         }
