@@ -6,10 +6,13 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
+use std::sync::Arc;
 use vss_migrations::runner::Runner;
 use vss_migrations::schema::Schema;
-use vss_protocol::config::{SecretRef, VaultAuth, VaultSpec};
-use vss_stores::vault::VaultStore;
+
+use vss_protocol::config::stores::{display_url, vault::is_http_url};
+use vss_protocol::config::{SecretRef, VaultAuth, VaultConnection};
+use vss_stores::vault::VaultClient;
 
 /// Vault configuration as versioned migrations.
 #[derive(Debug, Args)]
@@ -100,7 +103,13 @@ enum Format {
 }
 
 impl CommonArgs {
-    fn vault(&self) -> anyhow::Result<VaultStore> {
+    /// The Vault connection the flags describe.
+    fn vault(&self) -> anyhow::Result<Arc<VaultClient>> {
+        if !is_http_url(&self.vault_addr) {
+            anyhow::bail!(
+                "--vault-addr / VAULT_ADDR is not an http:// or https:// URL (e.g. https://vault.example.com:8200)"
+            );
+        }
         let auth = match (&self.approle_role_id_file, &self.approle_secret_id_file) {
             (Some(role), Some(secret)) => VaultAuth::AppRole {
                 mount: self.approle_mount.clone(),
@@ -112,14 +121,13 @@ impl CommonArgs {
                 None => SecretRef::Env("VAULT_TOKEN".into()),
             }),
         };
-        Ok(VaultStore::open(&VaultSpec {
+        let connection = VaultConnection {
             address: self.vault_addr.clone(),
             namespace: self.vault_namespace.clone(),
             auth,
-            mount: self.state_mount.trim_matches('/').into(),
-            prefix: self.state_folder.trim_matches('/').into(),
-            paths: Vec::new(),
-        })?)
+        };
+        let label = format!("vault:{}", display_url(&self.vault_addr));
+        Ok(Arc::new(VaultClient::open(&connection, &label)?))
     }
 }
 
@@ -130,10 +138,10 @@ fn env(name: &str) -> Option<String> {
 /// Runs a `vss migrate` command; returns the exit code.
 pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
     let common = &args.common;
-    let vault = common.vault()?;
     let runner = Runner::new(
-        &vault,
+        common.vault()?,
         &common.state_mount,
+        &common.state_folder,
         &common.dir,
         &env,
         Duration::from_secs(common.lock_wait),

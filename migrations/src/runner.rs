@@ -2,12 +2,13 @@
 //! rollback, repair; and status.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use vss_protocol::SecretValue;
-use vss_stores::vault::{Method, VaultStore};
+use vss_stores::vault::{Method, VaultClient, VaultStore};
 use vss_stores::{ErrorKind, Precondition, SecretStore, Version};
 
 use crate::MigrateError;
@@ -74,10 +75,12 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// Runs migration commands against one Vault. `vault` is a Vault store whose mount and prefix
-/// are the state path (history and lock live there); its connection runs every other call.
+/// Runs migration commands against one Vault through `client`; the history and the lock live
+/// in a KV v2 folder over the same connection.
 pub struct Runner<'a> {
-    vault: &'a VaultStore,
+    client: Arc<VaultClient>,
+    /// The KV v2 folder of the history and the lock.
+    vault: VaultStore,
     state_mount: String,
     dir: PathBuf,
     env: &'a (dyn Fn(&str) -> Option<String> + Sync),
@@ -88,18 +91,21 @@ pub struct Runner<'a> {
 }
 
 impl<'a> Runner<'a> {
-    /// A runner over the migrations in `dir`; `env` expands `${VAR}`s. `vault`'s mount
-    /// (`state_mount`, a KV v2 engine) and prefix hold the history and the lock.
+    /// A runner over the migrations in `dir`; `env` expands `${VAR}`s. The folder
+    /// `state_folder` of the KV v2 engine `state_mount` holds the history and the lock.
     pub fn new(
-        vault: &'a VaultStore,
+        client: Arc<VaultClient>,
         state_mount: &str,
+        state_folder: &str,
         dir: &Path,
         env: &'a (dyn Fn(&str) -> Option<String> + Sync),
         lock_wait: Duration,
     ) -> Self {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
         let owner = format!("{host}:{}:{}", std::process::id(), now());
+        let vault = VaultStore::over(client.clone(), state_mount, state_folder);
         Self {
+            client,
             vault,
             state_mount: state_mount.trim_matches('/').to_string(),
             dir: dir.to_path_buf(),
@@ -114,7 +120,7 @@ impl<'a> Runner<'a> {
     pub async fn history(&self) -> Result<(History, Option<Version>), MigrateError> {
         let Some(found) = self.vault.read(HISTORY).await? else {
             // No history is "nothing applied" only if it is looked for in the right place.
-            let mounts = self.vault.api(Method::GET, "sys/mounts", None).await?;
+            let mounts = self.client.api(Method::GET, "sys/mounts", None).await?;
             let exists = mounts
                 .as_ref()
                 .and_then(|m| m.get("data"))
@@ -408,7 +414,7 @@ impl<'a> Runner<'a> {
         for (i, task) in tasks.iter().enumerate() {
             self.renew().await?;
             tracing::info!(version, direction, task = %task.describe(), "running");
-            if let Err(e) = crate::vault::run(self.vault, task, self.env).await {
+            if let Err(e) = crate::vault::run(&self.client, task, self.env).await {
                 let what = format!("{} ({})", i + 1, task.describe());
                 history.dirty = Some(Dirty {
                     version,
@@ -450,7 +456,7 @@ impl<'a> Runner<'a> {
                         "not applied yet; apply it before generating the next migration",
                     ));
                 }
-                crate::vault::current(self.vault, &[schema, &last]).await?
+                crate::vault::current(&self.client, &[schema, &last]).await?
             }
             Err(MigrateError::Vault(e)) if e.kind == ErrorKind::Unavailable => {
                 tracing::warn!(error = %e, "Vault unreachable: comparing with the last known state");

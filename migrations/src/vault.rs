@@ -1,9 +1,9 @@
-//! Reading Vault's current configuration and applying tasks, through the Vault store's
-//! connection (address, namespace, token or AppRole login, retries).
+//! Reading Vault's current configuration and applying tasks, through a [`VaultClient`]
+//! (address, namespace, token or AppRole login, retries).
 
 use serde_json::{Map, Value, json};
 use vss_stores::StoreError;
-use vss_stores::vault::{Method, VaultStore};
+use vss_stores::vault::{Method, VaultClient};
 
 use crate::MigrateError;
 use crate::generate::Current;
@@ -19,7 +19,7 @@ fn data_of(response: Option<Value>) -> Option<Map<String, Value>> {
 }
 
 /// Reads what Vault holds of every resource in `schemas`.
-pub async fn current(vault: &VaultStore, schemas: &[&Schema]) -> Result<Current, StoreError> {
+pub async fn current(vault: &VaultClient, schemas: &[&Schema]) -> Result<Current, StoreError> {
     let mut current = Current {
         mounts: data_of(vault.api(Method::GET, "sys/mounts", None).await?).unwrap_or_default(),
         auths: data_of(vault.api(Method::GET, "sys/auth", None).await?).unwrap_or_default(),
@@ -48,7 +48,7 @@ pub async fn current(vault: &VaultStore, schemas: &[&Schema]) -> Result<Current,
 /// Applies one task; `${VAR}`s are expanded from `env` now (a missing one fails the task
 /// before anything is sent).
 pub async fn run(
-    vault: &VaultStore,
+    vault: &VaultClient,
     task: &Task,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), MigrateError> {

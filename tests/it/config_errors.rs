@@ -162,3 +162,25 @@ fn a_bad_config_changes_nothing() {
     assert!(run.stderr.contains("unknown source or target `nope`"), "{}", run.stderr);
     assert_eq!(ws.contents(), before);
 }
+
+#[test]
+fn a_vault_address_without_a_scheme_is_a_clear_error_never_a_panic() {
+    let ws = Workspace::new();
+    ws.config(
+        "vault: { address: \"localhost:8200\" }\nsource: { vault: { path: secret/app } }\ntargets:\n  T: { store: { file: { dir: out } } }\n",
+    );
+    let run = ws.run(&["validate", "--config", "vss.yaml"]);
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    assert!(
+        run.stderr.contains("vss.yaml:1: vault.address: `localhost:8200` is not a URL: write http://localhost:8200 or https://localhost:8200"),
+        "{}",
+        run.stderr
+    );
+    let run = ws.run_env(
+        &["migrate", "status", "--dir", "migrations", "--vault-addr", "localhost:8200"],
+        &[("VAULT_TOKEN", "t")],
+    );
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    assert!(run.stderr.contains("is not an http:// or https:// URL"), "{}", run.stderr);
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+}

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 use vss_protocol::SecretValue;
-use vss_protocol::config::{SecretRef, VaultAuth, VaultSpec};
+use vss_protocol::config::{SecretRef, VaultAuth, VaultConnection, VaultSpec};
 use vss_stores::vault::VaultStore;
 use vss_stores::{ErrorKind, Precondition, SecretStore};
 use vss_tests::servers::{OpenBao, ROOT_TOKEN};
@@ -125,9 +125,11 @@ async fn vault_writes_are_check_and_set() {
     let token = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(token.path(), ROOT_TOKEN).unwrap();
     let store = VaultStore::open(&VaultSpec {
-        address: bao.address.clone(),
-        namespace: None,
-        auth: VaultAuth::Token(SecretRef::File(token.path().into())),
+        connection: VaultConnection {
+            address: bao.address.clone(),
+            namespace: None,
+            auth: VaultAuth::Token(SecretRef::File(token.path().into())),
+        },
         mount: "secret".into(),
         prefix: "cas".into(),
         paths: Vec::new(),
@@ -192,12 +194,14 @@ async fn vault_approle_tokens_are_renewed_or_replaced_before_they_lapse() {
         SecretRef::File(path)
     };
     let store = VaultStore::open(&VaultSpec {
-        address: bao.address.clone(),
-        namespace: None,
-        auth: VaultAuth::AppRole {
-            mount: "approle".into(),
-            role_id: file("role", &role_id),
-            secret_id: file("secret", &secret_id),
+        connection: VaultConnection {
+            address: bao.address.clone(),
+            namespace: None,
+            auth: VaultAuth::AppRole {
+                mount: "approle".into(),
+                role_id: file("role", &role_id),
+                secret_id: file("secret", &secret_id),
+            },
         },
         mount: "secret".into(),
         prefix: "approle".into(),
@@ -370,9 +374,11 @@ async fn vault_throttling_is_retried_after_the_wait_the_server_asks_for() {
     let token = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(token.path(), ROOT_TOKEN).unwrap();
     let store = VaultStore::open(&VaultSpec {
-        address: bao.address.clone(),
-        namespace: None,
-        auth: VaultAuth::Token(SecretRef::File(token.path().into())),
+        connection: VaultConnection {
+            address: bao.address.clone(),
+            namespace: None,
+            auth: VaultAuth::Token(SecretRef::File(token.path().into())),
+        },
         mount: "secret".into(),
         prefix: "throttled".into(),
         paths: Vec::new(),

@@ -17,7 +17,7 @@ pub use check::did_you_mean as suggest;
 pub use secret_ref::SecretRef;
 pub use stores::{
     AwsSmSpec, GcpSpec, GithubAuth, GithubScope, GithubSpec, HttpSpec, KubernetesSpec, S3Spec,
-    StoreIdentity, StoreSpec, VaultAuth, VaultSpec,
+    StoreIdentity, StoreSpec, VaultAuth, VaultConnection, VaultSpec,
 };
 
 use std::collections::BTreeMap;

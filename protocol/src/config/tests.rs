@@ -256,11 +256,11 @@ fn vault_stores_take_their_connection_from_the_vault_block_or_the_environment() 
     .unwrap();
     let StoreSpec::Vault(merge) = cfg.merge_store.unwrap() else { panic!("vault merge store") };
     assert_eq!(
-        (merge.address.as_str(), merge.mount.as_str(), merge.prefix.as_str()),
+        (merge.connection.address.as_str(), merge.mount.as_str(), merge.prefix.as_str()),
         ("http://env:8200", "secret", "merge")
     );
-    assert_eq!(merge.namespace.as_deref(), Some("team"));
-    assert_eq!(merge.auth, VaultAuth::Token(SecretRef::Env("VAULT_TOKEN".into())));
+    assert_eq!(merge.connection.namespace.as_deref(), Some("team"));
+    assert_eq!(merge.connection.auth, VaultAuth::Token(SecretRef::Env("VAULT_TOKEN".into())));
     let StoreSpec::Vault(a) = &cfg.sources["a"] else { panic!() };
     assert_eq!((a.mount.as_str(), a.prefix.as_str()), ("secret", "api-keys"));
     let StoreSpec::Vault(b) = &cfg.sources["b"] else { panic!() };
@@ -274,8 +274,8 @@ fn vault_stores_take_their_connection_from_the_vault_block_or_the_environment() 
     )
     .unwrap();
     let StoreSpec::Vault(src) = cfg.source.unwrap() else { panic!() };
-    assert_eq!(src.address, "http://cfg:8200");
-    assert_eq!(src.auth, VaultAuth::Token(SecretRef::File("/base/tok".into())));
+    assert_eq!(src.connection.address, "http://cfg:8200");
+    assert_eq!(src.connection.auth, VaultAuth::Token(SecretRef::File("/base/tok".into())));
 
     let errs = errors(
         "source: { vault: { path: secret/x, mount: y } }\ntargets:\n  T: { store: { vault: { path: secret/y } } }\nvault: { auth: { kubernetes: {} } }\n",
@@ -313,7 +313,11 @@ fn credentials_stay_references() {
         let cfg = load(&format!("vault:\n  address: http://v\n  auth:\n    {spelling}\n{target}"))
             .unwrap();
         let Some(StoreSpec::Vault(spec)) = cfg.source else { panic!() };
-        assert_eq!(spec.auth, VaultAuth::Token(SecretRef::Env("VAULT_TOKEN".into())), "{spelling}");
+        assert_eq!(
+            spec.connection.auth,
+            VaultAuth::Token(SecretRef::Env("VAULT_TOKEN".into())),
+            "{spelling}"
+        );
         assert!(!format!("{spec:?}").contains("canary"));
     }
     let cfg = load(&format!(
@@ -322,7 +326,7 @@ fn credentials_stay_references() {
     .unwrap();
     let Some(StoreSpec::Vault(spec)) = cfg.source else { panic!() };
     assert_eq!(
-        spec.auth,
+        spec.connection.auth,
         VaultAuth::AppRole {
             mount: "approle".into(),
             role_id: SecretRef::Env("ROLE".into()),

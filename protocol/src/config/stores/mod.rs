@@ -29,7 +29,7 @@ pub use github::{GithubAuth, GithubScope, GithubSpec};
 pub use http::HttpSpec;
 pub use kubernetes::KubernetesSpec;
 pub use s3::S3Spec;
-pub use vault::{VaultAuth, VaultSpec};
+pub use vault::{VaultAuth, VaultConnection, VaultSpec};
 
 /// A store as written: exactly one backend key, e.g. `{ vault: { path: secret/app } }`.
 #[derive(Deserialize, JsonSchema)]
@@ -261,7 +261,7 @@ pub(crate) fn canonical_url(text: &str) -> String {
 
 /// A URL for labels: as written, without userinfo, query, fragment or trailing slash (they
 /// may hold credentials).
-pub(crate) fn display_url(text: &str) -> String {
+pub fn display_url(text: &str) -> String {
     let text = text.split(['?', '#']).next().unwrap_or_default();
     let text = match text.split_once("://") {
         Some((scheme, rest)) => {

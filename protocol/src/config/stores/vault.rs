@@ -89,14 +89,7 @@ pub(crate) struct RawVaultStore {
 /// and `VAULT_TOKEN`, resolved once per config.
 pub(crate) enum Connection {
     /// Everything a vault store needs.
-    Ready {
-        /// The server's URL.
-        address: String,
-        /// The namespace, if any.
-        namespace: Option<String>,
-        /// How to log in.
-        auth: VaultAuth,
-    },
+    Ready(VaultConnection),
     /// No usable address: the message is reported where a vault store needs one.
     Unusable(String),
     /// The `vault:` block itself is wrong (already reported there).
@@ -132,12 +125,8 @@ impl RawVault {
             (None, None) => VaultAuth::Token(SecretRef::Env("VAULT_TOKEN".into())),
         };
         let namespace = raw.namespace.clone().or_else(|| env("VAULT_NAMESPACE"));
-        let is_url = |a: &str| {
-            url::Url::parse(a)
-                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-        };
         match (&raw.address, env("VAULT_ADDR")) {
-            (Some(address), _) if !is_url(address) => {
+            (Some(address), _) if !is_http_url(address) => {
                 let at = path(&["vault", "address"]);
                 let message = if ck.is_from_env(&at) {
                     "not an http:// or https:// URL (value from the environment, not shown)".into()
@@ -149,18 +138,28 @@ impl RawVault {
                 ck.error(&at, message);
                 Connection::Reported
             }
-            (Some(address), _) => {
-                Connection::Ready { address: address.clone(), namespace, auth: login }
-            }
-            (None, Some(address)) if !is_url(&address) => Connection::Unusable(
+            (Some(address), _) => Connection::Ready(VaultConnection {
+                address: address.clone(),
+                namespace,
+                auth: login,
+            }),
+            (None, Some(address)) if !is_http_url(&address) => Connection::Unusable(
                 "VAULT_ADDR is not an http:// or https:// URL (value not shown)".into(),
             ),
-            (None, Some(address)) => Connection::Ready { address, namespace, auth: login },
+            (None, Some(address)) => {
+                Connection::Ready(VaultConnection { address, namespace, auth: login })
+            }
             (None, None) => {
                 Connection::Unusable("no Vault address: set `vault.address` or VAULT_ADDR".into())
             }
         }
     }
+}
+
+/// Whether `text` is an `http://` or `https://` URL with a host: a Vault address.
+pub fn is_http_url(text: &str) -> bool {
+    url::Url::parse(text)
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
 }
 
 impl RawVaultStore {
@@ -203,16 +202,12 @@ impl RawVaultStore {
             return None;
         }
         match cx.vault {
-            Connection::Ready { address, namespace, auth } => {
-                Some(StoreSpec::Vault(Box::new(VaultSpec {
-                    address: address.clone(),
-                    namespace: namespace.clone(),
-                    auth: auth.clone(),
-                    mount,
-                    prefix,
-                    paths,
-                })))
-            }
+            Connection::Ready(connection) => Some(StoreSpec::Vault(Box::new(VaultSpec {
+                connection: connection.clone(),
+                mount,
+                prefix,
+                paths,
+            }))),
             Connection::Unusable(message) => {
                 let message = message.clone();
                 cx.error(message);
@@ -223,15 +218,22 @@ impl RawVaultStore {
     }
 }
 
-/// Where a Vault store lives and how to reach it. Holds references, never a token.
+/// How to reach a Vault server: address, namespace, login. Holds references, never a token.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct VaultSpec {
+pub struct VaultConnection {
     /// The server, e.g. `https://vault.example.com:8200`.
     pub address: String,
     /// The Vault Enterprise / OpenBao namespace, if any.
     pub namespace: Option<String>,
     /// How to log in.
     pub auth: VaultAuth,
+}
+
+/// Where a Vault store lives and how to reach it. Holds references, never a token.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct VaultSpec {
+    /// The server and login.
+    pub connection: VaultConnection,
     /// The KV v2 mount, e.g. `secret`.
     pub mount: String,
     /// The folder inside the mount (no leading or trailing `/`; empty for the whole mount).
@@ -245,16 +247,17 @@ pub struct VaultSpec {
 impl VaultSpec {
     /// Server, namespace, mount and folder; not the login.
     pub(super) fn identity(&self) -> StoreIdentity {
-        let namespace = self.namespace.as_deref().unwrap_or_default().trim_matches('/');
+        let connection = &self.connection;
+        let namespace = connection.namespace.as_deref().unwrap_or_default().trim_matches('/');
         let folder = format!("{}/{}", self.mount, self.prefix);
-        StoreIdentity::new("vault", &[&canonical_url(&self.address), namespace, &folder])
+        StoreIdentity::new("vault", &[&canonical_url(&connection.address), namespace, &folder])
     }
 }
 
 /// `vault:<address>/<mount>[/<prefix>]`.
 impl fmt::Display for VaultSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "vault:{}/{}", display_url(&self.address), self.mount)?;
+        write!(f, "vault:{}/{}", display_url(&self.connection.address), self.mount)?;
         if !self.prefix.is_empty() {
             write!(f, "/{}", self.prefix)?;
         }
