@@ -126,10 +126,7 @@ impl<'a> Runner<'a> {
                 .and_then(|m| m.get("data"))
                 .is_some_and(|d| d.get(format!("{}/", self.state_mount)).is_some());
             if !exists {
-                return Err(MigrateError::Refused(format!(
-                    "the history's KV engine `{}/` does not exist (see --state-mount)",
-                    self.state_mount
-                )));
+                return Err(MigrateError::NoStateMount { mount: self.state_mount.clone() });
             }
             return Ok((History::default(), None));
         };
@@ -170,9 +167,7 @@ impl<'a> Runner<'a> {
                 *self.held.lock().expect("lock state") = Some(version);
                 Ok(())
             }
-            Err(e) if e.kind == ErrorKind::Conflict => Err(MigrateError::Refused(
-                "the migration lock was taken over by another runner; stopping".into(),
-            )),
+            Err(e) if e.kind == ErrorKind::Conflict => Err(MigrateError::LockLost),
             Err(e) => Err(e.into()),
         }
     }
@@ -199,7 +194,10 @@ impl<'a> Runner<'a> {
             let expires =
                 held.value.expose().get("expires_at").and_then(Value::as_u64).unwrap_or(0);
             if expires <= now() {
-                tracing::warn!(%owner, "taking over an expired migration lock");
+                // A released lock is written with `expires_at: 0`: taking it is routine.
+                if expires > 0 {
+                    tracing::warn!(%owner, "taking over an expired migration lock");
+                }
                 match self.vault.write(LOCK, &value, Precondition::Matches(held.version)).await {
                     Ok(version) => return Ok(version),
                     Err(e) if e.kind == ErrorKind::Conflict => continue,
@@ -207,9 +205,7 @@ impl<'a> Runner<'a> {
                 }
             }
             if std::time::Instant::now() >= deadline {
-                return Err(MigrateError::Refused(format!(
-                    "another runner ({owner}) holds the migration lock; try again later"
-                )));
+                return Err(MigrateError::Locked { owner });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -246,18 +242,16 @@ impl<'a> Runner<'a> {
     ) -> Result<Vec<&'f MigrationFile>, MigrateError> {
         for applied in &history.applied {
             let Some(file) = files.iter().find(|f| f.migration.version == applied.version) else {
-                return Err(MigrateError::Refused(format!(
-                    "applied migration V{:04}__{} is missing from {}",
-                    applied.version,
-                    applied.name,
-                    self.dir.display()
-                )));
+                return Err(MigrateError::MissingFile {
+                    version: applied.version,
+                    name: applied.name.clone(),
+                    dir: self.dir.display().to_string(),
+                });
             };
             if file.checksum != applied.checksum {
-                return Err(MigrateError::file(
-                    &file.path,
-                    "edited after it was applied (its checksum changed); restore it, and put new changes in a new migration",
-                ));
+                return Err(MigrateError::ChecksumChanged {
+                    path: file.path.display().to_string(),
+                });
             }
         }
         let last = history.applied.iter().map(|a| a.version).max().unwrap_or(0);
@@ -266,20 +260,22 @@ impl<'a> Runner<'a> {
             .filter(|f| !history.applied.iter().any(|a| a.version == f.migration.version))
             .collect();
         if let Some(early) = pending.iter().find(|f| f.migration.version < last) {
-            return Err(MigrateError::file(
-                &early.path,
-                format!("out of order: numbered below V{last:04}, the last applied migration"),
-            ));
+            return Err(MigrateError::OutOfOrder {
+                path: early.path.display().to_string(),
+                last_applied: last,
+            });
         }
         Ok(pending)
     }
 
     fn refuse_dirty(history: &History) -> Result<(), MigrateError> {
         match &history.dirty {
-            Some(d) => Err(MigrateError::Refused(format!(
-                "V{:04} failed midway ({} task {}: {}); fix Vault by hand, then run `vss migrate repair`",
-                d.version, d.direction, d.task, d.error
-            ))),
+            Some(d) => Err(MigrateError::Dirty {
+                version: d.version,
+                direction: d.direction.clone(),
+                task: d.task.clone(),
+                error: d.error.clone(),
+            }),
             None => Ok(()),
         }
     }
@@ -324,11 +320,10 @@ impl<'a> Runner<'a> {
                     applied_at: now(),
                 });
                 self.renew().await?;
-                self.save(&history, &mut at).await.map_err(|e| {
-                    MigrateError::Refused(format!(
-                        "V{:04} was applied, but recording it in the history failed: {e}; check `vss migrate status` before anything else",
-                        m.version
-                    ))
+                self.save(&history, &mut at).await.map_err(|e| MigrateError::NotRecorded {
+                    version: m.version,
+                    done: "applied",
+                    error: e.to_string(),
                 })?;
                 done.push(m.version);
             }
@@ -362,10 +357,11 @@ impl<'a> Runner<'a> {
                 .map(Task::describe)
                 .collect();
             if !destructive.is_empty() && !allow_destructive {
-                return Err(MigrateError::Refused(format!(
-                    "rolling back removes things: {}; rerun with --allow-destructive",
-                    destructive.join("; ")
-                )));
+                return Err(MigrateError::Destructive {
+                    what: "rolling back",
+                    tasks: destructive.join("; "),
+                    to: "",
+                });
             }
             let mut done = Vec::new();
             while let Some(last) = history.applied.last().filter(|a| a.version > floor).cloned() {
@@ -377,11 +373,10 @@ impl<'a> Runner<'a> {
                     .await?;
                 history.applied.pop();
                 self.renew().await?;
-                self.save(&history, &mut at).await.map_err(|e| {
-                    MigrateError::Refused(format!(
-                        "V{:04} was rolled back, but recording it in the history failed: {e}; check `vss migrate status` before anything else",
-                        last.version
-                    ))
+                self.save(&history, &mut at).await.map_err(|e| MigrateError::NotRecorded {
+                    version: last.version,
+                    done: "rolled back",
+                    error: e.to_string(),
                 })?;
                 done.push(last.version);
             }
@@ -426,9 +421,13 @@ impl<'a> Runner<'a> {
                     Ok(()) => "Vault is marked dirty".to_string(),
                     Err(save) => format!("and marking Vault dirty failed too: {save}"),
                 };
-                return Err(MigrateError::Refused(format!(
-                    "V{version:04} {direction} task {what} failed: {e}; {marked}"
-                )));
+                return Err(MigrateError::TaskFailed {
+                    version,
+                    direction: direction.to_string(),
+                    task: what,
+                    error: e.to_string(),
+                    marked,
+                });
             }
         }
         Ok(())
@@ -451,10 +450,7 @@ impl<'a> Runner<'a> {
         let current = match self.history().await {
             Ok((history, _)) => {
                 if let Some(next) = self.pending(&files, &history)?.first() {
-                    return Err(MigrateError::file(
-                        &next.path,
-                        "not applied yet; apply it before generating the next migration",
-                    ));
+                    return Err(MigrateError::NotApplied { path: next.path.display().to_string() });
                 }
                 crate::vault::current(&self.client, &[schema, &last]).await?
             }
@@ -476,10 +472,11 @@ impl<'a> Runner<'a> {
         let destructive: Vec<String> =
             generated.up.iter().filter(|t| t.is_destructive()).map(Task::describe).collect();
         if !destructive.is_empty() && !allow_destructive {
-            return Err(MigrateError::Refused(format!(
-                "the schema removes things: {}; rerun with --allow-destructive to generate that",
-                destructive.join("; ")
-            )));
+            return Err(MigrateError::Destructive {
+                what: "the schema",
+                tasks: destructive.join("; "),
+                to: " to generate that",
+            });
         }
         let version = files.last().map_or(1, |f| f.migration.version + 1);
         let migration = Migration {
@@ -501,7 +498,7 @@ fn current_from(
     let mut current = Current::default();
     for resource in schema.resources.values() {
         let expanded = |m: &Map<String, Value>| -> Result<Map<String, Value>, MigrateError> {
-            match expand(&Value::Object(m.clone()), env).map_err(MigrateError::Refused)? {
+            match expand(&Value::Object(m.clone()), env)? {
                 Value::Object(m) => Ok(m),
                 _ => unreachable!("a map expands to a map"),
             }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::{Map, Value};
+use vss_protocol::env::ExpandError;
 
 use crate::MigrateError;
 
@@ -162,51 +163,22 @@ fn policy_from_rules(key: &str, rules: &[Value]) -> Result<String, String> {
     Ok(text)
 }
 
-/// Replaces `${VAR}` and `${VAR:-default}` in every string of `value` from `env`; a missing
-/// variable is an error naming it (never a value).
-pub fn expand(value: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<Value, String> {
+/// Replaces `${VAR}` and `${VAR:-default}` in every string of `value` from `env`, with the
+/// config's rules ([`vss_protocol::env`]); a missing variable is an error naming it (never a
+/// value).
+pub fn expand(value: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<Value, ExpandError> {
     Ok(match value {
-        Value::String(s) => Value::String(expand_str(s, env)?),
+        Value::String(s) => Value::String(vss_protocol::env::expand(s, env)?.0),
         Value::Array(items) => {
             Value::Array(items.iter().map(|v| expand(v, env)).collect::<Result<_, _>>()?)
         }
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, v)| Ok((k.clone(), expand(v, env)?)))
-                .collect::<Result<_, String>>()?,
+                .collect::<Result<_, ExpandError>>()?,
         ),
         other => other.clone(),
     })
-}
-
-fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(start) = rest.find("${") {
-        // `$${` is a literal `${`.
-        if start > 0 && rest.as_bytes()[start - 1] == b'$' {
-            out.push_str(&rest[..start - 1]);
-            out.push_str("${");
-            rest = &rest[start + 2..];
-            continue;
-        }
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| "a `${` without its `}`".to_string())?;
-        let inner = &after[..end];
-        let (name, default) = match inner.split_once(":-") {
-            Some((name, default)) => (name, Some(default)),
-            None => (inner, None),
-        };
-        match (env(name), default) {
-            (Some(v), _) => out.push_str(&v),
-            (None, Some(d)) => out.push_str(d),
-            (None, None) => return Err(format!("environment variable {name} is not set")),
-        }
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 /// `value` with every `${` escaped as `$${`, so that a value read from Vault is written back
@@ -300,11 +272,11 @@ mod tests {
         let env = |k: &str| (k == "HOST").then(|| "db".to_string());
         let v = json!({"url": "postgres://${HOST}:${PORT:-5432}/x"});
         assert_eq!(expand(&v, &env).unwrap(), json!({"url": "postgres://db:5432/x"}));
-        let err = expand(&json!(["${PASSWORD}"]), &env).unwrap_err();
-        assert_eq!(err, "environment variable PASSWORD is not set");
+        let err = expand(&json!(["${PASSWORD}"]), &env).unwrap_err().to_string();
+        assert!(err.contains("`PASSWORD` is not set"), "{err}");
         let from_vault = json!({"template": "hello ${name}"});
         assert_eq!(expand(&literal(&from_vault), &env).unwrap(), from_vault);
-        assert_eq!(expand(&json!("a ${oops"), &env).unwrap_err(), "a `${` without its `}`");
+        assert_eq!(expand(&json!("a ${oops"), &env).unwrap_err(), ExpandError::Unterminated);
         assert!(is_interpolated(&v) && !is_interpolated(&json!({"a": 1})));
     }
 }

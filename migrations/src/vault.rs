@@ -53,7 +53,7 @@ pub async fn run(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), MigrateError> {
     let body = |settings: &Map<String, Value>| -> Result<Value, MigrateError> {
-        expand(&Value::Object(settings.clone()), env).map_err(MigrateError::Refused)
+        Ok(expand(&Value::Object(settings.clone()), env)?)
     };
     // Enabling what is already enabled, as the same type, is done (a migration resumed
     // after a repair); as another type it is an error.

@@ -279,7 +279,7 @@ fn migrate_interpolated_values_are_applied_but_never_written_or_printed() {
     let missing = migrate(&ws, &bao, &["generate", "--schema", "schema.yaml"]);
     assert_eq!(missing.code, 2);
     assert!(
-        missing.stderr.contains("environment variable SID_TTL is not set"),
+        missing.stderr.contains("environment variable `SID_TTL` is not set"),
         "{}",
         missing.stderr
     );
@@ -307,4 +307,23 @@ fn migrate_interpolated_values_are_applied_but_never_written_or_printed() {
     }
     let again = run(&["generate", "--schema", "schema.yaml"]);
     assert_eq!(again.stdout.trim(), "No changes required", "{}", again.stderr);
+}
+
+#[test]
+fn migrate_a_released_lock_is_taken_silently_an_expired_one_with_a_warning() {
+    let bao = OpenBao::start();
+    let ws = workspace();
+    let generate = migrate(&ws, &bao, &["generate", "--schema", "schema.yaml"]);
+    assert_eq!(generate.code, 0, "{}", generate.stderr);
+    for _ in 0..2 {
+        let apply = migrate(&ws, &bao, &["apply"]);
+        assert_eq!(apply.code, 0, "{}", apply.stderr);
+        assert!(!apply.stderr.contains("taking over"), "{}", apply.stderr);
+    }
+    // A runner that died holding the lock left it to expire.
+    bao.put("vss-migrations/lock", &json!({"owner": "crashed:1:1", "expires_at": 1}));
+    let apply = migrate(&ws, &bao, &["apply"]);
+    assert_eq!(apply.code, 0, "{}", apply.stderr);
+    assert!(apply.stderr.contains("taking over an expired migration lock"), "{}", apply.stderr);
+    assert!(apply.stderr.contains("crashed:1:1"), "{}", apply.stderr);
 }

@@ -185,15 +185,15 @@ impl Converter<'_> {
                     {
                         self.doc.env_refs.insert(path.clone(), name.to_string());
                     }
-                    match expand_env(&text, self.env) {
+                    match crate::env::expand(&text, self.env) {
                         Ok((expanded, used_env)) => {
                             if used_env {
                                 self.doc.from_env.insert(path.clone());
                             }
                             expanded
                         }
-                        Err(message) => {
-                            self.error(line, path, message);
+                        Err(e) => {
+                            self.error(line, path, e.to_string());
                             return Value::Null;
                         }
                     }
@@ -278,59 +278,6 @@ impl Converter<'_> {
     }
 }
 
-/// Expands `${VAR}` and `${VAR:-default}`; `$${` stands for a literal `${`.
-/// Returns the text and whether any variable was substituted. The error names the variable,
-/// never a value.
-pub fn expand_env(
-    text: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(String, bool), String> {
-    let mut out = String::with_capacity(text.len());
-    let mut used = false;
-    let mut rest = text;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let tail = &rest[pos..];
-        if let Some(after) = tail.strip_prefix("$${") {
-            out.push_str("${");
-            rest = after;
-        } else if let Some(after) = tail.strip_prefix("${") {
-            let Some(end) = after.find('}') else {
-                return Err("unterminated `${` (write `$${` for a literal `${`)".into());
-            };
-            let inner = &after[..end];
-            let (name, default) = match inner.split_once(":-") {
-                Some((n, d)) => (n, Some(d)),
-                None => (inner, None),
-            };
-            let valid = !name.is_empty()
-                && !name.starts_with(|c: char| c.is_ascii_digit())
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
-                return Err(format!("`${{{name}}}` is not a valid environment variable reference"));
-            }
-            match (env(name).filter(|v| !v.is_empty()), default) {
-                (Some(v), _) => {
-                    out.push_str(&v);
-                    used = true;
-                }
-                (None, Some(d)) => out.push_str(d),
-                (None, None) => {
-                    return Err(format!(
-                        "environment variable `{name}` is not set (use `${{{name}:-default}}` for a default)"
-                    ));
-                }
-            }
-            rest = &after[end + 1..];
-        } else {
-            out.push('$');
-            rest = &tail[1..];
-        }
-    }
-    out.push_str(rest);
-    Ok((out, used))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,16 +288,6 @@ mod tests {
             "PAR" => Some("6".into()),
             _ => None,
         }
-    }
-
-    #[test]
-    fn expands_variables_defaults_and_escapes() {
-        assert_eq!(expand_env("a-${TOKEN}-b", &env).unwrap(), ("a-s3cr3t-b".into(), true));
-        assert_eq!(expand_env("${NOPE:-x}", &env).unwrap(), ("x".into(), false));
-        assert_eq!(expand_env("$${TOKEN} $5", &env).unwrap(), ("${TOKEN} $5".into(), false));
-        let err = expand_env("${NOPE}", &env).unwrap_err();
-        assert!(err.contains("`NOPE` is not set"), "{err}");
-        assert!(expand_env("${bad-name}", &env).is_err());
     }
 
     #[test]
