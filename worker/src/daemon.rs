@@ -89,23 +89,7 @@ pub async fn run(
 ) -> Result<(), TransportError> {
     let client = vss_transport::connect(spec, "vss-worker").await?;
     let js = jetstream::new(client);
-    ensure_streams(&js).await?;
-    let jobs = js
-        .get_stream(JOBS_STREAM)
-        .await
-        .map_err(|e| TransportError::setup(format!("stream {JOBS_STREAM}"), e))?
-        .get_or_create_consumer(
-            WORKERS_CONSUMER,
-            consumer::pull::Config {
-                durable_name: Some(WORKERS_CONSUMER.into()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: options.ack_wait,
-                max_deliver: options.max_deliver,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| TransportError::setup(format!("consumer {WORKERS_CONSUMER}"), e))?;
+    let jobs = shared_consumer(&js, &options).await?;
     let ack_wait = jobs.cached_info().config.ack_wait;
     let max_deliver = jobs.cached_info().config.max_deliver;
     let concurrency = options.concurrency.max(1);
@@ -167,11 +151,42 @@ pub async fn run(
             }
         }
     }
+    drain(running, options.shutdown_grace).await;
+    // Acks, naks and terms are buffered publishes: send them before the connection goes.
+    if let Err(e) = js.client().flush().await {
+        tracing::warn!(error = %e, "cannot flush the last acks");
+    }
+    Ok(())
+}
+
+/// The durable pull consumer every worker shares (created with `options` the first time).
+async fn shared_consumer(
+    js: &jetstream::Context,
+    options: &WorkerOptions,
+) -> Result<consumer::PullConsumer, TransportError> {
+    ensure_streams(js).await?;
+    js.get_stream(JOBS_STREAM)
+        .await
+        .map_err(|e| TransportError::setup(format!("stream {JOBS_STREAM}"), e))?
+        .get_or_create_consumer(
+            WORKERS_CONSUMER,
+            consumer::pull::Config {
+                durable_name: Some(WORKERS_CONSUMER.into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: options.ack_wait,
+                max_deliver: options.max_deliver,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| TransportError::setup(format!("consumer {WORKERS_CONSUMER}"), e))
+}
+
+/// Gives in-flight jobs `grace` to finish; the rest are abandoned (JetStream redelivers them).
+async fn drain(mut running: JoinSet<()>, grace: Duration) {
     tracing::info!(in_flight = running.len(), "shutting down: finishing in-flight jobs");
-    let drained = tokio::time::timeout(options.shutdown_grace, async {
-        while running.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(grace, async { while running.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!(
             abandoned = running.len(),
@@ -179,11 +194,6 @@ pub async fn run(
         );
         running.abort_all();
     }
-    // Acks, naks and terms are buffered publishes: send them before the connection goes.
-    if let Err(e) = js.client().flush().await {
-        tracing::warn!(error = %e, "cannot flush the last acks");
-    }
-    Ok(())
 }
 
 /// Runs one delivered job and settles it (ack, nak or term).

@@ -27,6 +27,8 @@ struct LayerListing {
     listed: BTreeMap<String, Version>,
 }
 
+/// Merges one target: list the layers → find the names whose inputs moved → read and fold
+/// those → compare with the merged copies → write what changed and the manifest.
 pub(crate) async fn run(
     job: &Job,
     spec: &MergeSpec,
@@ -36,27 +38,7 @@ pub(crate) async fn run(
     let key = ctx.hash_key(&job.options)?;
     let merge_store = ctx.store(&spec.merge_store)?;
     let prefix = merged_prefix(&job.target);
-
-    let mut layers = Vec::with_capacity(spec.layers.len());
-    for layer in &spec.layers {
-        let layer = match layer {
-            LayerSpec::Source { store, .. } => {
-                let store = ctx.store(store)?;
-                let listed = list_versions(&store, "").await?;
-                LayerListing { store, prefix: String::new(), listed }
-            }
-            // The parent's merge ran earlier in this run and checked its folder against its
-            // manifest, so the manifest stands in for a listing.
-            LayerSpec::Target { name } => {
-                let listed = match Manifest::read(&merge_store, name).await? {
-                    Some(manifest) => manifest.versions(),
-                    None => list_versions(&merge_store, &merged_prefix(name)).await?,
-                };
-                LayerListing { store: merge_store.clone(), prefix: merged_prefix(name), listed }
-            }
-        };
-        layers.push(layer);
-    }
+    let layers = list_layers(spec, ctx, &merge_store).await?;
     let listed = list_versions(&merge_store, &prefix).await?;
     let old = Manifest::read(&merge_store, &job.target).await?;
     let manifest_exists = old.is_some();
@@ -72,42 +54,13 @@ pub(crate) async fn run(
         ));
         return Ok(());
     }
-
-    // Which names need merging: those whose inputs or merged copy moved since the last merge.
     let spec_bytes =
         serde_json::to_vec(&(&spec.layers, spec.list_merge)).expect("merge specs serialize");
-    let mut manifest = Manifest { secrets: BTreeMap::new() };
-    let mut dirty: BTreeMap<String, ContentHash> = BTreeMap::new();
-    for name in names {
-        let inputs = input_fingerprint(&key, &spec_bytes, &layers, name);
-        match (listed.get(name), old.secrets.get(name)) {
-            (Some(version), Some(entry))
-                if entry.version == *version && entry.inputs.as_ref() == Some(&inputs) =>
-            {
-                manifest.secrets.insert(name.clone(), entry.clone());
-                result.unchanged += 1;
-            }
-            _ => {
-                dirty.insert(name.clone(), inputs);
-            }
-        }
-    }
-
-    let mut merged = BTreeMap::new();
-    for layer in &layers {
-        let wanted = dirty.keys().filter(|n| layer.listed.contains_key(*n)).cloned().collect();
-        let values = read_many(&layer.store, &layer.prefix, wanted).await?;
-        merge_layer(&mut merged, values, spec.list_merge);
-    }
+    let fingerprint = |name: &str| input_fingerprint(&key, &spec_bytes, &layers, name);
+    let (mut manifest, dirty) = sort_names(names, &listed, &old, fingerprint, result);
+    let merged = merge_dirty(&layers, &dirty, spec, &key).await?;
 
     // Merged copies are read only where they may differ: the manifest vouches for the others.
-    let merged: Vec<(String, SecretValue, ContentHash)> = merged
-        .into_iter()
-        .map(|(name, value)| {
-            let hash = key.hash(&value);
-            (name, value, hash)
-        })
-        .collect();
     let stale: Vec<String> = listed
         .keys()
         .filter(|n| !manifest.secrets.contains_key(*n) && !dirty.contains_key(*n))
@@ -121,48 +74,9 @@ pub(crate) async fn run(
             to_read.push(name.clone());
         }
     }
-    let mut current = read_many(&merge_store, &prefix, to_read).await?;
-
-    let mut writes = Vec::new();
-    let mut inputs_of = BTreeMap::new();
-    for (name, value, hash) in merged {
-        let inputs = dirty.remove(&name).expect("only dirty names are merged");
-        let existing = current.remove(&name).map(|v| {
-            let h = key.hash(&v);
-            (v, h)
-        });
-        // Listed but not read means the manifest vouched that it already holds this value.
-        let unchanged = match (&existing, listed.get(&name)) {
-            (None, Some(version)) => Some(version),
-            (Some((_, current_hash)), Some(version)) if *current_hash == hash => Some(version),
-            _ => None,
-        };
-        if let Some(version) = unchanged {
-            let entry = ManifestEntry { hash, version: version.clone(), inputs: Some(inputs) };
-            manifest.secrets.insert(name, entry);
-            result.unchanged += 1;
-            continue;
-        }
-        let pre = match listed.get(&name) {
-            Some(version) => Precondition::Matches(version.clone()),
-            None => Precondition::Absent,
-        };
-        let change = SecretChange::between(
-            name.clone(),
-            existing.as_ref().map(|(v, h)| (v, h.clone())),
-            Some((&value, hash.clone())),
-        );
-        result.changes.push(change);
-        inputs_of.insert(name.clone(), inputs);
-        writes.push(Write { name, pre, value: Some((value, hash)) });
-    }
-    for name in stale {
-        let value = current.remove(&name).expect("stale secrets were read");
-        let hash = key.hash(&value);
-        let pre = Precondition::Matches(listed[&name].clone());
-        result.changes.push(SecretChange::between(name.clone(), Some((&value, hash)), None));
-        writes.push(Write { name, pre, value: None });
-    }
+    let current = read_many(&merge_store, &prefix, to_read).await?;
+    let folder = Folder { listed, current, dirty };
+    let (writes, inputs_of) = folder.plan(merged, stale, &key, &mut manifest, result);
 
     let outcomes = apply(&merge_store, &prefix, writes, None, &key).await;
     record_outcomes(outcomes, &mut manifest.secrets, |name, hash, version| ManifestEntry {
@@ -176,6 +90,150 @@ pub(crate) async fn run(
     }
     tracing::debug!(secrets = manifest.secrets.len(), layers = spec.layers.len(), "merged");
     Ok(())
+}
+
+/// Each layer's store, folder and listing, in merge order.
+async fn list_layers(
+    spec: &MergeSpec,
+    ctx: &WorkerContext,
+    merge_store: &Arc<dyn SecretStore>,
+) -> Result<Vec<LayerListing>, JobError> {
+    let mut layers = Vec::with_capacity(spec.layers.len());
+    for layer in &spec.layers {
+        let layer = match layer {
+            LayerSpec::Source { store, .. } => {
+                let store = ctx.store(store)?;
+                let listed = list_versions(&store, "").await?;
+                LayerListing { store, prefix: String::new(), listed }
+            }
+            // The parent's merge ran earlier in this run and checked its folder against its
+            // manifest, so the manifest stands in for a listing.
+            LayerSpec::Target { name } => {
+                let listed = match Manifest::read(merge_store, name).await? {
+                    Some(manifest) => manifest.versions(),
+                    None => list_versions(merge_store, &merged_prefix(name)).await?,
+                };
+                LayerListing { store: merge_store.clone(), prefix: merged_prefix(name), listed }
+            }
+        };
+        layers.push(layer);
+    }
+    Ok(layers)
+}
+
+/// Splits the names into those the manifest vouches for (inputs and merged copy as recorded:
+/// kept in the new manifest, unchanged) and the dirty ones, with their input fingerprints.
+fn sort_names(
+    names: BTreeSet<&String>,
+    listed: &BTreeMap<String, Version>,
+    old: &Manifest,
+    fingerprint: impl Fn(&str) -> ContentHash,
+    result: &mut JobResult,
+) -> (Manifest, BTreeMap<String, ContentHash>) {
+    let mut manifest = Manifest { secrets: BTreeMap::new() };
+    let mut dirty = BTreeMap::new();
+    for name in names {
+        let inputs = fingerprint(name);
+        match (listed.get(name), old.secrets.get(name)) {
+            (Some(version), Some(entry))
+                if entry.version == *version && entry.inputs.as_ref() == Some(&inputs) =>
+            {
+                manifest.secrets.insert(name.clone(), entry.clone());
+                result.unchanged += 1;
+            }
+            _ => {
+                dirty.insert(name.clone(), inputs);
+            }
+        }
+    }
+    (manifest, dirty)
+}
+
+/// Reads the dirty names from every layer that has them and folds them in order; each merged
+/// value with its keyed hash.
+async fn merge_dirty(
+    layers: &[LayerListing],
+    dirty: &BTreeMap<String, ContentHash>,
+    spec: &MergeSpec,
+    key: &HashKey,
+) -> Result<Vec<(String, SecretValue, ContentHash)>, JobError> {
+    let mut merged = BTreeMap::new();
+    for layer in layers {
+        let wanted = dirty.keys().filter(|n| layer.listed.contains_key(*n)).cloned().collect();
+        let values = read_many(&layer.store, &layer.prefix, wanted).await?;
+        merge_layer(&mut merged, values, spec.list_merge);
+    }
+    Ok(merged
+        .into_iter()
+        .map(|(name, value)| {
+            let hash = key.hash(&value);
+            (name, value, hash)
+        })
+        .collect())
+}
+
+/// The target's folder in the merge store: its listing, the merged copies read, and the
+/// dirty names' input fingerprints.
+struct Folder {
+    listed: BTreeMap<String, Version>,
+    current: BTreeMap<String, SecretValue>,
+    dirty: BTreeMap<String, ContentHash>,
+}
+
+impl Folder {
+    /// The writes that bring the folder to `merged` (and delete `stale` copies nothing
+    /// merges any more), each reported as a change; unchanged copies go straight into the
+    /// manifest. Returns the writes and the input fingerprints of what they write.
+    fn plan(
+        mut self,
+        merged: Vec<(String, SecretValue, ContentHash)>,
+        stale: Vec<String>,
+        key: &HashKey,
+        manifest: &mut Manifest,
+        result: &mut JobResult,
+    ) -> (Vec<Write>, BTreeMap<String, ContentHash>) {
+        let mut writes = Vec::new();
+        let mut inputs_of = BTreeMap::new();
+        for (name, value, hash) in merged {
+            let inputs = self.dirty.remove(&name).expect("only dirty names are merged");
+            let existing = self.current.remove(&name).map(|v| {
+                let h = key.hash(&v);
+                (v, h)
+            });
+            // Listed but not read means the manifest vouched that it already holds this value.
+            let unchanged = match (&existing, self.listed.get(&name)) {
+                (None, Some(version)) => Some(version),
+                (Some((_, current_hash)), Some(version)) if *current_hash == hash => Some(version),
+                _ => None,
+            };
+            if let Some(version) = unchanged {
+                let entry = ManifestEntry { hash, version: version.clone(), inputs: Some(inputs) };
+                manifest.secrets.insert(name, entry);
+                result.unchanged += 1;
+                continue;
+            }
+            let pre = match self.listed.get(&name) {
+                Some(version) => Precondition::Matches(version.clone()),
+                None => Precondition::Absent,
+            };
+            let change = SecretChange::between(
+                name.clone(),
+                existing.as_ref().map(|(v, h)| (v, h.clone())),
+                Some((&value, hash.clone())),
+            );
+            result.changes.push(change);
+            inputs_of.insert(name.clone(), inputs);
+            writes.push(Write { name, pre, value: Some((value, hash)) });
+        }
+        for name in stale {
+            let value = self.current.remove(&name).expect("stale secrets were read");
+            let hash = key.hash(&value);
+            let pre = Precondition::Matches(self.listed[&name].clone());
+            result.changes.push(SecretChange::between(name.clone(), Some((&value, hash)), None));
+            writes.push(Write { name, pre, value: None });
+        }
+        (writes, inputs_of)
+    }
 }
 
 /// A keyed fingerprint of what one merged secret is made of: the spec (layer order, list rule)
