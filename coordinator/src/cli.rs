@@ -233,7 +233,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     });
     match cli.command {
         Command::Validate { config } => {
-            let cfg = match Config::load(&config) {
+            let cfg = match load_config(&config) {
                 Ok(cfg) => cfg,
                 Err(e) => return Ok(config_error(e)),
             };
@@ -248,7 +248,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Graph { config, format, merge_only, sync_only } => {
-            let cfg = match Config::load(&config) {
+            let cfg = match load_config(&config) {
                 Ok(cfg) => cfg,
                 Err(e) => return Ok(config_error(e)),
             };
@@ -335,13 +335,24 @@ fn on_off(on: bool) -> &'static str {
     if on { "on" } else { "off" }
 }
 
+/// Reads and validates a config file with this process's environment; relative paths in it
+/// are taken from its folder.
+pub fn load_config(path: &std::path::Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+    let base =
+        path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+    Config::from_yaml(&text, &path.display().to_string(), &base, &|name| std::env::var(name).ok())
+}
+
 fn config_error(e: ConfigError) -> u8 {
     eprintln!("error: {e}");
     2
 }
 
 async fn pipeline(args: PipelineArgs, log_format: Option<LogFormat>) -> anyhow::Result<u8> {
-    let cfg = match Config::load(&args.config) {
+    let cfg = match load_config(&args.config) {
         Ok(cfg) => cfg,
         Err(e) => {
             crate::logging::init(None, log_format, "vss");

@@ -246,15 +246,6 @@ pub enum LogFormat {
 }
 
 impl Config {
-    /// Reads and validates a config file; relative paths in it are taken from its folder.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
-        Self::from_yaml(&text, &path.display().to_string(), &base, &|name| std::env::var(name).ok())
-    }
-
     /// Parses and validates config text. Pure: the environment is passed in as `env`.
     pub fn from_yaml(
         text: &str,
