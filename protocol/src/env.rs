@@ -16,6 +16,9 @@ pub enum ExpandError {
     /// `${...}` that does not name a variable.
     #[error("`${{{0}}}` is not a valid environment variable reference")]
     InvalidName(String),
+    /// A default that holds another `${`: not supported (it would expand to a wrong text).
+    #[error("`${{{0}:-…}}`: a default cannot hold another `${{…}}`")]
+    NestedDefault(String),
 }
 
 /// Expands `text`; returns it and whether any variable was substituted.
@@ -44,6 +47,9 @@ pub fn expand(
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
                 return Err(ExpandError::InvalidName(name.to_string()));
+            }
+            if default.is_some_and(|d| d.contains("${")) {
+                return Err(ExpandError::NestedDefault(name.to_string()));
             }
             match (env(name).filter(|v| !v.is_empty()), default) {
                 (Some(v), _) => {
@@ -89,6 +95,7 @@ mod tests {
         );
         assert_eq!(expand("${bad-name}", &env), Err(ExpandError::InvalidName("bad-name".into())));
         assert_eq!(expand("a ${oops", &env), Err(ExpandError::Unterminated));
+        assert_eq!(expand("${A:-${B}}/x", &env), Err(ExpandError::NestedDefault("A".into())));
         assert_eq!(
             ExpandError::Unterminated.to_string(),
             "unterminated `${` (write `$${` for a literal `${`)"

@@ -201,8 +201,12 @@ pub struct JobResult {
     pub phase: Phase,
     /// How it ended.
     pub outcome: Outcome,
-    /// Secrets created, changed or deleted (or that would be, in a dry run).
+    /// Secrets created, changed or deleted (or that would be, in a dry run); a change whose
+    /// write or delete failed is in `not_applied` instead.
     pub changes: Vec<SecretChange>,
+    /// Secrets whose planned write or delete failed (the job's error says why).
+    #[serde(default)]
+    pub not_applied: Vec<String>,
     /// Secrets already as desired.
     pub unchanged: u64,
     /// Things the user should know that did not fail the job (e.g. deletes withheld).
@@ -219,6 +223,7 @@ impl JobResult {
             phase: job.phase(),
             outcome,
             changes: Vec::new(),
+            not_applied: Vec::new(),
             unchanged: 0,
             warnings: Vec::new(),
         }

@@ -29,6 +29,10 @@ impl SecretValue {
                 zeroize_value(other);
                 Err(InvalidSecret(format!("expected a JSON object, found {kind}")))
             }
+            // serde_json's own messages quote no input; its depth limit is not a syntax error.
+            Err(e) if e.to_string().starts_with("recursion limit exceeded") => Err(InvalidSecret(
+                format!("nested deeper than 128 levels (line {}, column {})", e.line(), e.column()),
+            )),
             Err(e) => Err(InvalidSecret(format!(
                 "not valid JSON (line {}, column {}: {:?})",
                 e.line(),

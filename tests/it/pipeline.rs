@@ -307,6 +307,16 @@ fn a_failed_write_fails_its_target_and_keeps_what_succeeded() {
     assert_eq!(t["status"], "failed");
     assert!(t["error"].as_str().unwrap().contains("secret `b`"), "{t}");
     assert_eq!(ws.read_secret("out", "a").unwrap(), json!({"k": 1}));
+    // Only what was done is counted: `b` failed, so it is not "added".
+    assert_eq!(counts(&t["summary"]), (1, 0, 0, 0), "{t}");
+    assert_eq!(t["not_applied"], json!(["b"]), "{t}");
+    let human = ws.run(&["pipeline", "--config", "vss.yaml"]);
+    assert!(
+        human.stdout.contains("Applied: 0 added, 0 modified, 0 removed, 1 unchanged"),
+        "{}",
+        human.stdout
+    );
+    assert!(human.stdout.contains("1 changes not applied"), "{}", human.stdout);
 
     std::fs::remove_dir_all(ws.path().join("out/b.json")).unwrap();
     let run = ws.pipeline(&[]);

@@ -10,6 +10,8 @@ use vss_protocol::{ContentHash, HashKey, SecretValue};
 use vss_stores::conflict::{DesiredWrite, delete_resolving_conflicts, write_resolving_conflicts};
 use vss_stores::{Entry, ErrorKind, Precondition, SecretStore, Stamp, StoreError, Version};
 
+use vss_protocol::job::JobResult;
+
 use crate::JobError;
 
 /// Store calls a job keeps in flight at once.
@@ -150,12 +152,14 @@ pub(crate) async fn apply(
         .await
 }
 
-/// Folds the outcomes of [`apply`] into `records` (name → hash and version); returns the
-/// first error, counting the rest.
+/// Folds the outcomes of [`apply`] into `records` (name → hash and version), and moves the
+/// changes that failed out of the result's changes (a report counts only what was done);
+/// returns the first error, counting the rest.
 pub(crate) fn record_outcomes<R>(
     outcomes: Outcomes,
     records: &mut BTreeMap<String, R>,
     record: impl Fn(&str, ContentHash, Version) -> R,
+    result: &mut JobResult,
 ) -> Result<(), JobError> {
     let mut first_error = None;
     let mut failed = 0;
@@ -171,6 +175,8 @@ pub(crate) fn record_outcomes<R>(
             Err(e) => {
                 failed += 1;
                 first_error.get_or_insert(e);
+                result.changes.retain(|c| c.path != name);
+                result.not_applied.push(name);
             }
         }
     }

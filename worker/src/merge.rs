@@ -79,11 +79,12 @@ pub(crate) async fn run(
     let (writes, inputs_of) = folder.plan(merged, stale, &key, &mut manifest, result);
 
     let outcomes = apply(&merge_store, &prefix, writes, None, &key).await;
-    record_outcomes(outcomes, &mut manifest.secrets, |name, hash, version| ManifestEntry {
+    let entry = |name: &str, hash, version| ManifestEntry {
         hash,
         version,
         inputs: inputs_of.get(name).cloned(),
-    })?;
+    };
+    record_outcomes(outcomes, &mut manifest.secrets, entry, result)?;
     // A missing manifest compares equal to an empty one, so write it then too.
     if manifest != old || !manifest_exists {
         manifest.write(&merge_store, &job.target).await?;

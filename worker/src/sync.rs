@@ -206,10 +206,8 @@ pub(crate) async fn run(
     }
     let owner = Stamp::owner_of(&job.target);
     let outcomes = apply(&target, "", writes, Some(&owner), &key).await;
-    let applied = record_outcomes(outcomes, &mut records.secrets, |_, hash, version| Record {
-        hash,
-        version,
-    });
+    let record = |_: &str, hash, version| Record { hash, version };
+    let applied = record_outcomes(outcomes, &mut records.secrets, record, result);
     // Whatever succeeded is recorded, even when something else failed.
     ledger.save(&records_name, &records)?;
     applied

@@ -57,6 +57,13 @@ pub fn render(report: &Report, use_colour: bool) -> String {
                 );
             }
         }
+        if !target.not_applied.is_empty() {
+            let _ = writeln!(
+                out,
+                "  {} changes not applied (not counted below)",
+                target.not_applied.len()
+            );
+        }
         for warning in &target.warnings {
             let _ = writeln!(out, "  warning: {warning}");
         }

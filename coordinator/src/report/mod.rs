@@ -38,6 +38,9 @@ pub struct TargetReport {
     pub summary: Summary,
     /// Created, changed and deleted secrets; unchanged ones are only counted.
     pub changes: Vec<SecretChange>,
+    /// Secrets whose planned write or delete failed: not in `changes` nor in the counts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_applied: Vec<String>,
     /// Things worth knowing that did not fail the target.
     pub warnings: Vec<String>,
     /// Why it failed or was skipped.
@@ -115,6 +118,9 @@ impl Report {
             let mut changes: Vec<SecretChange> =
                 mains.iter_mut().flat_map(|r| std::mem::take(&mut r.changes)).collect();
             changes.sort_by(|a, b| a.path.cmp(&b.path));
+            let mut not_applied: Vec<String> =
+                mains.iter_mut().flat_map(|r| std::mem::take(&mut r.not_applied)).collect();
+            not_applied.sort();
             let target_summary = Summary::of(&changes, unchanged);
             summary.add(&target_summary);
             targets.push(TargetReport {
@@ -122,6 +128,7 @@ impl Report {
                 status,
                 summary: target_summary,
                 changes,
+                not_applied,
                 warnings,
                 error,
             });

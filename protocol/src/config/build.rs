@@ -59,6 +59,10 @@ pub(super) fn build(
     let source = raw.source.as_ref().and_then(|s| s.check(&mut ck, path(&["source"]), &ctx));
     let mut sources = BTreeMap::new();
     for (name, s) in &raw.sources {
+        if name.trim().is_empty() {
+            ck.error(&path(&["sources"]), "a source needs a name".into());
+            continue;
+        }
         if let Some(spec) = s.check(&mut ck, path(&["sources", name]), &ctx) {
             sources.insert(name.clone(), spec);
         }
@@ -67,6 +71,11 @@ pub(super) fn build(
     let targets = targets(&mut ck, &raw, &pipeline, &ctx);
     check_cycles(&mut ck, &raw.targets);
     let (state, hash_key, nats) = execution(raw.state, raw.hash_key, raw.execution, base);
+    if let Some(level) = raw.log.as_ref().and_then(|l| l.level.as_deref())
+        && let Err(message) = check_log_filter(level)
+    {
+        ck.error(&path(&["log", "level"]), message);
+    }
     let log = raw.log.map(|l| LogSettings { level: l.level, format: l.format }).unwrap_or_default();
 
     if !ck.diags.is_empty() {
@@ -138,9 +147,9 @@ fn targets(
         if t.shards.is_some_and(|n| n == 0 || n > MAX_SHARDS) {
             ck.error(&join(&at, &["shards"]), format!("must be between 1 and {MAX_SHARDS}"));
         }
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-        {
-            ck.error(&at, "target names may use only letters, digits, `_`, `-` and `.`".into());
+        if !is_target_name(name) {
+            let message = "target names may use only letters, digits, `_`, `-` and `.`, and start with a letter or digit";
+            ck.error(&at, message.into());
         }
         let layers = layers(ck, raw, &at, t);
         let Some(store) = target_store(ck, &at, name, t, pipeline.sync_enabled, ctx) else {
@@ -259,6 +268,35 @@ fn execution(
         job_timeout_secs: n.job_timeout_secs.unwrap_or(NatsSpec::DEFAULT_JOB_TIMEOUT_SECS),
     });
     (state, hash_key, nats)
+}
+
+/// A target name: letters, digits, `_`, `-` and `.`, starting with a letter or digit (it
+/// names ledger files, merge-store folders and jobs).
+fn is_target_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+}
+
+/// Checks a `RUST_LOG`-style filter: `level` or `target=level` directives, comma-separated.
+fn check_log_filter(filter: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let level_ok = |l: &str| LEVELS.contains(&l.to_ascii_lowercase().as_str());
+    let target_ok = |t: &str| {
+        !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || "_:-".contains(c))
+    };
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let ok = match directive.split_once('=') {
+            Some((target, level)) => target_ok(target) && level_ok(level),
+            None => level_ok(directive) || target_ok(directive),
+        };
+        if !ok {
+            return Err(format!(
+                "`{directive}` is not a log filter directive: write a level ({}) or `target=level`",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Reports each inheritance cycle once, with its chain: `A -> B -> A`.

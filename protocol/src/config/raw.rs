@@ -317,6 +317,12 @@ pub(crate) fn deserialize(
         }
         removed.push(at);
     }
+    diags.push(Diagnostic::at(
+        file,
+        None,
+        String::new(),
+        "… and more errors of this kind: fix these and run `vss validate` again".into(),
+    ));
     (None, diags)
 }
 

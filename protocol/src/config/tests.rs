@@ -666,3 +666,57 @@ fn identities_ignore_spelling_and_labels_hide_credentials() {
     assert!(!source.identity().as_str().contains("canary"));
     assert_ne!(source.identity(), http("https://api.example.com/s.json?key=other").identity());
 }
+
+#[test]
+fn hostile_names_paths_and_filters_are_refused_at_validate() {
+    let text = r#"
+log: { level: "info,[{evil}]" }
+sources:
+  "": { file: { dir: s } }
+  up: { vault: { path: secret/../../sys } }
+  blank: { file: { dir: "" } }
+merge_store: { file: { dir: m } }
+vault: { address: "http://v:8200" }
+targets:
+  ".": { imports: [blank], store: { file: { dir: a } } }
+  "..": { imports: [blank], store: { file: { dir: b } } }
+  .hidden: { imports: [blank], store: { file: { dir: c } } }
+  K: { imports: [blank], store: { kubernetes: { namespace: "../../x" } } }
+  N: { imports: [blank], store: { kubernetes: { namespace: ns, name: "A/b" } } }
+"#;
+    let errs = errors(text).join("\n");
+    for expected in [
+        "log.level: `[{evil}]` is not a log filter directive",
+        "sources: a source needs a name",
+        "sources.up.vault: a Vault path cannot hold empty, `.` or `..` segments",
+        "sources.blank.file.dir: `dir` is empty",
+        "targets..: target names may use only",
+        "targets...: target names may use only",
+        "targets..hidden: target names may use only",
+        "targets.K.store.kubernetes.namespace: a namespace is a DNS label",
+        "targets.N.store.kubernetes.name: a Secret name is lower-case",
+    ] {
+        assert!(errs.contains(expected), "missing {expected:?} in:\n{errs}");
+    }
+    let ok = "log: { level: \"warn,vss_worker=debug,aws_smithy_runtime=off\" }\nsource: { file: { dir: s } }\ntargets: { A: { store: { file: { dir: o } } } }\n";
+    assert!(load(ok).is_ok());
+}
+
+#[test]
+fn more_errors_than_are_listed_say_so() {
+    let mut text = String::from("source: { file: { dir: s } }\ntargets:\n");
+    for i in 0..80 {
+        text.push_str(&format!("  T{i}: {{ bogus: 1, store: {{ file: {{ dir: o{i} }} }} }}\n"));
+    }
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 65, "{errs:#?}");
+    assert!(errs[64].contains("and more errors"), "{}", errs[64]);
+}
+
+#[test]
+fn a_nested_default_is_an_error_not_a_wrong_path() {
+    let errs = errors(
+        "source: { file: { dir: \"${A:-${B}}/x\" } }\ntargets: { A: { store: { file: { dir: o } } } }\n",
+    );
+    assert!(errs[0].contains("a default cannot hold another"), "{errs:#?}");
+}

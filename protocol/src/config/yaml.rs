@@ -121,10 +121,11 @@ pub fn parse(
     file: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Document, Vec<Diagnostic>> {
+    shape_check(text, file)?;
     let mut loader: YamlLoader<MarkedYamlOwned> = YamlLoader::default();
     loader.early_parse(false);
     let mut parser = saphyr_parser::Parser::new_from_str(text);
-    let scan = parser.load(&mut loader, false).err().or_else(|| loader.error().cloned());
+    let scan = parser.load(&mut loader, true).err().or_else(|| loader.error().cloned());
     if let Some(e) = scan {
         return Err(vec![Diagnostic::at(
             file,
@@ -161,6 +162,76 @@ pub fn parse(
         )]);
     }
     Ok(doc)
+}
+
+/// How deep mappings and sequences may nest: far beyond any real config, far below what
+/// would exhaust the stack.
+const MAX_DEPTH: usize = 64;
+/// How many nodes a document may hold once aliases are expanded (a "billion laughs" bomb
+/// expands a few lines into billions).
+const MAX_NODES: usize = 1_000_000;
+
+/// Checks the event stream before anything is built from it, without recursion: one
+/// document, nesting within [`MAX_DEPTH`], aliases expanding to at most [`MAX_NODES`], and only
+/// YAML's own tags. Syntax errors are left to the loader, which reports them.
+fn shape_check(text: &str, file: &str) -> Result<(), Vec<Diagnostic>> {
+    use saphyr_parser::{Event, Tag};
+    let refuse = |line: usize, message: &str| {
+        Err(vec![Diagnostic::at(file, Some(line), String::new(), message.into())])
+    };
+    let custom = |tag: &Option<std::borrow::Cow<'_, Tag>>| {
+        tag.as_ref().is_some_and(|t| !t.is_yaml_core_schema())
+    };
+    let (mut documents, mut nodes) = (0usize, 0usize);
+    let mut open: Vec<(usize, usize)> = Vec::new(); // (anchor id, nodes before the container)
+    let mut anchored: BTreeMap<usize, usize> = BTreeMap::new(); // anchor id → its nodes
+    for event in saphyr_parser::Parser::new_from_str(text) {
+        let Ok((event, span)) = event else { return Ok(()) };
+        let line = span.start.line();
+        match event {
+            Event::DocumentStart(_) => {
+                documents += 1;
+                if documents > 1 {
+                    return refuse(line, "expected one YAML document, found several");
+                }
+            }
+            Event::MappingStart(anchor, tag) | Event::SequenceStart(anchor, tag) => {
+                if custom(&tag) {
+                    return refuse(line, "custom YAML tags (`!name`) are not allowed here");
+                }
+                nodes += 1;
+                open.push((anchor, nodes));
+                if open.len() > MAX_DEPTH {
+                    return refuse(line, &format!("nested deeper than {MAX_DEPTH} levels"));
+                }
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                if let Some((anchor, start)) = open.pop()
+                    && anchor > 0
+                {
+                    anchored.insert(anchor, nodes + 1 - start);
+                }
+            }
+            Event::Scalar(_, _, anchor, tag) => {
+                if custom(&tag) {
+                    return refuse(line, "custom YAML tags (`!name`) are not allowed here");
+                }
+                nodes += 1;
+                if anchor > 0 {
+                    anchored.insert(anchor, 1);
+                }
+            }
+            Event::Alias(anchor) => nodes += anchored.get(&anchor).copied().unwrap_or(1),
+            _ => {}
+        }
+        if nodes > MAX_NODES {
+            return refuse(
+                line,
+                &format!("more than {MAX_NODES} values once aliases are expanded"),
+            );
+        }
+    }
+    Ok(())
 }
 
 struct Converter<'a> {
@@ -302,6 +373,32 @@ mod tests {
         assert!(doc.is_from_env(&[key("a"), key("b")]));
         assert!(doc.is_from_env(&[key("a")]));
         assert!(!doc.is_from_env(&[key("a"), key("d")]));
+    }
+
+    #[test]
+    fn refuses_several_documents_deep_nesting_custom_tags_and_alias_bombs() {
+        let one = |text: &str| match parse(text, "f.yaml", &env) {
+            Err(errs) => errs[0].to_string(),
+            Ok(_) => "accepted".into(),
+        };
+        assert_eq!(one("a: 1\n---\nb: 2\n"), "f.yaml:2: expected one YAML document, found several");
+        let mut deep = String::new();
+        for level in 0..5000 {
+            deep.push_str(&format!("{}k:\n", " ".repeat(level)));
+        }
+        assert!(one(&deep).ends_with("nested deeper than 64 levels"), "{}", one(&deep));
+        assert!(one("a: !foo bar\n").contains("custom YAML tags"));
+        assert!(one("a: !!str 5\n") == "accepted");
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for (i, name) in ["b", "c", "d", "e", "f", "g", "h"].iter().enumerate() {
+            let prev = if i == 0 {
+                "a".to_string()
+            } else {
+                ["b", "c", "d", "e", "f", "g"][i - 1].to_string()
+            };
+            bomb.push_str(&format!("{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
+        }
+        assert!(one(&bomb).contains("once aliases are expanded"), "{}", one(&bomb));
     }
 
     #[test]

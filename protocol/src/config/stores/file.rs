@@ -18,6 +18,10 @@ pub(crate) struct RawFileStore {
 
 impl RawFileStore {
     pub(crate) fn check(&self, cx: &mut StoreCheck) -> Option<StoreSpec> {
+        if self.dir.trim().is_empty() {
+            cx.error_at(&["dir"], "`dir` is empty: name a folder");
+            return None;
+        }
         Some(StoreSpec::File { dir: cx.resolve(&self.dir) })
     }
 }

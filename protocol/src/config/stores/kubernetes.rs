@@ -26,12 +26,36 @@ impl RawKubernetesStore {
         if !cx.refuse_unless(&[Role::Target], "the `kubernetes` store is a target") {
             return None;
         }
+        if !is_dns_label(&self.namespace) {
+            cx.error_at(&["namespace"], "a namespace is a DNS label: lower-case letters, digits and `-`, at most 63, starting and ending with a letter or digit");
+            return None;
+        }
+        if let Some(name) = &self.name
+            && !(name.len() <= 253 && name.split('.').all(is_dns_label))
+        {
+            cx.error_at(
+                &["name"],
+                "a Secret name is lower-case letters, digits, `-` and `.`, at most 253 characters",
+            );
+            return None;
+        }
         Some(StoreSpec::Kubernetes(Box::new(KubernetesSpec {
             namespace: self.namespace.clone(),
             context: self.context.clone(),
             name: self.name.clone(),
         })))
     }
+}
+
+/// A DNS-1123 label: what Kubernetes accepts as a namespace (and each dot-separated part of a
+/// Secret's name).
+fn is_dns_label(s: &str) -> bool {
+    let edge = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(edge)
+        && s.ends_with(edge)
+        && s.chars().all(|c| edge(c) || c == '-')
 }
 
 /// Where a Kubernetes target lives. Credentials come from the in-cluster service account or

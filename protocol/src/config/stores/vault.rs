@@ -201,6 +201,11 @@ impl RawVaultStore {
             cx.error("the KV v2 mount is empty");
             return None;
         }
+        let segments = mount.split('/').chain(prefix.split('/').filter(|_| !prefix.is_empty()));
+        if segments.clone().any(|s| s.is_empty() || s == "." || s == "..") {
+            cx.error("a Vault path cannot hold empty, `.` or `..` segments");
+            return None;
+        }
         match cx.vault {
             Connection::Ready(connection) => Some(StoreSpec::Vault(Box::new(VaultSpec {
                 connection: connection.clone(),
