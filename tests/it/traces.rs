@@ -119,7 +119,9 @@ fn traces_cross_nats_from_the_coordinator_to_the_workers() {
 #[test]
 fn traces_an_unreachable_collector_is_a_logged_warning_not_a_failure() {
     let ws = workspace();
-    let closed = format!("http://127.0.0.1:{}", vss_tests::servers::free_port());
+    // Bound but not listening: connections are refused for as long as the test runs.
+    let port = vss_tests::servers::ClosedPort::new();
+    let closed = format!("http://127.0.0.1:{}", port.port);
     let run = ws.run_env(
         &["pipeline", "--config", "vss.yaml", "--output", "json"],
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", closed.as_str())],

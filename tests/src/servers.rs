@@ -1,11 +1,15 @@
-//! Real servers for the tests, each on a free port of its own and stopped on drop.
+//! Real servers for the tests, each on a port of its own and stopped on drop.
+//!
+//! Every server picks its own port (port 0, or nats-server's "random port") and the harness
+//! learns it from the server itself, so no two servers can race for one port. The one
+//! exception is [`Nats::restart`], which must come back on the port its clients know.
 //!
 //! Binaries come from the project's venv (`$VSS_VENV/bin`, default `~/.cache/vss-venv/bin`,
 //! filled by `scripts/test`), else from `PATH`.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,9 +26,28 @@ pub fn server_bin(name: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// A local port that refuses connections: a socket bound to it but never listening, so no
+/// server can take the port while this value lives.
+pub struct ClosedPort {
+    /// The port number.
+    pub port: u16,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl ClosedPort {
+    /// Reserves a port on `127.0.0.1`.
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        Self { port, _socket: socket }
+    }
+}
+
+impl Default for ClosedPort {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// The status code of `GET path` on `127.0.0.1:port`, if the server answers.
@@ -35,6 +58,49 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).ok()?;
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// Calls `probe` every 50 ms until it finds something; `None` once `child` has exited or
+/// `deadline` has passed.
+fn poll<T>(
+    child: &mut Child,
+    deadline: Instant,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    loop {
+        if let Some(found) = probe() {
+            return Some(found);
+        }
+        if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Kills `child` and reaps it.
+fn stop(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// What a server wrote to `file` so far (empty if unreadable).
+fn output(file: &Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(file).unwrap_or_default()).into_owned()
+}
+
+/// The port of the address that follows `marker` in `text` (`host:PORT` or
+/// `scheme://host:PORT`), once the address is written whole (a space, quote or line end after
+/// it).
+fn port_after(text: &str, marker: &str) -> Option<u16> {
+    let rest = &text[text.find(marker)? + marker.len()..];
+    let end = rest.find(|c: char| c.is_whitespace() || c == '"' || c == '\x1b')?;
+    port_of(&rest[..end])
+}
+
+/// The port of `host:PORT` or `scheme://host:PORT`.
+fn port_of(address: &str) -> Option<u16> {
+    address.rsplit_once(':')?.1.parse().ok()
 }
 
 /// An OpenBao dev server (Vault's API; KV v2 mounted at `secret/`), root token `root`.
@@ -48,39 +114,47 @@ pub struct OpenBao {
 pub const ROOT_TOKEN: &str = "root";
 
 impl OpenBao {
-    /// Starts a dev server and waits until it is unsealed and ready. A server that exits at
-    /// start (e.g. its port was taken meanwhile) is retried on another port.
+    /// Starts a dev server on a port of its choosing and waits until it is unsealed and
+    /// ready.
+    ///
+    /// OpenBao accepts port 0 but prints the address as configured (`127.0.0.1:0`), not the
+    /// one it bound. What it does print is the cluster address it derives from the bound API
+    /// listener, one port above it (`Listener 1: tcp (addr: …, cluster address:
+    /// "127.0.0.1:N")`), so the API port is `N - 1`; the health check then confirms it.
     pub fn start() -> Self {
-        let mut last_log = String::new();
-        for _ in 0..3 {
-            let port = free_port();
-            let log = tempfile::NamedTempFile::new().unwrap();
-            let mut child = Command::new(server_bin("bao"))
-                .args([
-                    "server",
-                    "-dev",
-                    &format!("-dev-root-token-id={ROOT_TOKEN}"),
-                    &format!("-dev-listen-address=127.0.0.1:{port}"),
-                ])
-                .stdout(Stdio::null())
-                .stderr(log.reopen().unwrap())
-                .spawn()
-                .expect("bao runs (scripts/test installs it)");
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                if http_status(port, "/v1/sys/health") == Some(200) {
-                    return Self { child, address: format!("http://127.0.0.1:{port}") };
-                }
-                if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    last_log = std::fs::read_to_string(log.path()).unwrap_or_default();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        panic!("OpenBao did not start; its last log:\n{last_log}");
+        let (out, log) =
+            (tempfile::NamedTempFile::new().unwrap(), tempfile::NamedTempFile::new().unwrap());
+        let mut child = Command::new(server_bin("bao"))
+            .args([
+                "server",
+                "-dev",
+                &format!("-dev-root-token-id={ROOT_TOKEN}"),
+                "-dev-listen-address=127.0.0.1:0",
+            ])
+            .stdout(out.reopen().unwrap())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .expect("bao runs (scripts/test installs it)");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let port = poll(&mut child, deadline, || {
+            let cluster = port_after(&output(out.path()), "cluster address: \"")?;
+            cluster.checked_sub(1)
+        });
+        let ready = port.filter(|&port| {
+            poll(&mut child, deadline, || {
+                (http_status(port, "/v1/sys/health") == Some(200)).then_some(())
+            })
+            .is_some()
+        });
+        let Some(port) = ready else {
+            stop(&mut child);
+            panic!(
+                "OpenBao did not start; its output:\n{}\n{}",
+                output(out.path()),
+                output(log.path())
+            );
+        };
+        Self { child, address: format!("http://127.0.0.1:{port}") }
     }
 
     fn cli(&self, args: &[&str]) -> std::process::Output {
@@ -192,8 +266,7 @@ impl OpenBao {
 
 impl Drop for OpenBao {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child);
     }
 }
 
@@ -213,30 +286,29 @@ pub const AWS_TEST_ENV: [(&str, &str); 3] = [
 ];
 
 impl Moto {
-    /// Starts a server and waits until it answers.
+    /// Starts a server on a port of its choosing (werkzeug binds port 0 and logs the port it
+    /// got: ` * Running on http://127.0.0.1:PORT`) and waits until it answers.
     pub fn start() -> Self {
-        for _ in 0..3 {
-            let port = free_port();
-            let mut child = Command::new(server_bin("moto_server"))
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("moto_server runs (scripts/test installs it)");
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                if http_status(port, "/moto-api/") == Some(200) {
-                    return Self { child, endpoint: format!("http://127.0.0.1:{port}") };
-                }
-                if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        panic!("moto did not start");
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut child = Command::new(server_bin("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .expect("moto_server runs (scripts/test installs it)");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let port = poll(&mut child, deadline, || port_after(&output(log.path()), "Running on "));
+        let ready = port.filter(|&port| {
+            poll(&mut child, deadline, || {
+                (http_status(port, "/moto-api/") == Some(200)).then_some(())
+            })
+            .is_some()
+        });
+        let Some(port) = ready else {
+            stop(&mut child);
+            panic!("moto did not start; its log:\n{}", output(log.path()));
+        };
+        Self { child, endpoint: format!("http://127.0.0.1:{port}") }
     }
 
     /// Runs Python with `sm`, a boto3 Secrets Manager client on this server; returns what the
@@ -259,8 +331,7 @@ impl Moto {
 
 impl Drop for Moto {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child);
     }
 }
 
@@ -342,7 +413,7 @@ impl Drop for JsonServer {
     }
 }
 
-/// A nats-server with JetStream, its storage in a folder of its own.
+/// A nats-server with JetStream, its storage in a folder of its own; restartable in place.
 pub struct Nats {
     child: Child,
     port: u16,
@@ -359,19 +430,50 @@ impl Nats {
     }
 
     /// [`start`](Self::start) with more server flags, e.g. `["--auth", "token"]`.
+    ///
+    /// The server picks its port (`-p -1`) and reports it in the ports file it writes to
+    /// `--ports_file_dir` (`nats-server_<pid>.ports`: `{"nats": ["nats://127.0.0.1:PORT"]}`,
+    /// `tls://` with TLS on).
     pub fn start_with(extra: &[&str]) -> Self {
         let store = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let ports = tempfile::tempdir().unwrap();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let child = Self::spawn(port, store.path(), &extra);
+        let listen = [
+            "-p".into(),
+            "-1".into(),
+            "--ports_file_dir".into(),
+            ports.path().display().to_string(),
+        ];
+        let mut child = Self::spawn(&listen, store.path(), &extra);
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let Some(port) = poll(&mut child, deadline, || Self::reported_port(ports.path(), pid))
+        else {
+            stop(&mut child);
+            panic!("nats-server did not report its port");
+        };
         let nats = Self { child, port, store, extra, url: format!("nats://127.0.0.1:{port}") };
         nats.wait_ready();
         nats
     }
 
-    fn spawn(port: u16, store: &std::path::Path, extra: &[String]) -> Child {
+    /// The client port in the ports file of process `pid` under `dir`, once it is written
+    /// whole.
+    fn reported_port(dir: &Path, pid: u32) -> Option<u16> {
+        let suffix = format!("_{pid}.ports");
+        let file = std::fs::read_dir(dir)
+            .ok()?
+            .filter_map(Result::ok)
+            .find(|e| e.file_name().to_string_lossy().ends_with(&suffix))?;
+        let ports: Value = serde_json::from_slice(&std::fs::read(file.path()).ok()?).ok()?;
+        let url = ports["nats"].get(0)?.as_str()?;
+        port_of(url)
+    }
+
+    fn spawn(listen: &[String], store: &Path, extra: &[String]) -> Child {
         Command::new(server_bin("nats-server"))
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-js", "-a", "127.0.0.1"])
+            .args(listen)
             .args(extra)
             .arg("-sd")
             .arg(store)
@@ -393,17 +495,37 @@ impl Nats {
     }
 
     /// Stops the server (SIGKILL) and starts it again on the same port and storage.
+    ///
+    /// This is the one place a port is released and bound again: clients reconnect to the URL
+    /// they know, so the new server cannot pick another. Another process could take the port
+    /// in between, while the new process starts.
     pub fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.child = Self::spawn(self.port, self.store.path(), &self.extra);
+        stop(&mut self.child);
+        let listen = ["-p".into(), self.port.to_string()];
+        self.child = Self::spawn(&listen, self.store.path(), &self.extra);
         self.wait_ready();
     }
 }
 
 impl Drop for Nats {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{port_after, port_of};
+
+    #[test]
+    fn ports_are_read_from_what_each_server_prints() {
+        let bao = r#"  Listener 1: tcp (addr: "127.0.0.1:0", cluster address: "127.0.0.1:40116", tls: "disabled")"#;
+        assert_eq!(port_after(bao, "cluster address: \""), Some(40116));
+        let moto = " * Running on http://127.0.0.1:33231\n\x1b[33mPress CTRL+C to quit\x1b[0m\n";
+        assert_eq!(port_after(moto, "Running on "), Some(33231));
+        assert_eq!(port_of("tls://127.0.0.1:35703"), Some(35703));
+        // An address still being written is not read yet.
+        assert_eq!(port_after(" * Running on http://127.0.0.1:332", "Running on "), None);
+        assert_eq!(port_after("nothing yet", "Running on "), None);
     }
 }
