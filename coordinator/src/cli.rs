@@ -237,15 +237,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 Ok(cfg) => cfg,
                 Err(e) => return Ok(config_error(e)),
             };
-            println!(
-                "{}: ok ({} sources, {} targets; merge {}, sync {})",
+            print_or_closed(&format!(
+                "{}: ok ({} sources, {} targets; merge {}, sync {})\n",
                 config.display(),
                 cfg.sources.len(),
                 cfg.targets.len(),
                 on_off(cfg.pipeline.merge_enabled),
                 on_off(cfg.pipeline.sync_enabled)
-            );
-            Ok(0)
+            ))
         }
         Command::Graph { config, format, merge_only, sync_only } => {
             let cfg = match load_config(&config) {
@@ -254,14 +253,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             };
             let req = PlanRequest { merge_only, sync_only, ..Default::default() };
             let plan = plan_run(&cfg, "graph", &req)?;
-            print!(
-                "{}",
-                match format {
-                    GraphFormat::Dot => plan.to_dot(),
-                    GraphFormat::Mermaid => plan.to_mermaid(),
-                }
-            );
-            Ok(0)
+            print_or_closed(&match format {
+                GraphFormat::Dot => plan.to_dot(),
+                GraphFormat::Mermaid => plan.to_mermaid(),
+            })
         }
         Command::Config { command: ConfigCommand::Schema } => {
             let schema = serde_json::to_string_pretty(&Config::schema())?;
@@ -287,12 +282,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             let coordinator = JetStream::connect(&nats.spec(), false).await?;
             match command {
                 RunsCommand::List => {
+                    let mut text = String::new();
                     for run in coordinator.runs().await? {
-                        println!(
-                            "{}  {:8}  {}/{} jobs finished, {} failed",
+                        text.push_str(&format!(
+                            "{}  {:8}  {}/{} jobs finished, {} failed\n",
                             run.run_id, run.status, run.finished_jobs, run.jobs, run.failed_jobs
-                        );
+                        ));
                     }
+                    print_or_closed(&text)?;
                 }
                 RunsCommand::Show { id } => {
                     let run = coordinator
@@ -301,7 +298,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                         .into_iter()
                         .find(|r| r.run_id == id)
                         .with_context(|| format!("no run {id}"))?;
-                    println!("{}", serde_json::to_string_pretty(&run)?);
+                    print_or_closed(&format!("{}\n", serde_json::to_string_pretty(&run)?))?;
                 }
             }
             Ok(0)
@@ -431,29 +428,36 @@ async fn pipeline(args: PipelineArgs, log_format: Option<LogFormat>) -> anyhow::
     tracing::debug!(api_calls = ?ctx.stores().api_calls(), "store calls");
 
     let report = Report::build(&plan, results, dry_run);
-    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
-    match args.output {
-        OutputFormat::Json => report.write_json(&mut stdout)?,
-        OutputFormat::Human => {
-            let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            stdout.write_all(report::human(&report, colour).as_bytes())?;
-        }
-        OutputFormat::Github => {
-            let (commands, summary) = report::github(&report);
-            stdout.write_all(commands.as_bytes())?;
-            if let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY") {
-                let mut file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .with_context(|| {
-                        format!("cannot open GITHUB_STEP_SUMMARY file {}", path.display())
-                    })?;
-                file.write_all(summary.as_bytes())?;
+    let mut summary = None;
+    let written = {
+        let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+        let write = match args.output {
+            OutputFormat::Json => report.write_json(&mut stdout),
+            OutputFormat::Human => {
+                let colour =
+                    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+                stdout.write_all(report::human(&report, colour).as_bytes())
             }
-        }
+            OutputFormat::Github => {
+                let (commands, markdown) = report::github(&report);
+                summary = Some(markdown);
+                stdout.write_all(commands.as_bytes())
+            }
+        };
+        write.and_then(|()| stdout.flush())
+    };
+    // A reader that closed the pipe early (`| head`) has what it wanted.
+    match written {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
     }
-    stdout.flush()?;
+    if let (Some(markdown), Some(path)) = (summary, std::env::var_os("GITHUB_STEP_SUMMARY")) {
+        let mut file =
+            std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(
+                || format!("cannot open GITHUB_STEP_SUMMARY file {}", path.display()),
+            )?;
+        file.write_all(markdown.as_bytes())?;
+    }
     Ok(report.exit_code(args.exit_code))
 }
 

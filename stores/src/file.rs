@@ -3,7 +3,11 @@
 //! Writes are atomic (a temp file in the same folder, then rename) and readable by the owner
 //! only; writing the bytes a file already holds leaves it untouched (its mtime stays). A
 //! secret's version is its mtime (nanoseconds), size and inode. Files and folders whose names start
-//! with `.` are not secrets (temp files live there).
+//! with `.` are not secrets (temp files live there; ones left by a killed writer are removed
+//! once they are [`STALE_TEMP`] old). Symbolic links inside the folder are never followed:
+//! listing, reading or writing through one is an error naming it (a link could lead reads or
+//! writes out of the folder, and a secret vss cannot see would look deleted). So is a name
+//! that is not UTF-8.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -19,6 +23,30 @@ use crate::{
     ApiCalls, Capabilities, Entry, ErrorKind, Precondition, SecretStore, StoreError, Version,
     Versioned,
 };
+
+/// How old a `.vss-*` temp file must be before a listing removes it as left behind by a
+/// killed writer (a live write takes milliseconds).
+pub const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes `.vss-*` temp files in `dir` older than [`STALE_TEMP`] (they may hold plaintext).
+pub(crate) fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    entries.flatten().for_each(|entry| remove_if_stale_temp(&entry));
+}
+
+/// Removes `entry` if it is a `.vss-*` temp file older than [`STALE_TEMP`].
+fn remove_if_stale_temp(entry: &fs::DirEntry) {
+    let stale = entry.file_name().to_str().is_some_and(|n| n.starts_with(".vss-"))
+        && entry
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_TEMP);
+    if stale && fs::remove_file(entry.path()).is_ok() {
+        tracing::debug!(path = %entry.path().display(), "removed a temp file left by a killed writer");
+    }
+}
 
 /// A folder of JSON files.
 pub struct FileStore {
@@ -61,6 +89,32 @@ impl Inner {
             ));
         }
         Ok(self.dir.join(format!("{name}.json")))
+    }
+
+    /// Refuses a path inside the store that goes through a symbolic link (the store's own
+    /// folder may be one).
+    fn no_links(&self, name: &str, path: &Path) -> Result<(), StoreError> {
+        let Ok(inside) = path.strip_prefix(&self.dir) else { return Ok(()) };
+        let mut at = self.dir.clone();
+        for part in inside.components() {
+            at.push(part);
+            match fs::symlink_metadata(&at) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return Err(self.link_error(Some(name), &at));
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn link_error(&self, name: Option<&str>, at: &Path) -> StoreError {
+        let message = format!(
+            "{} is a symbolic link; vss does not follow links inside a store (replace it with the real file or folder, or point the store at it)",
+            at.display()
+        );
+        self.err(ErrorKind::Invalid, name, message)
     }
 
     fn version_of(meta: &fs::Metadata) -> Version {
@@ -113,12 +167,18 @@ impl Inner {
                 let entry = entry.map_err(|e| self.io(None, "list", &e))?;
                 let file_name = entry.file_name();
                 let Some(file_name) = file_name.to_str() else {
-                    continue;
+                    let message =
+                        format!("{} has a name that is not UTF-8", entry.path().display());
+                    return Err(self.err(ErrorKind::Invalid, None, message));
                 };
                 if file_name.starts_with('.') {
+                    remove_if_stale_temp(&entry);
                     continue;
                 }
                 let file_type = entry.file_type().map_err(|e| self.io(None, "list", &e))?;
+                if file_type.is_symlink() {
+                    return Err(self.link_error(None, &entry.path()));
+                }
                 if file_type.is_dir() {
                     pending.push((entry.path(), format!("{name_prefix}{file_name}/")));
                 } else if let Some(stem) = file_name.strip_suffix(".json") {
@@ -140,6 +200,7 @@ impl Inner {
     fn read(&self, name: &str) -> Result<Option<Versioned<SecretValue>>, StoreError> {
         self.calls.record("read");
         let path = self.path_of(name)?;
+        self.no_links(name, &path)?;
         let mut bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == IoKind::NotFound => return Ok(None),
@@ -160,6 +221,7 @@ impl Inner {
         pre: &Precondition,
     ) -> Result<Version, StoreError> {
         let result = self.path_of(name).and_then(|path| {
+            self.no_links(name, &path)?;
             let current = self.current_version(&path, name)?;
             self.check(name, &current, pre)?;
             self.write_bytes(name, &path, &bytes, current.is_some())
@@ -203,6 +265,7 @@ impl Inner {
     fn delete(&self, name: &str, pre: &Precondition) -> Result<(), StoreError> {
         self.calls.record("delete");
         let path = self.path_of(name)?;
+        self.no_links(name, &path)?;
         let current = self.current_version(&path, name)?;
         self.check(name, &current, pre)?;
         match fs::remove_file(&path) {

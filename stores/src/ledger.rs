@@ -192,6 +192,7 @@ impl StateLedger {
     fn write_atomic(&self, path: &std::path::Path, bytes: &[u8]) -> Result<(), LedgerError> {
         let parent = path.parent().expect("ledger files live in a folder");
         fs::create_dir_all(parent).map_err(|e| self.err(parent, e.to_string()))?;
+        crate::file::remove_stale_temps(parent);
         let mut tmp = tempfile::Builder::new()
             .prefix(".vss-")
             .tempfile_in(parent)

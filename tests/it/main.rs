@@ -6,6 +6,7 @@ mod canary;
 mod config_errors;
 mod conflict;
 mod deletion;
+mod files;
 mod gcp;
 mod github;
 mod http;

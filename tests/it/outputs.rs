@@ -155,3 +155,25 @@ fn graph_draws_the_job_dag() {
     assert!(mermaid.stdout.starts_with("flowchart LR"));
     assert!(mermaid.stdout.contains("merge_Staging --> merge_Production"), "{}", mermaid.stdout);
 }
+
+#[test]
+fn names_with_newlines_and_escape_codes_cannot_forge_report_lines() {
+    let ws = Workspace::new();
+    ws.config("source: { file: { dir: src } }\ntargets:\n  T: { store: { file: { dir: out } } }\n");
+    let forged = "x\n  - forged (deleted)\nApplied: 99 added, 0 modified, 0 removed, 0 unchanged";
+    ws.secret("src", forged, serde_json::json!({"k\u{1b}[8mhidden": "v"}));
+    ws.secret("src", "plain\u{202e}txt", serde_json::json!({"k": "v"}));
+    let run = ws.run(&["pipeline", "--config", "vss.yaml"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(!lines.iter().any(|l| l.starts_with("Applied: 99")), "{}", run.stdout);
+    assert!(!lines.iter().any(|l| l.trim_start().starts_with("- forged")), "{}", run.stdout);
+    assert!(
+        !run.stdout.contains('\u{1b}'),
+        "no escape code reaches the terminal: {:?}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains('\u{202e}'), "{:?}", run.stdout);
+    assert!(run.stdout.contains("x\\u{a}  - forged"), "the name is shown, escaped: {}", run.stdout);
+    assert!(run.stdout.contains("Applied: 2 added"), "{}", run.stdout);
+}

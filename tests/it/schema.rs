@@ -103,15 +103,27 @@ fn completions_are_printed_for_each_shell() {
 
 #[test]
 fn a_closed_stdout_is_not_a_crash() {
-    let mut child = Command::new(vss_bin())
-        .args(["config", "schema"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("vss starts");
-    drop(child.stdout.take());
-    let out = child.wait_with_output().expect("vss ends");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    let ws = Workspace::new();
+    ws.config("source: { file: { dir: src } }\ntargets:\n  T: { store: { file: { dir: out } } }\n");
+    ws.secret("src", "a", serde_json::json!({"k": 1}));
+    for args in [
+        &["config", "schema"][..],
+        &["graph", "--config", "vss.yaml"],
+        &["validate", "--config", "vss.yaml"],
+        &["pipeline", "--config", "vss.yaml", "--output", "json"],
+    ] {
+        let mut child = Command::new(vss_bin())
+            .current_dir(ws.path())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("vss starts");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("vss ends");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    assert_eq!(ws.read_secret("out", "a"), Some(serde_json::json!({"k": 1})), "the run ran");
 }

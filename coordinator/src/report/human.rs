@@ -19,6 +19,21 @@ fn colour(change: ChangeType) -> &'static str {
     }
 }
 
+/// Text that came from outside (secret and key names, store errors) as it may be shown on a
+/// terminal: control characters (newlines, escape sequences) and bidirectional overrides are
+/// escaped, so a name can neither forge report lines nor hide what follows it.
+fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.chars()
+        .map(|c| if unsafe_char(c) { c.escape_unicode().to_string() } else { c.to_string() })
+        .collect::<String>()
+        .into()
+}
+
 /// Renders the report; `colour` adds ANSI colours.
 pub fn render(report: &Report, use_colour: bool) -> String {
     let paint = |code: &'static str, text: &str| {
@@ -53,7 +68,7 @@ pub fn render(report: &Report, use_colour: bool) -> String {
                     out,
                     ": {}: {}",
                     paint(colour(ChangeType::Removed), label),
-                    target.error.as_deref().unwrap_or("")
+                    shown(target.error.as_deref().unwrap_or(""))
                 );
             }
         }
@@ -65,12 +80,12 @@ pub fn render(report: &Report, use_colour: bool) -> String {
             );
         }
         for warning in &target.warnings {
-            let _ = writeln!(out, "  warning: {warning}");
+            let _ = writeln!(out, "  warning: {}", shown(warning));
         }
     }
     for error in &report.errors {
         if !report.targets.iter().any(|t| t.error.as_deref().is_some_and(|e| error.ends_with(e))) {
-            let _ = writeln!(out, "error: {error}");
+            let _ = writeln!(out, "error: {}", shown(error));
         }
     }
     let s = &report.summary;
@@ -94,10 +109,10 @@ pub fn render(report: &Report, use_colour: bool) -> String {
 
 fn line(change: &SecretChange, use_colour: bool) -> String {
     let mut keys: Vec<String> = Vec::new();
-    keys.extend(change.keys_added.iter().map(|k| format!("+{k}")));
-    keys.extend(change.keys_modified.iter().map(|k| format!("~{k}")));
-    keys.extend(change.keys_removed.iter().map(|k| format!("-{k}")));
-    let head = format!("{} {}", change.change_type.symbol(), change.path);
+    keys.extend(change.keys_added.iter().map(|k| format!("+{}", shown(k))));
+    keys.extend(change.keys_modified.iter().map(|k| format!("~{}", shown(k))));
+    keys.extend(change.keys_removed.iter().map(|k| format!("-{}", shown(k))));
+    let head = format!("{} {}", change.change_type.symbol(), shown(&change.path));
     let head =
         if use_colour { format!("{}{head}{RESET}", colour(change.change_type)) } else { head };
     if keys.is_empty() { head } else { format!("{head}  ({})", keys.join(", ")) }
