@@ -395,7 +395,7 @@ async fn pipeline(args: PipelineArgs, log_format: Option<LogFormat>) -> anyhow::
     };
     tracing::info!(run = %plan.run_id, jobs = plan.jobs.len(), dry_run, "run planned");
 
-    let ctx = Arc::new(WorkerContext::new(dry_run));
+    let ctx = Arc::new(WorkerContext::new(dry_run, cfg.pipeline.timeouts));
     // Resolve the hash key before jobs run in parallel, so only one is ever generated.
     if let Some(job) = plan.jobs.first() {
         ctx.hash_key(&job.options).context("cannot resolve the content-hash key")?;

@@ -11,7 +11,7 @@ use vss_migrations::runner::Runner;
 use vss_migrations::schema::Schema;
 
 use vss_protocol::config::stores::{display_url, vault::is_http_url};
-use vss_protocol::config::{SecretRef, VaultAuth, VaultConnection};
+use vss_protocol::config::{SecretRef, Timeouts, VaultAuth, VaultConnection};
 use vss_stores::vault::VaultClient;
 
 /// Vault configuration as versioned migrations.
@@ -127,7 +127,7 @@ impl CommonArgs {
             auth,
         };
         let label = format!("vault:{}", display_url(&self.vault_addr));
-        Ok(Arc::new(VaultClient::open(&connection, &label)?))
+        Ok(Arc::new(VaultClient::open(&connection, &label, &Timeouts::default())?))
     }
 }
 

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{DeleteThreshold, SecretRef, StateSpec, StoreSpec};
+use crate::config::{DeleteThreshold, SecretRef, StateSpec, StoreSpec, Timeouts};
 use crate::diff::{SecretChange, Summary};
 use crate::merge::ListMerge;
 
@@ -166,6 +166,9 @@ pub struct RunOptions {
     pub state: StateSpec,
     /// Where the hash key comes from (a reference, resolved by the worker).
     pub hash_key: Option<SecretRef>,
+    /// How long store calls may take.
+    #[serde(default)]
+    pub timeouts: Timeouts,
 }
 
 /// How a job ended.

@@ -113,6 +113,7 @@ pub fn plan_run(cfg: &Config, run_id: &str, req: &PlanRequest) -> Result<Plan, P
         allow_mass_delete: req.allow_mass_delete,
         state: cfg.state.clone(),
         hash_key: cfg.hash_key.clone(),
+        timeouts: cfg.pipeline.timeouts,
     };
     let mut jobs = Vec::new();
     let order = cfg.topological_order();

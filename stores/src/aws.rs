@@ -2,12 +2,25 @@
 
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
+use vss_protocol::config::Timeouts;
+
 use crate::{ErrorKind, StoreError};
 
-/// The SDK configuration of a region, from the default credential chain of this process.
-pub(crate) async fn base_config(region: &str, endpoint: Option<&str>) -> aws_config::SdkConfig {
+/// The SDK configuration of a region, from the default credential chain of this process. A
+/// call (with the SDK's own retries) takes at most the request timeout.
+pub(crate) async fn base_config(
+    region: &str,
+    endpoint: Option<&str>,
+    timeouts: &Timeouts,
+) -> aws_config::SdkConfig {
+    let sdk_timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(timeouts.connect())
+        .operation_attempt_timeout(timeouts.request())
+        .operation_timeout(timeouts.request())
+        .build();
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(region.to_string()));
+        .region(aws_config::Region::new(region.to_string()))
+        .timeout_config(sdk_timeouts);
     if let Some(endpoint) = endpoint {
         loader = loader.endpoint_url(endpoint);
     }
@@ -21,10 +34,18 @@ pub(crate) fn store_error<E>(
     operation: &str,
     secret: Option<&str>,
     e: SdkError<E>,
+    timeouts: &Timeouts,
 ) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
+    if let SdkError::TimeoutError(_) = &e {
+        let message = format!(
+            "{operation}: {}",
+            crate::retry::timed_out(timeouts.connect(), timeouts.request())
+        );
+        return StoreError::new(ErrorKind::Unavailable, store, secret, message);
+    }
     let status = e.raw_response().map(|r| r.status().as_u16());
     let (code, message) = match e.as_service_error() {
         Some(service) => (

@@ -19,6 +19,7 @@ use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType, Tag};
 use tokio::sync::OnceCell;
 use vss_protocol::config::AwsSmSpec;
+use vss_protocol::config::Timeouts;
 use vss_protocol::{ContentHash, SecretValue};
 use zeroize::Zeroize;
 
@@ -40,6 +41,10 @@ const MAX_RETRIES: usize = 5;
 
 /// AWS Secrets Manager.
 pub struct AwsSmStore {
+    /// How long calls may take.
+    timeouts: Timeouts,
+    /// Circuit breaker and outage budget over this run.
+    health: crate::retry::Health,
     spec: AwsSmSpec,
     client: OnceCell<Client>,
     label: String,
@@ -54,11 +59,14 @@ pub struct AwsSmStore {
 
 impl AwsSmStore {
     /// A store for `spec`; the client is built on first use from the default credential chain.
-    pub fn new(spec: &AwsSmSpec) -> Self {
+    pub fn new(spec: &AwsSmSpec, timeouts: &Timeouts) -> Self {
+        let label = vss_protocol::config::StoreSpec::AwsSm(Box::new(spec.clone())).to_string();
         Self {
             spec: spec.clone(),
             client: OnceCell::new(),
-            label: vss_protocol::config::StoreSpec::AwsSm(Box::new(spec.clone())).to_string(),
+            health: crate::retry::Health::new(&label, timeouts),
+            timeouts: *timeouts,
+            label,
             scheduled: Mutex::new(BTreeSet::new()),
             conflicts: Mutex::new(BTreeSet::new()),
             slashed: Mutex::new(BTreeSet::new()),
@@ -69,8 +77,12 @@ impl AwsSmStore {
     async fn client(&self) -> &Client {
         self.client
             .get_or_init(|| async {
-                let base =
-                    crate::aws::base_config(&self.spec.region, self.spec.endpoint.as_deref()).await;
+                let base = crate::aws::base_config(
+                    &self.spec.region,
+                    self.spec.endpoint.as_deref(),
+                    &self.timeouts,
+                )
+                .await;
                 let Some(role) = &self.spec.role_arn else { return Client::new(&base) };
                 // Credentials of the role, cached and refreshed before they expire.
                 let mut provider =
@@ -95,7 +107,7 @@ impl AwsSmStore {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        crate::aws::store_error(&self.label, operation, secret, e)
+        crate::aws::store_error(&self.label, operation, secret, e, &self.timeouts)
     }
 
     /// Makes one API call with `send`, counted per attempt; throttling and unavailability are
@@ -111,11 +123,12 @@ impl AwsSmStore {
         Fut: Future<Output = Result<T, SdkError<E>>>,
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        crate::retry::transient(MAX_RETRIES, || async {
-            self.calls.record(operation);
-            send().await.map_err(|e| self.sdk_err(operation, secret, e))
-        })
-        .await
+        self.health
+            .retry(MAX_RETRIES, || async {
+                self.calls.record(operation);
+                send().await.map_err(|e| self.sdk_err(operation, secret, e))
+            })
+            .await
     }
 
     /// The Secrets Manager name of `name`: prefixed, and with the leading `/` it was listed

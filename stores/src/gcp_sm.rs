@@ -37,6 +37,7 @@ use google_cloud_secretmanager_v1::model::{
     Replication, Secret, SecretPayload, replication::Automatic, secret_version::State,
 };
 use tokio::sync::{OnceCell, Semaphore};
+use vss_protocol::config::Timeouts;
 use vss_protocol::config::{GcpSpec, StoreSpec};
 use vss_protocol::{ContentHash, HashKey, SecretValue};
 
@@ -108,6 +109,8 @@ impl Latest {
 
 /// GCP Secret Manager secrets of one project under an id prefix.
 pub struct GcpSmStore {
+    /// Circuit breaker and outage budget over this run.
+    health: crate::retry::Health,
     spec: GcpSpec,
     /// The run's content-hash key: a stamp is trusted only while the payload hashes to it.
     key: HashKey,
@@ -121,7 +124,7 @@ pub struct GcpSmStore {
 impl GcpSmStore {
     /// A store for `spec`; the client is built on first use. `key` is the run's content-hash
     /// key.
-    pub fn new(spec: &GcpSpec, key: HashKey) -> Self {
+    pub fn new(spec: &GcpSpec, key: HashKey, timeouts: &Timeouts) -> Self {
         Self {
             spec: spec.clone(),
             key,
@@ -130,6 +133,10 @@ impl GcpSmStore {
             metadata: Mutex::new(HashMap::new()),
             label: StoreSpec::Gcp(Box::new(spec.clone())).to_string(),
             calls: ApiCalls::default(),
+            health: crate::retry::Health::new(
+                &StoreSpec::Gcp(Box::new(spec.clone())).to_string(),
+                timeouts,
+            ),
         }
     }
 
@@ -224,16 +231,17 @@ impl GcpSmStore {
 
     async fn get_secret(&self, id: &str) -> Result<Secret, StoreError> {
         let client = self.client().await?;
-        crate::retry::transient(MAX_RETRIES, || async {
-            self.calls.record("get_secret");
-            client
-                .get_secret()
-                .set_name(self.resource(id))
-                .send()
-                .await
-                .map_err(|e| self.api_err("GetSecret", Some(id), e))
-        })
-        .await
+        self.health
+            .retry(MAX_RETRIES, || async {
+                self.calls.record("get_secret");
+                client
+                    .get_secret()
+                    .set_name(self.resource(id))
+                    .send()
+                    .await
+                    .map_err(|e| self.api_err("GetSecret", Some(id), e))
+            })
+            .await
     }
 
     /// Secret `id`'s latest version.
@@ -242,16 +250,18 @@ impl GcpSmStore {
         let latest = format!("{}/versions/latest", self.resource(id));
         // A version re-enabled between the access and the metadata read is accessed again.
         for _ in 0..3 {
-            let accessed = crate::retry::transient(MAX_RETRIES, || async {
-                self.calls.record("access_version");
-                match client.access_secret_version().set_name(&latest).send().await {
-                    Ok(response) => Ok(Some(response)),
-                    // Disabled or destroyed: its number and state come from its metadata.
-                    Err(e) if Self::is_failed_precondition(&e) => Ok(None),
-                    Err(e) => Err(self.api_err("AccessSecretVersion", Some(id), e)),
-                }
-            })
-            .await;
+            let accessed = self
+                .health
+                .retry(MAX_RETRIES, || async {
+                    self.calls.record("access_version");
+                    match client.access_secret_version().set_name(&latest).send().await {
+                        Ok(response) => Ok(Some(response)),
+                        // Disabled or destroyed: its number and state come from its metadata.
+                        Err(e) if Self::is_failed_precondition(&e) => Ok(None),
+                        Err(e) => Err(self.api_err("AccessSecretVersion", Some(id), e)),
+                    }
+                })
+                .await;
             match accessed {
                 Ok(Some(response)) => {
                     let payload = response.payload.unwrap_or_default();
@@ -269,16 +279,18 @@ impl GcpSmStore {
                     return Ok(Latest::Readable(version, payload.data));
                 }
                 Ok(None) => {
-                    let found = crate::retry::transient(MAX_RETRIES, || async {
-                        self.calls.record("get_version");
-                        client
-                            .get_secret_version()
-                            .set_name(&latest)
-                            .send()
-                            .await
-                            .map_err(|e| self.api_err("GetSecretVersion", Some(id), e))
-                    })
-                    .await?;
+                    let found = self
+                        .health
+                        .retry(MAX_RETRIES, || async {
+                            self.calls.record("get_version");
+                            client
+                                .get_secret_version()
+                                .set_name(&latest)
+                                .send()
+                                .await
+                                .map_err(|e| self.api_err("GetSecretVersion", Some(id), e))
+                        })
+                        .await?;
                     let state = match found.state {
                         State::Disabled => "DISABLED",
                         State::Destroyed => "DESTROYED",
@@ -353,22 +365,24 @@ impl GcpSmStore {
     async fn create(&self, id: &str, stamp: Option<&Stamp>) -> Result<(), StoreError> {
         let client = self.client().await?;
         let wanted = self.stamped(&Metadata::default(), stamp);
-        let created = crate::retry::transient(MAX_RETRIES, || async {
-            self.calls.record("create_secret");
-            let secret = Secret::new()
-                .set_replication(Replication::new().set_automatic(Automatic::new()))
-                .set_labels(wanted.labels.clone())
-                .set_annotations(wanted.annotations.clone());
-            client
-                .create_secret()
-                .set_parent(format!("projects/{}", self.spec.project))
-                .set_secret_id(id)
-                .set_secret(secret)
-                .send()
-                .await
-                .map_err(|e| self.api_err("CreateSecret", Some(id), e))
-        })
-        .await?;
+        let created = self
+            .health
+            .retry(MAX_RETRIES, || async {
+                self.calls.record("create_secret");
+                let secret = Secret::new()
+                    .set_replication(Replication::new().set_automatic(Automatic::new()))
+                    .set_labels(wanted.labels.clone())
+                    .set_annotations(wanted.annotations.clone());
+                client
+                    .create_secret()
+                    .set_parent(format!("projects/{}", self.spec.project))
+                    .set_secret_id(id)
+                    .set_secret(secret)
+                    .send()
+                    .await
+                    .map_err(|e| self.api_err("CreateSecret", Some(id), e))
+            })
+            .await?;
         self.remember(id, &created);
         Ok(())
     }
@@ -378,36 +392,37 @@ impl GcpSmStore {
     /// trying again, so a retry never adds a second copy.
     async fn add_version(&self, id: &str, payload: &[u8]) -> Result<Version, StoreError> {
         let client = self.client().await?;
-        crate::retry::transient(MAX_RETRIES, || async {
-            self.calls.record("add_version");
-            let sent = SecretPayload::new()
-                .set_data(bytes::Bytes::copy_from_slice(payload))
-                .set_data_crc32c(crc32c(payload));
-            match client
-                .add_secret_version()
-                .set_parent(self.resource(id))
-                .set_payload(sent)
-                .send()
-                .await
-            {
-                Ok(added) => {
-                    let created = self.created(id).await?;
-                    Ok(Version(format!("{}@{created}", version_number(&added.name))))
-                }
-                Err(e) => match self.api_err("AddSecretVersion", Some(id), e) {
-                    // Deleted since it was checked: the caller re-reads.
-                    e if e.kind == ErrorKind::NotFound => {
-                        Err(StoreError::conflict(&self.label, id))
+        self.health
+            .retry(MAX_RETRIES, || async {
+                self.calls.record("add_version");
+                let sent = SecretPayload::new()
+                    .set_data(bytes::Bytes::copy_from_slice(payload))
+                    .set_data_crc32c(crc32c(payload));
+                match client
+                    .add_secret_version()
+                    .set_parent(self.resource(id))
+                    .set_payload(sent)
+                    .send()
+                    .await
+                {
+                    Ok(added) => {
+                        let created = self.created(id).await?;
+                        Ok(Version(format!("{}@{created}", version_number(&added.name))))
                     }
-                    e if e.kind == ErrorKind::Unavailable => match self.latest(id).await? {
-                        Latest::Readable(version, current) if current == payload => Ok(version),
-                        _ => Err(e),
+                    Err(e) => match self.api_err("AddSecretVersion", Some(id), e) {
+                        // Deleted since it was checked: the caller re-reads.
+                        e if e.kind == ErrorKind::NotFound => {
+                            Err(StoreError::conflict(&self.label, id))
+                        }
+                        e if e.kind == ErrorKind::Unavailable => match self.latest(id).await? {
+                            Latest::Readable(version, current) if current == payload => Ok(version),
+                            _ => Err(e),
+                        },
+                        e => Err(e),
                     },
-                    e => Err(e),
-                },
-            }
-        })
-        .await
+                }
+            })
+            .await
     }
 
     /// Brings the secret's labels and annotations up to date (merged into what is there,
@@ -427,22 +442,32 @@ impl GcpSmStore {
             if wanted.labels == current.labels && wanted.annotations == current.annotations {
                 return Ok(());
             }
-            let updated = crate::retry::transient(MAX_RETRIES, || async {
-                self.calls.record("update_secret");
-                let secret = Secret::new()
-                    .set_name(self.resource(id))
-                    .set_etag(current.etag.clone())
-                    .set_labels(wanted.labels.clone())
-                    .set_annotations(wanted.annotations.clone());
-                let mask =
-                    google_cloud_wkt::FieldMask::default().set_paths(["labels", "annotations"]);
-                match client.update_secret().set_secret(secret).set_update_mask(mask).send().await {
-                    Ok(secret) => Ok(secret),
-                    Err(e) if Self::is_stale_etag(&e) => Err(StoreError::conflict(&self.label, id)),
-                    Err(e) => Err(self.api_err("UpdateSecret", Some(id), e)),
-                }
-            })
-            .await;
+            let updated = self
+                .health
+                .retry(MAX_RETRIES, || async {
+                    self.calls.record("update_secret");
+                    let secret = Secret::new()
+                        .set_name(self.resource(id))
+                        .set_etag(current.etag.clone())
+                        .set_labels(wanted.labels.clone())
+                        .set_annotations(wanted.annotations.clone());
+                    let mask =
+                        google_cloud_wkt::FieldMask::default().set_paths(["labels", "annotations"]);
+                    match client
+                        .update_secret()
+                        .set_secret(secret)
+                        .set_update_mask(mask)
+                        .send()
+                        .await
+                    {
+                        Ok(secret) => Ok(secret),
+                        Err(e) if Self::is_stale_etag(&e) => {
+                            Err(StoreError::conflict(&self.label, id))
+                        }
+                        Err(e) => Err(self.api_err("UpdateSecret", Some(id), e)),
+                    }
+                })
+                .await;
             match updated {
                 Ok(secret) => {
                     self.remember(id, &secret);
@@ -548,18 +573,20 @@ impl SecretStore for GcpSmStore {
         let mut ids = Vec::new();
         let mut page_token = String::new();
         loop {
-            let page = crate::retry::transient(MAX_RETRIES, || async {
-                self.calls.record("list_secrets");
-                client
-                    .list_secrets()
-                    .set_parent(format!("projects/{}", self.spec.project))
-                    .set_page_size(PAGE_SIZE)
-                    .set_page_token(&page_token)
-                    .send()
-                    .await
-                    .map_err(|e| self.api_err("ListSecrets", None, e))
-            })
-            .await?;
+            let page = self
+                .health
+                .retry(MAX_RETRIES, || async {
+                    self.calls.record("list_secrets");
+                    client
+                        .list_secrets()
+                        .set_parent(format!("projects/{}", self.spec.project))
+                        .set_page_size(PAGE_SIZE)
+                        .set_page_token(&page_token)
+                        .send()
+                        .await
+                        .map_err(|e| self.api_err("ListSecrets", None, e))
+                })
+                .await?;
             for secret in &page.secrets {
                 let id = version_number(&secret.name);
                 let Some(name) = id.strip_prefix(&self.spec.prefix) else { continue };
@@ -651,16 +678,26 @@ impl SecretStore for GcpSmStore {
             .get(&id)
             .map(|m| m.etag.clone())
             .unwrap_or_default();
-        let deleted = crate::retry::transient(MAX_RETRIES, || async {
-            self.calls.record("delete_secret");
-            match client.delete_secret().set_name(self.resource(&id)).set_etag(&etag).send().await {
-                Ok(()) => Ok(()),
-                // The etag no longer matches: someone changed the secret since it was listed.
-                Err(e) if Self::is_stale_etag(&e) => Err(StoreError::conflict(&self.label, name)),
-                Err(e) => Err(self.api_err("DeleteSecret", Some(name), e)),
-            }
-        })
-        .await;
+        let deleted = self
+            .health
+            .retry(MAX_RETRIES, || async {
+                self.calls.record("delete_secret");
+                match client
+                    .delete_secret()
+                    .set_name(self.resource(&id))
+                    .set_etag(&etag)
+                    .send()
+                    .await
+                {
+                    Ok(()) => Ok(()),
+                    // The etag no longer matches: someone changed the secret since it was listed.
+                    Err(e) if Self::is_stale_etag(&e) => {
+                        Err(StoreError::conflict(&self.label, name))
+                    }
+                    Err(e) => Err(self.api_err("DeleteSecret", Some(name), e)),
+                }
+            })
+            .await;
         match deleted {
             Ok(()) => {
                 self.metadata.lock().expect("metadata lock").remove(&id);

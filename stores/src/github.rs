@@ -24,6 +24,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::OnceCell;
 use vss_protocol::SecretValue;
+use vss_protocol::config::Timeouts;
 use vss_protocol::config::{GithubAuth, GithubScope, GithubSpec};
 
 use crate::{
@@ -63,6 +64,8 @@ struct SealingKey {
 
 /// A repository's Actions secrets.
 pub struct GithubStore {
+    /// Circuit breaker and outage budget over this run.
+    health: crate::retry::Health,
     spec: GithubSpec,
     client: Octocrab,
     key: OnceCell<SealingKey>,
@@ -76,14 +79,19 @@ pub struct GithubStore {
 
 impl GithubStore {
     /// Opens the store: reads the token reference and builds the client.
-    pub fn open(spec: &GithubSpec) -> Result<Self, StoreError> {
+    pub fn open(spec: &GithubSpec, timeouts: &Timeouts) -> Result<Self, StoreError> {
         let label = vss_protocol::config::StoreSpec::Github(Box::new(spec.clone())).to_string();
         let unauthorized =
             |message: String| StoreError::new(ErrorKind::Unauthorized, &label, None, message);
         let invalid = |e: octocrab::Error| {
             StoreError::new(ErrorKind::Invalid, &label, None, format!("GitHub client: {e}"))
         };
-        let builder = Octocrab::builder().base_uri(spec.api_url.as_str()).map_err(invalid)?;
+        let builder = Octocrab::builder()
+            .base_uri(spec.api_url.as_str())
+            .map_err(invalid)?
+            .set_connect_timeout(Some(timeouts.connect()))
+            .set_read_timeout(Some(timeouts.request()))
+            .set_write_timeout(Some(timeouts.request()));
         let client = match &spec.auth {
             GithubAuth::Token(reference) => {
                 let token =
@@ -108,6 +116,7 @@ impl GithubStore {
             key: OnceCell::new(),
             selected: OnceCell::new(),
             count: Mutex::new(None),
+            health: crate::retry::Health::new(&label, timeouts),
             label,
             calls: ApiCalls::default(),
         })
@@ -146,8 +155,9 @@ impl GithubStore {
                     .get_or_try_init(|| async {
                         let mut ids = Vec::new();
                         for repo in selected_repositories {
-                            let found: RepositoryId =
-                                crate::retry::transient(MAX_RETRIES, || async {
+                            let found: RepositoryId = self
+                                .health
+                                .retry(MAX_RETRIES, || async {
                                     self.calls.record("get_repository");
                                     self.client
                                         .get(format!("/repos/{org}/{repo}"), None::<&()>)
@@ -208,8 +218,9 @@ impl GithubStore {
     async fn sealing_key(&self) -> Result<&SealingKey, StoreError> {
         self.key
             .get_or_try_init(|| async {
-                let found: octocrab::models::PublicKey =
-                    crate::retry::transient(MAX_RETRIES, || async {
+                let found: octocrab::models::PublicKey = self
+                    .health
+                    .retry(MAX_RETRIES, || async {
                         self.calls.record("get_public_key");
                         self.client
                             .get(self.route("/public-key"), None::<&()>)
@@ -235,14 +246,16 @@ impl GithubStore {
 
     /// The secret's `updated_at`, its version.
     async fn version_of(&self, github_name: &str) -> Result<Option<Version>, StoreError> {
-        let got = crate::retry::transient(MAX_RETRIES, || async {
-            self.calls.record("get_secret");
-            self.client
-                .get::<ListedSecret, _, _>(self.route(&format!("/{github_name}")), None::<&()>)
-                .await
-                .map_err(|e| self.api_err("get secret", Some(github_name), e))
-        })
-        .await;
+        let got = self
+            .health
+            .retry(MAX_RETRIES, || async {
+                self.calls.record("get_secret");
+                self.client
+                    .get::<ListedSecret, _, _>(self.route(&format!("/{github_name}")), None::<&()>)
+                    .await
+                    .map_err(|e| self.api_err("get secret", Some(github_name), e))
+            })
+            .await;
         match got {
             Ok(secret) => Ok(Some(Version(secret.updated_at))),
             Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
@@ -284,14 +297,16 @@ impl SecretStore for GithubStore {
         let mut entries = Vec::new();
         for page in 1.. {
             let query = [("per_page", 100u32), ("page", page)];
-            let got: SecretsPage = crate::retry::transient(MAX_RETRIES, || async {
-                self.calls.record("list_secrets");
-                self.client
-                    .get(self.route(""), Some(&query))
-                    .await
-                    .map_err(|e| self.api_err("list secrets", None, e))
-            })
-            .await?;
+            let got: SecretsPage = self
+                .health
+                .retry(MAX_RETRIES, || async {
+                    self.calls.record("list_secrets");
+                    self.client
+                        .get(self.route(""), Some(&query))
+                        .await
+                        .map_err(|e| self.api_err("list secrets", None, e))
+                })
+                .await?;
             let done =
                 got.secrets.len() < 100 || entries.len() + got.secrets.len() >= got.total_count;
             entries.extend(
@@ -347,18 +362,19 @@ impl SecretStore for GithubStore {
         let sealed = BASE64.encode(sealed);
         let body = self.put_body(&sealed, &key.id).await?;
         let route = self.route(&format!("/{name}"));
-        crate::retry::transient(MAX_RETRIES, || async {
-            self.calls.record("put_secret");
-            let response = self
-                .client
-                ._put(route.as_str(), Some(&body))
-                .await
-                .map_err(|e| self.api_err("put secret", Some(name), e))?;
-            octocrab::map_github_error(response)
-                .await
-                .map_err(|e| self.api_err("put secret", Some(name), e))
-        })
-        .await?;
+        self.health
+            .retry(MAX_RETRIES, || async {
+                self.calls.record("put_secret");
+                let response = self
+                    .client
+                    ._put(route.as_str(), Some(&body))
+                    .await
+                    .map_err(|e| self.api_err("put secret", Some(name), e))?;
+                octocrab::map_github_error(response)
+                    .await
+                    .map_err(|e| self.api_err("put secret", Some(name), e))
+            })
+            .await?;
         self.version_of(name).await?.ok_or_else(|| {
             self.err(ErrorKind::Conflict, Some(name), "gone right after it was written")
         })
@@ -366,18 +382,20 @@ impl SecretStore for GithubStore {
 
     async fn delete(&self, name: &str, _pre: Precondition) -> Result<(), StoreError> {
         let route = self.route(&format!("/{name}"));
-        let deleted = crate::retry::transient(MAX_RETRIES, || async {
-            self.calls.record("delete_secret");
-            let response = self
-                .client
-                ._delete(route.as_str(), None::<&()>)
-                .await
-                .map_err(|e| self.api_err("delete secret", Some(name), e))?;
-            octocrab::map_github_error(response)
-                .await
-                .map_err(|e| self.api_err("delete secret", Some(name), e))
-        })
-        .await;
+        let deleted = self
+            .health
+            .retry(MAX_RETRIES, || async {
+                self.calls.record("delete_secret");
+                let response = self
+                    .client
+                    ._delete(route.as_str(), None::<&()>)
+                    .await
+                    .map_err(|e| self.api_err("delete secret", Some(name), e))?;
+                octocrab::map_github_error(response)
+                    .await
+                    .map_err(|e| self.api_err("delete secret", Some(name), e))
+            })
+            .await;
         match deleted {
             Err(e) if e.kind != ErrorKind::NotFound => Err(e),
             _ => {

@@ -16,6 +16,7 @@ use reqwest::header::{ACCEPT, HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 use vss_protocol::config::HttpSpec;
+use vss_protocol::config::Timeouts;
 use vss_protocol::{HashKey, SecretValue};
 use zeroize::Zeroizing;
 
@@ -29,6 +30,12 @@ type Document = BTreeMap<String, (SecretValue, Version)>;
 
 /// An HTTP source.
 pub struct HttpStore {
+    /// Circuit breaker and outage budget over this run.
+    health: crate::retry::Health,
+    /// How long a request may take.
+    timeout: Duration,
+    /// How long connecting may take.
+    connect_timeout: Duration,
     url: String,
     client: reqwest::Client,
     key: HashKey,
@@ -39,7 +46,7 @@ pub struct HttpStore {
 
 impl HttpStore {
     /// Opens the store: reads the header references and builds the client.
-    pub fn open(spec: &HttpSpec, key: HashKey) -> Result<Self, StoreError> {
+    pub fn open(spec: &HttpSpec, key: HashKey, timeouts: &Timeouts) -> Result<Self, StoreError> {
         let label = spec.to_string();
         let invalid = |message: String| StoreError::new(ErrorKind::Invalid, &label, None, message);
         let mut headers = HeaderMap::new();
@@ -63,6 +70,7 @@ impl HttpStore {
         }
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(spec.timeout_secs.max(1)))
+            .connect_timeout(timeouts.connect())
             .default_headers(headers)
             .build()
             .map_err(|e| invalid(format!("cannot build an HTTP client: {e}")))?;
@@ -71,6 +79,9 @@ impl HttpStore {
             client,
             key,
             document: OnceCell::new(),
+            timeout: Duration::from_secs(spec.timeout_secs.max(1)),
+            health: crate::retry::Health::new(&label, timeouts),
+            connect_timeout: timeouts.connect(),
             label,
             calls: ApiCalls::default(),
         })
@@ -84,7 +95,7 @@ impl HttpStore {
     async fn document(&self) -> Result<&Document, StoreError> {
         self.document
             .get_or_try_init(|| async {
-                let body = crate::retry::transient(5, || self.fetch()).await?;
+                let body = self.health.retry(5, || self.fetch()).await?;
                 self.parse(&body)
             })
             .await
@@ -93,12 +104,8 @@ impl HttpStore {
     async fn fetch(&self) -> Result<Zeroizing<Vec<u8>>, StoreError> {
         self.calls.record("GET");
         let unavailable = |e: reqwest::Error| {
-            let e = e.to_string();
-            self.err(
-                ErrorKind::Unavailable,
-                None,
-                format!("GET: {}", e.split(" for url").next().unwrap_or(&e)),
-            )
+            let reason = crate::retry::transport_error(&e, self.connect_timeout, self.timeout);
+            self.err(ErrorKind::Unavailable, None, format!("GET: {reason}"))
         };
         let response = self.client.get(&self.url).send().await.map_err(unavailable)?;
         let status = response.status();

@@ -26,6 +26,7 @@ use kube::{Api, Client};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 use vss_protocol::config::KubernetesSpec;
+use vss_protocol::config::Timeouts;
 use vss_protocol::{ContentHash, HashKey, SecretValue};
 
 use crate::{
@@ -42,6 +43,10 @@ const MAX_RETRIES: usize = 5;
 
 /// The Secrets of one namespace.
 pub struct KubernetesStore {
+    /// How long calls may take.
+    timeouts: Timeouts,
+    /// Circuit breaker and outage budget over this run.
+    health: crate::retry::Health,
     spec: KubernetesSpec,
     /// The run's content-hash key: a stamp is trusted only while the data still hashes to it.
     key: HashKey,
@@ -76,7 +81,7 @@ pub fn kubernetes_name(name: &str) -> Result<String, String> {
 impl KubernetesStore {
     /// A store for `spec`; the client is built on first use. `key` is the run's content-hash
     /// key.
-    pub fn new(spec: &KubernetesSpec, key: HashKey) -> Self {
+    pub fn new(spec: &KubernetesSpec, key: HashKey, timeouts: &Timeouts) -> Self {
         Self {
             spec: spec.clone(),
             key,
@@ -84,6 +89,11 @@ impl KubernetesStore {
             named_writes: tokio::sync::Mutex::new(()),
             label: vss_protocol::config::StoreSpec::Kubernetes(Box::new(spec.clone())).to_string(),
             calls: ApiCalls::default(),
+            health: crate::retry::Health::new(
+                &vss_protocol::config::StoreSpec::Kubernetes(Box::new(spec.clone())).to_string(),
+                timeouts,
+            ),
+            timeouts: *timeouts,
         }
     }
 
@@ -98,7 +108,7 @@ impl KubernetesStore {
                     context: self.spec.context.clone(),
                     ..Default::default()
                 };
-                let config = match kube::Config::from_kubeconfig(&options).await {
+                let mut config = match kube::Config::from_kubeconfig(&options).await {
                     Ok(config) => config,
                     Err(kubeconfig) => kube::Config::incluster().map_err(|incluster| {
                         self.err(
@@ -108,6 +118,9 @@ impl KubernetesStore {
                         )
                     })?,
                 };
+                config.connect_timeout = Some(self.timeouts.connect());
+                config.read_timeout = Some(self.timeouts.request());
+                config.write_timeout = Some(self.timeouts.request());
                 let client = Client::try_from(config).map_err(|e| {
                     self.err(ErrorKind::Invalid, None, format!("Kubernetes client: {e}"))
                 })?;
@@ -187,23 +200,25 @@ impl KubernetesStore {
         let written = match &pre {
             Precondition::Absent => {
                 let secret = self.to_secret(name, value, stamp, None);
-                crate::retry::transient(MAX_RETRIES, || async {
-                    self.calls.record("create");
-                    api.create(&PostParams::default(), &secret)
-                        .await
-                        .map_err(|e| self.api_err("create", Some(name), e))
-                })
-                .await?
+                self.health
+                    .retry(MAX_RETRIES, || async {
+                        self.calls.record("create");
+                        api.create(&PostParams::default(), &secret)
+                            .await
+                            .map_err(|e| self.api_err("create", Some(name), e))
+                    })
+                    .await?
             }
             Precondition::Matches(version) => {
                 let secret = self.to_secret(name, value, stamp, Some(version));
-                crate::retry::transient(MAX_RETRIES, || async {
-                    self.calls.record("replace");
-                    api.replace(name, &PostParams::default(), &secret)
-                        .await
-                        .map_err(|e| self.api_err("replace", Some(name), e))
-                })
-                .await?
+                self.health
+                    .retry(MAX_RETRIES, || async {
+                        self.calls.record("replace");
+                        api.replace(name, &PostParams::default(), &secret)
+                            .await
+                            .map_err(|e| self.api_err("replace", Some(name), e))
+                    })
+                    .await?
             }
             Precondition::None => {
                 let current = self.read_secret(name).await?;
@@ -220,11 +235,12 @@ impl KubernetesStore {
 
     async fn read_secret(&self, name: &str) -> Result<Option<Secret>, StoreError> {
         let api = self.api().await?;
-        crate::retry::transient(MAX_RETRIES, || async {
-            self.calls.record("get");
-            api.get_opt(name).await.map_err(|e| self.api_err("get", Some(name), e))
-        })
-        .await
+        self.health
+            .retry(MAX_RETRIES, || async {
+                self.calls.record("get");
+                api.get_opt(name).await.map_err(|e| self.api_err("get", Some(name), e))
+            })
+            .await
     }
 }
 
@@ -390,11 +406,13 @@ impl SecretStore for KubernetesStore {
             if let Some(token) = next.take() {
                 params = params.continue_token(&token);
             }
-            let page = crate::retry::transient(MAX_RETRIES, || async {
-                self.calls.record("list");
-                api.list(&params).await.map_err(|e| self.api_err("list", None, e))
-            })
-            .await?;
+            let page = self
+                .health
+                .retry(MAX_RETRIES, || async {
+                    self.calls.record("list");
+                    api.list(&params).await.map_err(|e| self.api_err("list", None, e))
+                })
+                .await?;
             for secret in &page.items {
                 let meta = &secret.metadata;
                 let (Some(name), Some(version)) = (&meta.name, &meta.resource_version) else {
@@ -495,11 +513,13 @@ impl SecretStore for KubernetesStore {
             },
             ..Default::default()
         };
-        let deleted = crate::retry::transient(MAX_RETRIES, || async {
-            self.calls.record("delete");
-            api.delete(name, &params).await.map_err(|e| self.api_err("delete", Some(name), e))
-        })
-        .await;
+        let deleted = self
+            .health
+            .retry(MAX_RETRIES, || async {
+                self.calls.record("delete");
+                api.delete(name, &params).await.map_err(|e| self.api_err("delete", Some(name), e))
+            })
+            .await;
         match deleted {
             Err(e) if e.kind != ErrorKind::NotFound => Err(e),
             _ => Ok(()),

@@ -36,7 +36,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use vss_protocol::config::StoreSpec;
+use vss_protocol::config::{StoreSpec, Timeouts};
 use vss_protocol::{ContentHash, HashKey, SecretValue};
 
 /// A store's cheap version of one secret, compared to tell whether it moved since vss wrote
@@ -137,7 +137,7 @@ pub enum ErrorKind {
 }
 
 /// A store operation failed. Names the store and the secret, never a value.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub struct StoreError {
     /// The class of failure.
     pub kind: ErrorKind,
@@ -309,7 +309,11 @@ impl ApiCalls {
 
 /// Opens a store from its spec.
 /// `key` is the run's content-hash key; stores that version content themselves (http) need it.
-pub fn open(spec: &StoreSpec, key: Option<&HashKey>) -> Result<Arc<dyn SecretStore>, StoreError> {
+pub fn open(
+    spec: &StoreSpec,
+    key: Option<&HashKey>,
+    timeouts: &Timeouts,
+) -> Result<Arc<dyn SecretStore>, StoreError> {
     let run_key = || {
         let missing = || {
             StoreError::new(ErrorKind::Invalid, &spec.to_string(), None, "no content-hash key yet")
@@ -318,15 +322,15 @@ pub fn open(spec: &StoreSpec, key: Option<&HashKey>) -> Result<Arc<dyn SecretSto
     };
     match spec {
         StoreSpec::File { dir } => Ok(Arc::new(file::FileStore::new(dir.clone()))),
-        StoreSpec::Vault(spec) => Ok(Arc::new(vault::VaultStore::open(spec)?)),
-        StoreSpec::AwsSm(spec) => Ok(Arc::new(aws_sm::AwsSmStore::new(spec))),
-        StoreSpec::S3(spec) => Ok(Arc::new(s3::S3Store::new(spec))),
-        StoreSpec::Http(spec) => Ok(Arc::new(http::HttpStore::open(spec, run_key()?)?)),
-        StoreSpec::Github(spec) => Ok(Arc::new(github::GithubStore::open(spec)?)),
+        StoreSpec::Vault(spec) => Ok(Arc::new(vault::VaultStore::open(spec, timeouts)?)),
+        StoreSpec::AwsSm(spec) => Ok(Arc::new(aws_sm::AwsSmStore::new(spec, timeouts))),
+        StoreSpec::S3(spec) => Ok(Arc::new(s3::S3Store::new(spec, timeouts))),
+        StoreSpec::Http(spec) => Ok(Arc::new(http::HttpStore::open(spec, run_key()?, timeouts)?)),
+        StoreSpec::Github(spec) => Ok(Arc::new(github::GithubStore::open(spec, timeouts)?)),
         StoreSpec::Kubernetes(spec) => {
-            Ok(Arc::new(kubernetes::KubernetesStore::new(spec, run_key()?)))
+            Ok(Arc::new(kubernetes::KubernetesStore::new(spec, run_key()?, timeouts)))
         }
-        StoreSpec::Gcp(spec) => Ok(Arc::new(gcp_sm::GcpSmStore::new(spec, run_key()?))),
+        StoreSpec::Gcp(spec) => Ok(Arc::new(gcp_sm::GcpSmStore::new(spec, run_key()?, timeouts))),
     }
 }
 
@@ -335,13 +339,15 @@ pub fn open(spec: &StoreSpec, key: Option<&HashKey>) -> Result<Arc<dyn SecretSto
 /// written, and nothing reaches the real store.
 pub struct StoreCache {
     dry_run: bool,
+    timeouts: Timeouts,
     stores: Mutex<HashMap<StoreSpec, Arc<dyn SecretStore>>>,
 }
 
 impl StoreCache {
-    /// An empty cache; `dry_run` wraps every store in an overlay.
-    pub fn new(dry_run: bool) -> Self {
-        Self { dry_run, stores: Mutex::new(HashMap::new()) }
+    /// An empty cache; `dry_run` wraps every store in an overlay; stores opened through it
+    /// use `timeouts`.
+    pub fn new(dry_run: bool, timeouts: Timeouts) -> Self {
+        Self { dry_run, timeouts, stores: Mutex::new(HashMap::new()) }
     }
 
     /// The shared handle of the store at `spec` (`key`: the run's content-hash key).
@@ -354,7 +360,7 @@ impl StoreCache {
         if let Some(store) = stores.get(spec) {
             return Ok(store.clone());
         }
-        let mut store = open(spec, key)?;
+        let mut store = open(spec, key, &self.timeouts)?;
         if self.dry_run {
             store = Arc::new(overlay::OverlayStore::new(store));
         }

@@ -1,35 +1,163 @@
-//! The one retry policy of the HTTP-speaking stores: throttling and unavailability are retried
-//! with jittered exponential backoff (0.2 s to 10 s), never sooner than a `Retry-After` asks.
+//! The one retry policy of the stores that talk to a server: throttling and unavailability
+//! are retried with jittered exponential backoff (0.2 s to 10 s), never sooner than a
+//! `Retry-After` asks, through each store's [`Health`]: a circuit breaker and an outage budget,
+//! so a store that is gone fails the job in seconds instead of retrying every pending call.
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
+
+use vss_protocol::config::Timeouts;
 
 use crate::{ErrorKind, StoreError};
 
 /// The longest `Retry-After` honoured; a larger one is capped.
 const MAX_RETRY_AFTER_SECS: u64 = 60;
 
-/// Runs `attempt` until it succeeds, fails permanently, or `max_retries` retries are spent.
-pub(crate) async fn transient<T, F, Fut>(max_retries: usize, attempt: F) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, StoreError>>,
-{
-    attempt
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(200))
-                .with_max_delay(Duration::from_secs(10))
-                .with_max_times(max_retries)
-                .with_jitter(),
-        )
-        .when(|e: &StoreError| matches!(e.kind, ErrorKind::Throttled | ErrorKind::Unavailable))
-        // A server's Retry-After overrides a shorter backoff (a `None` still ends retrying).
-        .adjust(|e: &StoreError, backoff| backoff.map(|d| e.retry_after.map_or(d, |w| w.max(d))))
-        .await
+/// Consecutive connection failures (unavailable, timed out) after which a store that has been
+/// failing for [`SHORT_OUTAGE`] fails fast: a blip shorter than that is retried through.
+const TRIP_AFTER: u32 = 5;
+/// How long a streak of failures must last before [`TRIP_AFTER`] failures open the breaker.
+const SHORT_OUTAGE: Duration = Duration::from_secs(10);
+
+/// One store's health over a run (stores are opened once per run): a circuit breaker over
+/// consecutive connection failures and an outage budget (`Timeouts::outage_secs`, counted
+/// from the start of the first failed attempt of a streak). A success closes it again.
+pub(crate) struct Health {
+    store: String,
+    outage_budget: Duration,
+    failures: AtomicU32,
+    since: Mutex<Option<Instant>>,
+    open: Mutex<Option<StoreError>>,
+    warned: AtomicBool,
+}
+
+impl Health {
+    /// A closed breaker for the store `label`.
+    pub(crate) fn new(label: &str, timeouts: &Timeouts) -> Self {
+        Self {
+            store: label.to_string(),
+            outage_budget: timeouts.outage(),
+            failures: AtomicU32::new(0),
+            since: Mutex::new(None),
+            open: Mutex::new(None),
+            warned: AtomicBool::new(false),
+        }
+    }
+
+    /// The error every call fails with while the breaker is open.
+    fn open_error(&self) -> Option<StoreError> {
+        self.open.lock().expect("health lock").clone()
+    }
+
+    /// Records the outcome of one attempt that started at `started`.
+    fn observe<T>(&self, result: &Result<T, StoreError>, started: Instant) {
+        let e = match result {
+            Ok(_) => {
+                self.failures.store(0, Ordering::Relaxed);
+                *self.since.lock().expect("health lock") = None;
+                *self.open.lock().expect("health lock") = None;
+                return;
+            }
+            Err(e) if e.kind == ErrorKind::Unavailable => e,
+            Err(_) => return,
+        };
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(store = %self.store, error = %e, "store unreachable; retrying");
+        }
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let since = *self.since.lock().expect("health lock").get_or_insert(started);
+        let down = since.elapsed();
+        let mut open = self.open.lock().expect("health lock");
+        if open.is_none()
+            && ((failures >= TRIP_AFTER && down >= SHORT_OUTAGE.min(self.outage_budget))
+                || down >= self.outage_budget)
+        {
+            tracing::warn!(
+                store = %self.store,
+                failures,
+                down_for = ?since.elapsed(),
+                "store still unreachable; failing its remaining calls at once"
+            );
+            let mut error = e.clone();
+            error.message = format!(
+                "{} (still failing after {failures} attempts in {:.0?}; the store's remaining calls were not tried)",
+                e.message,
+                since.elapsed()
+            );
+            *open = Some(error);
+        }
+    }
+
+    /// Runs `attempt` until it succeeds, fails permanently, `max_retries` retries are spent,
+    /// or the breaker opens.
+    pub(crate) async fn retry<T, F, Fut>(
+        &self,
+        max_retries: usize,
+        mut attempt: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let guarded = || {
+            let open = self.open_error();
+            let call = attempt();
+            async move {
+                if let Some(e) = open {
+                    return Err(e);
+                }
+                let started = Instant::now();
+                let result = call.await;
+                self.observe(&result, started);
+                // The attempt that opened the breaker reports it as such.
+                match (result, self.open_error()) {
+                    (Err(_), Some(open)) => Err(open),
+                    (result, _) => result,
+                }
+            }
+        };
+        guarded
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(10))
+                    .with_max_times(max_retries)
+                    .with_jitter(),
+            )
+            .when(|e: &StoreError| {
+                matches!(e.kind, ErrorKind::Throttled | ErrorKind::Unavailable)
+                    && self.open_error().is_none()
+            })
+            // A server's Retry-After overrides a shorter backoff (a `None` still ends retrying).
+            .adjust(|e: &StoreError, backoff| {
+                backoff.map(|d| e.retry_after.map_or(d, |w| w.max(d)))
+            })
+            .await
+    }
+}
+
+/// A transport error of an HTTP request, for messages: a timeout says so and how long was
+/// waited; anything else without its URL (it holds secret names, and is noise).
+pub(crate) fn transport_error(e: &reqwest::Error, connect: Duration, request: Duration) -> String {
+    if e.is_timeout() {
+        return timed_out(connect, request);
+    }
+    let e = e.to_string();
+    e.split(" for url").next().unwrap_or(&e).to_string()
+}
+
+/// What a timed-out call says.
+pub(crate) fn timed_out(connect: Duration, request: Duration) -> String {
+    format!(
+        "timed out (no connection within {}s, or no answer within {}s)",
+        connect.as_secs(),
+        request.as_secs()
+    )
 }
 
 /// The wait a response's `Retry-After` header asks for (seconds form), capped.

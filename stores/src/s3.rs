@@ -13,6 +13,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use tokio::sync::OnceCell;
 use vss_protocol::SecretValue;
 use vss_protocol::config::S3Spec;
+use vss_protocol::config::Timeouts;
 use zeroize::Zeroize;
 
 use crate::{
@@ -22,6 +23,8 @@ use crate::{
 
 /// An S3 bucket under a key prefix.
 pub struct S3Store {
+    /// How long calls may take.
+    timeouts: Timeouts,
     spec: S3Spec,
     client: OnceCell<Client>,
     label: String,
@@ -30,19 +33,20 @@ pub struct S3Store {
 
 impl S3Store {
     /// A store for `spec`; the client is built on first use from the default credential chain.
-    pub fn new(spec: &S3Spec) -> Self {
+    pub fn new(spec: &S3Spec, timeouts: &Timeouts) -> Self {
         Self {
             spec: spec.clone(),
             client: OnceCell::new(),
             label: vss_protocol::config::StoreSpec::S3(Box::new(spec.clone())).to_string(),
             calls: ApiCalls::default(),
+            timeouts: *timeouts,
         }
     }
 
     /// A store for `spec` that uses `client` as given (its credentials, endpoint and retry
     /// settings), for callers that configure the SDK themselves.
     pub fn with_client(spec: &S3Spec, client: Client) -> Self {
-        let store = Self::new(spec);
+        let store = Self::new(spec, &Timeouts::default());
         store.client.set(client).expect("a new store has no client yet");
         store
     }
@@ -50,8 +54,12 @@ impl S3Store {
     async fn client(&self) -> &Client {
         self.client
             .get_or_init(|| async {
-                let base =
-                    crate::aws::base_config(&self.spec.region, self.spec.endpoint.as_deref()).await;
+                let base = crate::aws::base_config(
+                    &self.spec.region,
+                    self.spec.endpoint.as_deref(),
+                    &self.timeouts,
+                )
+                .await;
                 let config = aws_sdk_s3::config::Builder::from(&base)
                     .force_path_style(self.spec.endpoint.is_some())
                     .build();
@@ -82,7 +90,7 @@ impl S3Store {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        crate::aws::store_error(&self.label, operation, secret, e)
+        crate::aws::store_error(&self.label, operation, secret, e, &self.timeouts)
     }
 }
 

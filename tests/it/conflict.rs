@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Value, json};
-use vss_protocol::config::{S3Spec, SecretRef, VaultAuth, VaultConnection, VaultSpec};
+use vss_protocol::config::{S3Spec, SecretRef, Timeouts, VaultAuth, VaultConnection, VaultSpec};
 use vss_protocol::{HashKey, SecretValue};
 use vss_stores::conflict::{DesiredWrite, delete_resolving_conflicts, write_resolving_conflicts};
 use vss_stores::s3::S3Store;
@@ -88,16 +88,19 @@ impl SecretStore for Interloper {
 fn vault_store(bao: &OpenBao, token: &tempfile::NamedTempFile) -> Arc<dyn SecretStore> {
     std::fs::write(token.path(), vss_tests::servers::ROOT_TOKEN).unwrap();
     Arc::new(
-        VaultStore::open(&VaultSpec {
-            connection: VaultConnection {
-                address: bao.address.clone(),
-                namespace: None,
-                auth: VaultAuth::Token(SecretRef::File(token.path().into())),
+        VaultStore::open(
+            &VaultSpec {
+                connection: VaultConnection {
+                    address: bao.address.clone(),
+                    namespace: None,
+                    auth: VaultAuth::Token(SecretRef::File(token.path().into())),
+                },
+                mount: "secret".into(),
+                prefix: "race".into(),
+                paths: Vec::new(),
             },
-            mount: "secret".into(),
-            prefix: "race".into(),
-            paths: Vec::new(),
-        })
+            &Timeouts::default(),
+        )
         .unwrap(),
     )
 }

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 use vss_protocol::SecretValue;
-use vss_protocol::config::{SecretRef, VaultAuth, VaultConnection, VaultSpec};
+use vss_protocol::config::{SecretRef, Timeouts, VaultAuth, VaultConnection, VaultSpec};
 use vss_stores::vault::VaultStore;
 use vss_stores::{ErrorKind, Precondition, SecretStore};
 use vss_tests::servers::{OpenBao, ROOT_TOKEN};
@@ -124,16 +124,19 @@ async fn vault_writes_are_check_and_set() {
     let bao = OpenBao::start();
     let token = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(token.path(), ROOT_TOKEN).unwrap();
-    let store = VaultStore::open(&VaultSpec {
-        connection: VaultConnection {
-            address: bao.address.clone(),
-            namespace: None,
-            auth: VaultAuth::Token(SecretRef::File(token.path().into())),
+    let store = VaultStore::open(
+        &VaultSpec {
+            connection: VaultConnection {
+                address: bao.address.clone(),
+                namespace: None,
+                auth: VaultAuth::Token(SecretRef::File(token.path().into())),
+            },
+            mount: "secret".into(),
+            prefix: "cas".into(),
+            paths: Vec::new(),
         },
-        mount: "secret".into(),
-        prefix: "cas".into(),
-        paths: Vec::new(),
-    })
+        &Timeouts::default(),
+    )
     .unwrap();
     let value = |v: serde_json::Value| SecretValue::new(v.as_object().unwrap().clone());
     let v1 = store.write("s", &value(json!({"a": 1})), Precondition::Absent).await.unwrap();
@@ -193,20 +196,23 @@ async fn vault_approle_tokens_are_renewed_or_replaced_before_they_lapse() {
         std::fs::write(&path, text).unwrap();
         SecretRef::File(path)
     };
-    let store = VaultStore::open(&VaultSpec {
-        connection: VaultConnection {
-            address: bao.address.clone(),
-            namespace: None,
-            auth: VaultAuth::AppRole {
-                mount: "approle".into(),
-                role_id: file("role", &role_id),
-                secret_id: file("secret", &secret_id),
+    let store = VaultStore::open(
+        &VaultSpec {
+            connection: VaultConnection {
+                address: bao.address.clone(),
+                namespace: None,
+                auth: VaultAuth::AppRole {
+                    mount: "approle".into(),
+                    role_id: file("role", &role_id),
+                    secret_id: file("secret", &secret_id),
+                },
             },
+            mount: "secret".into(),
+            prefix: "approle".into(),
+            paths: Vec::new(),
         },
-        mount: "secret".into(),
-        prefix: "approle".into(),
-        paths: Vec::new(),
-    })
+        &Timeouts::default(),
+    )
     .unwrap();
     let value = SecretValue::new(json!({"k": 1}).as_object().unwrap().clone());
     let calls = |op: &str| store.api_calls().get(op).copied().unwrap_or(0);
@@ -286,7 +292,7 @@ async fn calls_of_run(
     use vss_protocol::plan::{PlanRequest, plan_run};
     let cfg = Config::from_yaml(config, "vss.yaml", root, &|_| None).unwrap();
     let plan = plan_run(&cfg, "run", &PlanRequest::default()).unwrap();
-    let ctx = vss_worker::WorkerContext::new(false);
+    let ctx = vss_worker::WorkerContext::new(false, Timeouts::default());
     for job in &plan.jobs {
         let result = vss_worker::execute(job, &ctx).await;
         assert_eq!(result.outcome, Outcome::Succeeded, "{}", job.id);
@@ -373,16 +379,19 @@ async fn vault_throttling_is_retried_after_the_wait_the_server_asks_for() {
     let bao = OpenBao::start();
     let token = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(token.path(), ROOT_TOKEN).unwrap();
-    let store = VaultStore::open(&VaultSpec {
-        connection: VaultConnection {
-            address: bao.address.clone(),
-            namespace: None,
-            auth: VaultAuth::Token(SecretRef::File(token.path().into())),
+    let store = VaultStore::open(
+        &VaultSpec {
+            connection: VaultConnection {
+                address: bao.address.clone(),
+                namespace: None,
+                auth: VaultAuth::Token(SecretRef::File(token.path().into())),
+            },
+            mount: "secret".into(),
+            prefix: "throttled".into(),
+            paths: Vec::new(),
         },
-        mount: "secret".into(),
-        prefix: "throttled".into(),
-        paths: Vec::new(),
-    })
+        &Timeouts::default(),
+    )
     .unwrap();
     bao.rate_limit(2, "1s");
     let value = SecretValue::new(json!({"k": 1}).as_object().unwrap().clone());

@@ -2,6 +2,7 @@
 //! workspace folder, and runs the binary there as a user would; [`servers`] starts real
 //! servers for the stores that talk to one.
 
+pub mod faults;
 pub mod gcp;
 pub mod github;
 pub mod kubernetes;

@@ -85,6 +85,32 @@ fn stop(child: &mut Child) {
 }
 
 /// What a server wrote to `file` so far (empty if unreadable).
+/// The TCP ports process `pid` listens on (Linux: its socket inodes in `/proc/<pid>/fd`,
+/// matched with the LISTEN entries of `/proc/net/tcp`).
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    let inodes: std::collections::BTreeSet<String> = fds
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            link.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string)
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+            let listening = *state == "0A" && inodes.contains(*inode);
+            let port = local.rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            port.filter(|_| listening)
+        })
+        .collect()
+}
+
 fn output(file: &Path) -> String {
     String::from_utf8_lossy(&std::fs::read(file).unwrap_or_default()).into_owned()
 }
@@ -118,10 +144,24 @@ impl OpenBao {
     /// ready.
     ///
     /// OpenBao accepts port 0 but prints the address as configured (`127.0.0.1:0`), not the
-    /// one it bound. What it does print is the cluster address it derives from the bound API
-    /// listener, one port above it (`Listener 1: tcp (addr: …, cluster address:
-    /// "127.0.0.1:N")`), so the API port is `N - 1`; the health check then confirms it.
+    /// one it bound, and the cluster address it prints is not reliably derived from the
+    /// bound port. So the ports come from the kernel: the TCP sockets the process listens on
+    /// (`/proc/<pid>/fd` → `/proc/net/tcp`), and the one answering `/v1/sys/health` is the API.
+    ///
+    /// Its cluster listener takes the API port plus one; when another process holds that port
+    /// the server may die at start, so a server that dies is started again (three tries).
     pub fn start() -> Self {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Self::try_start() {
+                Ok(bao) => return bao,
+                Err(output) => failures.push(output),
+            }
+        }
+        panic!("OpenBao did not start in three tries; its output:\n{}", failures.join("\n---\n"));
+    }
+
+    fn try_start() -> Result<Self, String> {
         let (out, log) =
             (tempfile::NamedTempFile::new().unwrap(), tempfile::NamedTempFile::new().unwrap());
         let mut child = Command::new(server_bin("bao"))
@@ -136,25 +176,17 @@ impl OpenBao {
             .spawn()
             .expect("bao runs (scripts/test installs it)");
         let deadline = Instant::now() + Duration::from_secs(60);
-        let port = poll(&mut child, deadline, || {
-            let cluster = port_after(&output(out.path()), "cluster address: \"")?;
-            cluster.checked_sub(1)
-        });
-        let ready = port.filter(|&port| {
-            poll(&mut child, deadline, || {
-                (http_status(port, "/v1/sys/health") == Some(200)).then_some(())
-            })
-            .is_some()
+        let pid = child.id();
+        let ready = poll(&mut child, deadline, || {
+            listening_ports(pid)
+                .into_iter()
+                .find(|&port| http_status(port, "/v1/sys/health") == Some(200))
         });
         let Some(port) = ready else {
             stop(&mut child);
-            panic!(
-                "OpenBao did not start; its output:\n{}\n{}",
-                output(out.path()),
-                output(log.path())
-            );
+            return Err(format!("{}\n{}", output(out.path()), output(log.path())));
         };
-        Self { child, address: format!("http://127.0.0.1:{port}") }
+        Ok(Self { child, address: format!("http://127.0.0.1:{port}") })
     }
 
     fn cli(&self, args: &[&str]) -> std::process::Output {

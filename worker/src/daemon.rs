@@ -70,7 +70,7 @@ impl RunContexts {
         {
             return ctx.clone();
         }
-        let ctx = Arc::new(WorkerContext::new(dry_run));
+        let ctx = Arc::new(WorkerContext::new(dry_run, job.options.timeouts));
         kept.push_back((job.run_id.clone(), dry_run, ctx.clone()));
         if kept.len() > Self::KEPT {
             kept.pop_front();

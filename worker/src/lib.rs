@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use tracing::Instrument;
 use vss_protocol::HashKey;
+use vss_protocol::config::Timeouts;
 use vss_protocol::job::{Job, JobResult, JobSpec, Outcome, RunOptions};
 use vss_stores::ledger::{LedgerError, StateLedger};
 use vss_stores::{SecretStore, StoreCache, StoreError};
@@ -59,9 +60,10 @@ pub struct WorkerContext {
 }
 
 impl WorkerContext {
-    /// A context for jobs of one kind of run; `dry_run` keeps every write in memory.
-    pub fn new(dry_run: bool) -> Self {
-        Self { stores: StoreCache::new(dry_run), hash_key: Mutex::new(None) }
+    /// A context for jobs of one kind of run; `dry_run` keeps every write in memory; stores
+    /// are opened with `timeouts`.
+    pub fn new(dry_run: bool, timeouts: Timeouts) -> Self {
+        Self { stores: StoreCache::new(dry_run, timeouts), hash_key: Mutex::new(None) }
     }
 
     /// The stores opened so far.

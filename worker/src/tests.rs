@@ -28,7 +28,7 @@ targets:
 ";
     let cfg = Config::from_yaml(config, "vss.yaml", root, &|_| None).unwrap();
     let plan = plan_run(&cfg, "run", &PlanRequest::default()).unwrap();
-    let ctx = WorkerContext::new(false);
+    let ctx = WorkerContext::new(false, Default::default());
     for job in &plan.jobs {
         let result = execute(job, &ctx).await;
         assert_eq!(result.outcome, Outcome::Succeeded, "{}", job.id);

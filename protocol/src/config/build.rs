@@ -13,7 +13,7 @@ use super::stores::{Role, StoreCheck};
 use super::yaml::{Document, KeyPath, Segment};
 use super::{
     Config, DeleteThreshold, Diagnostic, Layer, LogSettings, NatsSpec, PipelineSettings, StateSpec,
-    StoreSpec, Target,
+    StoreSpec, Target, Timeouts,
 };
 
 /// The most sync jobs one target can be split into.
@@ -119,6 +119,22 @@ fn pipeline_settings(ck: &mut Checker, raw: &RawConfig) -> PipelineSettings {
     if let Some(count) = p.sync.max_delete_count {
         delete_threshold.count = count;
     }
+    let mut timeouts = Timeouts::default();
+    if let Some(t) = &p.timeouts {
+        for (key, value, slot) in [
+            ("connect_secs", t.connect_secs, &mut timeouts.connect_secs),
+            ("request_secs", t.request_secs, &mut timeouts.request_secs),
+            ("outage_secs", t.outage_secs, &mut timeouts.outage_secs),
+        ] {
+            match value {
+                Some(0) => {
+                    ck.error(&path(&["pipeline", "timeouts", key]), "must be at least 1".into())
+                }
+                Some(v) => *slot = v,
+                None => {}
+            }
+        }
+    }
     PipelineSettings {
         merge_enabled,
         merge_parallel: p.merge.parallel.unwrap_or(4),
@@ -128,6 +144,7 @@ fn pipeline_settings(ck: &mut Checker, raw: &RawConfig) -> PipelineSettings {
         delete_threshold,
         dry_run: p.dry_run,
         continue_on_error: p.continue_on_error,
+        timeouts,
     }
 }
 

@@ -152,6 +152,45 @@ pub struct PipelineSettings {
     pub dry_run: bool,
     /// Keep running other targets after one fails.
     pub continue_on_error: bool,
+    /// How long store calls may take.
+    pub timeouts: Timeouts,
+}
+
+/// How long store calls may take (`pipeline.timeouts`), so a store that is gone or hung
+/// fails its job in seconds: each request connects within `connect_secs` and is answered
+/// within `request_secs`; a store failing for `outage_secs` (or failing repeatedly for 10 s)
+/// fails its remaining calls at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Timeouts {
+    /// Seconds to establish a connection.
+    pub connect_secs: u64,
+    /// Seconds a request may take in all.
+    pub request_secs: u64,
+    /// Seconds a store may stay unreachable before its remaining calls fail at once.
+    pub outage_secs: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self { connect_secs: 5, request_secs: 30, outage_secs: 45 }
+    }
+}
+
+impl Timeouts {
+    /// [`Timeouts::connect_secs`] as a duration.
+    pub fn connect(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.connect_secs)
+    }
+
+    /// [`Timeouts::request_secs`] as a duration.
+    pub fn request(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.request_secs)
+    }
+
+    /// [`Timeouts::outage_secs`] as a duration.
+    pub fn outage(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.outage_secs)
+    }
 }
 
 /// A run refuses to delete more than `percent`% of a target's secrets when that is also more

@@ -73,6 +73,22 @@ pub(crate) struct RawPipeline {
     /// Keep running other targets after one fails. Default: false.
     #[serde(default)]
     pub continue_on_error: bool,
+    /// How long store calls may take.
+    pub timeouts: Option<RawTimeouts>,
+}
+
+/// `pipeline.timeouts:` — how long store calls may take, so a store that is gone or hung
+/// fails its job in seconds.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTimeouts {
+    /// Seconds to establish a connection. Default: 5.
+    pub connect_secs: Option<u64>,
+    /// Seconds a request may take in all. Default: 30.
+    pub request_secs: Option<u64>,
+    /// Seconds a store may stay unreachable before its remaining calls fail at once.
+    /// Default: 45.
+    pub outage_secs: Option<u64>,
 }
 
 /// `pipeline.merge:`.

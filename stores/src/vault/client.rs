@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
-use vss_protocol::config::{SecretRef, VaultAuth, VaultConnection};
+use vss_protocol::config::{SecretRef, Timeouts, VaultAuth, VaultConnection};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::credentials::ReadSecretRef;
@@ -63,12 +63,20 @@ pub struct VaultClient {
     /// Names the store (or server) in errors.
     label: String,
     calls: ApiCalls,
+    /// Circuit breaker and outage budget over this run.
+    health: crate::retry::Health,
+    /// How long calls may take.
+    timeouts: Timeouts,
 }
 
 impl VaultClient {
     /// Connects (lazily: the first call logs in); reads the credentials the connection
     /// references. `label` names the store or server in errors, e.g. `vault:https://v:8200`.
-    pub fn open(connection: &VaultConnection, label: &str) -> Result<Self, StoreError> {
+    pub fn open(
+        connection: &VaultConnection,
+        label: &str,
+        timeouts: &Timeouts,
+    ) -> Result<Self, StoreError> {
         let err = |message: String| StoreError::new(ErrorKind::Invalid, label, None, message);
         let address = Url::parse(&connection.address)
             .map_err(|e| err(format!("invalid Vault address: {e}")))?;
@@ -84,7 +92,8 @@ impl VaultClient {
             },
         };
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+            .timeout(timeouts.request())
+            .connect_timeout(timeouts.connect())
             .build()
             .map_err(|e| err(format!("cannot build an HTTP client: {e}")))?;
         Ok(Self {
@@ -95,6 +104,8 @@ impl VaultClient {
             session: tokio::sync::Mutex::new(None),
             label: label.to_string(),
             calls: ApiCalls::default(),
+            health: crate::retry::Health::new(label, timeouts),
+            timeouts: *timeouts,
         })
     }
 
@@ -177,7 +188,9 @@ impl VaultClient {
             request = request.header(CONTENT_TYPE, content_type).body(body.to_vec());
         }
         let unavailable = |e: reqwest::Error| {
-            self.err(ErrorKind::Unavailable, secret, format!("{operation}: {}", without_url(&e)))
+            let reason =
+                crate::retry::transport_error(&e, self.timeouts.connect(), self.timeouts.request());
+            self.err(ErrorKind::Unavailable, secret, format!("{operation}: {reason}"))
         };
         let response = request.send().await.map_err(unavailable)?;
         let status = response.status();
@@ -210,10 +223,11 @@ impl VaultClient {
         secret: Option<&str>,
     ) -> Result<Option<Value>, StoreError> {
         // Up to ~40 s of patience: enough for a rate-limit quota to refill.
-        crate::retry::transient(8, || {
-            self.send(operation, method.clone(), url.clone(), body, token.clone(), secret)
-        })
-        .await
+        self.health
+            .retry(8, || {
+                self.send(operation, method.clone(), url.clone(), body, token.clone(), secret)
+            })
+            .await
     }
 
     /// One authenticated API call. With AppRole, a refused token leads to one fresh login.
@@ -326,10 +340,4 @@ impl VaultClient {
         };
         self.err(kind, secret, format!("{operation}: HTTP {status}: {detail}"))
     }
-}
-
-/// A reqwest error without its URL (which holds secret names, not values, but is noise).
-fn without_url(e: &reqwest::Error) -> String {
-    let e = e.to_string();
-    e.split(" for url").next().unwrap_or(&e).to_string()
 }

@@ -15,7 +15,7 @@ pub use client::VaultClient;
 pub use reqwest::Method;
 use reqwest::Url;
 use serde_json::{Value, json};
-use vss_protocol::config::VaultSpec;
+use vss_protocol::config::{Timeouts, VaultSpec};
 use vss_protocol::{ContentHash, SecretValue};
 use zeroize::Zeroize;
 
@@ -38,9 +38,9 @@ pub struct VaultStore {
 
 impl VaultStore {
     /// Opens the store with a connection of its own; reads the credentials `spec` references.
-    pub fn open(spec: &VaultSpec) -> Result<Self, StoreError> {
+    pub fn open(spec: &VaultSpec, timeouts: &Timeouts) -> Result<Self, StoreError> {
         let label = vss_protocol::config::StoreSpec::Vault(Box::new(spec.clone())).to_string();
-        let client = Arc::new(VaultClient::open(&spec.connection, &label)?);
+        let client = Arc::new(VaultClient::open(&spec.connection, &label, timeouts)?);
         let paths = spec
             .paths
             .iter()
