@@ -162,7 +162,7 @@ fn pick(shared: &Shared, n: usize) -> Option<Fault> {
         }
     }
     match &plan.every {
-        Some((every, fault)) if n % every == 0 => Some(fault.clone()),
+        Some((every, fault)) if n.is_multiple_of(*every) => Some(fault.clone()),
         _ => None,
     }
 }
