@@ -117,6 +117,13 @@ struct WorkerArgs {
     /// Touch this file every few seconds while the worker loop runs (for liveness probes).
     #[arg(long, value_name = "PATH")]
     health_file: Option<PathBuf>,
+    /// Only run jobs whose stores and ledger match one of these glob patterns (repeat the
+    /// flag), matched against store labels such as `vault:https://vault.internal:8200/*`,
+    /// `aws-sm:us-east-1/app/*`, `file:/srv/secrets/*` and `state:/var/lib/vss/*`. Anyone who
+    /// can publish on `vss.jobs.*` can otherwise make the worker use its credentials on any
+    /// store.
+    #[arg(long = "allow-store", value_name = "PATTERN", value_parser = parse_glob)]
+    allowed_stores: Vec<glob::Pattern>,
 }
 
 /// How a worker reaches NATS (a coordinator reads the same from `execution.nats`).
@@ -311,7 +318,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 ack_wait: Duration::from_secs(args.ack_wait),
                 max_deliver: args.max_deliver,
                 shutdown_grace: Duration::from_secs(args.shutdown_grace),
+                allowed_stores: args.allowed_stores,
             };
+            if options.allowed_stores.is_empty() {
+                tracing::warn!("no --allow-store: this worker runs jobs on any store a job names");
+            }
             let health = args.health_file.map(HealthFile);
             vss_worker::daemon::run(&args.nats.spec(), options, health, shutdown_signal()).await?;
             Ok(0)
@@ -326,6 +337,10 @@ fn print_or_closed(text: &str) -> anyhow::Result<u8> {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(0),
     }
+}
+
+fn parse_glob(text: &str) -> Result<glob::Pattern, String> {
+    glob::Pattern::new(text).map_err(|e| format!("invalid glob: {e}"))
 }
 
 fn on_off(on: bool) -> &'static str {

@@ -13,6 +13,11 @@ use crate::merge::ListMerge;
 /// A job's id within its run: `merge:<target>` or `sync:<target>`.
 pub type JobId = String;
 
+/// The version of the job and result formats. A worker runs jobs of its own version (and
+/// older ones it still reads); a job of a newer version gets a failed result at once, and a
+/// coordinator will not start a run that the workers it sees cannot run.
+pub const WIRE_VERSION: u32 = 2;
+
 /// Which phase a job belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -45,6 +50,25 @@ pub struct Job {
 }
 
 impl Job {
+    /// Every store the job reads or writes.
+    pub fn stores(&self) -> Vec<&StoreSpec> {
+        match &self.spec {
+            JobSpec::Merge(spec) => std::iter::once(&spec.merge_store)
+                .chain(spec.layers.iter().filter_map(|l| match l {
+                    LayerSpec::Source { store, .. } => Some(store),
+                    LayerSpec::Target { .. } => None,
+                }))
+                .collect(),
+            JobSpec::Sync(spec) => {
+                let desired = match &spec.desired {
+                    DesiredState::Merged { merge_store, .. } => merge_store,
+                    DesiredState::Source { store } => store,
+                };
+                vec![&spec.store, desired]
+            }
+        }
+    }
+
     /// The job's phase.
     pub fn phase(&self) -> Phase {
         match self.spec {

@@ -29,6 +29,18 @@ pub const RESULTS_STREAM: &str = "VSS_RESULTS";
 pub const RUNS_BUCKET: &str = "vss-runs";
 /// The durable consumer all workers share.
 pub const WORKERS_CONSUMER: &str = "vss-workers";
+/// The KV bucket where live workers say which wire version they run (entries expire).
+pub const WORKERS_BUCKET: &str = "vss-worker-registry";
+/// How long a worker's registry entry lives unless renewed.
+pub const WORKER_TTL: Duration = Duration::from_secs(60);
+/// Job header: the wire version of the job (`vss_protocol::job::WIRE_VERSION`).
+pub const WIRE_HEADER: &str = "Vss-Wire-Version";
+/// Job header: the run id, readable even when the body is not.
+pub const RUN_HEADER: &str = "Vss-Run";
+/// Job header: the job id.
+pub const JOB_HEADER: &str = "Vss-Job";
+/// Job header: the job's target.
+pub const TARGET_HEADER: &str = "Vss-Target";
 /// How long JetStream remembers a `Nats-Msg-Id` to drop a duplicate publish: long enough
 /// for a stopped coordinator to be resumed without handing a job out twice.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(2 * 3600);
@@ -78,6 +90,26 @@ pub fn job_subject(job: &Job) -> String {
 /// The subject a run's results are published on.
 pub fn results_subject(run_id: &str) -> String {
     format!("vss.results.{run_id}")
+}
+
+/// The headers a job travels with: its wire version and ids, so a worker that cannot read
+/// the body can still answer for it.
+pub fn job_headers(job: &Job) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(WIRE_HEADER, vss_protocol::job::WIRE_VERSION.to_string().as_str());
+    headers.insert(RUN_HEADER, job.run_id.as_str());
+    headers.insert(JOB_HEADER, job.id.as_str());
+    headers.insert(TARGET_HEADER, job.target.as_str());
+    headers
+}
+
+/// A live worker, as it registers itself in [`WORKERS_BUCKET`].
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct WorkerEntry {
+    /// The vss release it runs.
+    pub version: String,
+    /// The wire version it reads.
+    pub wire: u32,
 }
 
 /// The idempotency key of a job (and of its result): `<run_id>/<job_id>`.
@@ -157,6 +189,17 @@ pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), TransportErro
     })
     .await
     .map_err(|e| TransportError::setup(format!("stream {RESULTS_STREAM}"), e))?;
+    if js.get_key_value(WORKERS_BUCKET).await.is_err() {
+        js.create_key_value(jetstream::kv::Config {
+            bucket: WORKERS_BUCKET.into(),
+            history: 1,
+            storage: stream::StorageType::Memory,
+            max_age: WORKER_TTL,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| TransportError::setup(format!("KV bucket {WORKERS_BUCKET}"), e))?;
+    }
     if js.get_key_value(RUNS_BUCKET).await.is_err() {
         js.create_key_value(jetstream::kv::Config {
             bucket: RUNS_BUCKET.into(),

@@ -17,16 +17,17 @@ use async_nats::jetstream::{self, AckKind, consumer, message::PublishMessage};
 use futures_util::StreamExt;
 use tokio::task::JoinSet;
 use tracing::Instrument;
-use vss_protocol::config::NatsSpec;
-use vss_protocol::job::{Job, JobResult, Outcome};
+use vss_protocol::config::{NatsSpec, StateSpec};
+use vss_protocol::job::{Job, JobResult, Outcome, Phase, WIRE_VERSION};
 use vss_transport::{
-    JOBS_STREAM, TransportError, WORKERS_CONSUMER, ensure_streams, message_id, results_subject,
+    JOB_HEADER, JOBS_STREAM, RUN_HEADER, TARGET_HEADER, TransportError, WIRE_HEADER,
+    WORKERS_BUCKET, WORKERS_CONSUMER, WorkerEntry, ensure_streams, message_id, results_subject,
 };
 
 use crate::{WorkerContext, execute_isolated};
 
 /// How a worker takes and runs jobs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct WorkerOptions {
     /// Jobs run at once.
     pub concurrency: usize,
@@ -37,6 +38,19 @@ pub struct WorkerOptions {
     pub max_deliver: i64,
     /// On shutdown, how long in-flight jobs may take to finish.
     pub shutdown_grace: Duration,
+    /// Glob patterns of the stores (labels, e.g. `vault:https://vault.internal:8200/*`) and
+    /// ledgers (`state:<path>`) this worker may use; empty: any. A job that names anything
+    /// else gets a failed result and is not run.
+    pub allowed_stores: Vec<glob::Pattern>,
+}
+
+/// What every job handler of a worker shares.
+struct Taker {
+    js: jetstream::Context,
+    contexts: RunContexts,
+    ack_wait: Duration,
+    max_deliver: i64,
+    allowed: Vec<glob::Pattern>,
 }
 
 /// A file the worker touches on every turn of its loop (at least every few seconds), for
@@ -95,13 +109,21 @@ pub async fn run(
     let concurrency = options.concurrency.max(1);
     tracing::info!(concurrency, ?ack_wait, max_deliver, "worker ready");
 
-    let contexts = RunContexts::default();
+    let taker = Arc::new(Taker {
+        js: js.clone(),
+        contexts: RunContexts::default(),
+        ack_wait,
+        max_deliver,
+        allowed: options.allowed_stores.clone(),
+    });
+    let registration = Registration::new(&js).await;
     let mut running = JoinSet::new();
     tokio::pin!(shutdown);
     'taking: loop {
         if let Some(health) = &health {
             health.touch();
         }
+        registration.renew().await;
         while running.try_join_next().is_some() {}
         let free = concurrency - running.len();
         if free == 0 {
@@ -138,10 +160,8 @@ pub async fn run(
             };
             match next {
                 Some(Ok(message)) => {
-                    let (js, contexts) = (js.clone(), contexts.clone());
-                    running.spawn(async move {
-                        handle(&js, message, &contexts, ack_wait, max_deliver).await;
-                    });
+                    let taker = taker.clone();
+                    running.spawn(async move { handle(&taker, message).await });
                 }
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "fetch ended");
@@ -152,6 +172,7 @@ pub async fn run(
         }
     }
     drain(running, options.shutdown_grace).await;
+    registration.withdraw().await;
     // Acks, naks and terms are buffered publishes: send them before the connection goes.
     if let Err(e) = js.client().flush().await {
         tracing::warn!(error = %e, "cannot flush the last acks");
@@ -197,39 +218,86 @@ async fn drain(mut running: JoinSet<()>, grace: Duration) {
 }
 
 /// Runs one delivered job and settles it (ack, nak or term).
-async fn handle(
-    js: &jetstream::Context,
-    message: jetstream::Message,
-    contexts: &RunContexts,
-    ack_wait: Duration,
-    max_deliver: i64,
-) {
+async fn handle(taker: &Taker, message: jetstream::Message) {
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+    let header = |name: &str| {
+        message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_string())
+    };
+    let wire = header(WIRE_HEADER).and_then(|v| v.parse::<u32>().ok()).unwrap_or(1);
     let job = match Job::decode(&message.payload) {
-        Ok(job) => job,
-        Err(e) => {
-            tracing::error!(subject = %message.subject, error = %e, "undecodable job terminated");
-            settle(&message, AckKind::Term).await;
+        Ok(job) if wire <= WIRE_VERSION => job,
+        decoded => {
+            let why = match decoded {
+                Err(e) => format!("cannot read it ({e})"),
+                Ok(_) => "it is newer than this worker".to_string(),
+            };
+            let error = format!(
+                "job of wire version {wire}: this worker (vss {}, wire version {WIRE_VERSION}) {why}; upgrade the workers",
+                env!("CARGO_PKG_VERSION")
+            );
+            answer_unreadable(taker, &message, header, error).await;
             return;
         }
     };
     let span = tracing::info_span!("delivery", job = %job.id, attempt = delivered);
     vss_transport::trace::continue_trace(&span, message.headers.as_ref());
-    run_and_settle(js, &message, &job, contexts, ack_wait, delivered, max_deliver)
-        .instrument(span)
-        .await;
+    run_and_settle(taker, &message, &job, delivered).instrument(span).await;
 }
 
-async fn run_and_settle(
-    js: &jetstream::Context,
+/// A job this worker cannot read: its coordinator hears at once (from the ids in the
+/// headers) instead of at the job's deadline; without ids it is only logged. Either way it
+/// is terminated.
+async fn answer_unreadable(
+    taker: &Taker,
     message: &jetstream::Message,
-    job: &Job,
-    contexts: &RunContexts,
-    ack_wait: Duration,
-    delivered: i64,
-    max_deliver: i64,
+    header: impl Fn(&str) -> Option<String>,
+    error: String,
 ) {
-    let ctx = contexts.for_job(job);
+    tracing::error!(subject = %message.subject, %error, "job not run");
+    if let (Some(run_id), Some(job_id), Some(target)) =
+        (header(RUN_HEADER), header(JOB_HEADER), header(TARGET_HEADER))
+    {
+        let phase = if message.subject.ends_with(".merge") { Phase::Merge } else { Phase::Sync };
+        let mut result = JobResult {
+            run_id,
+            job_id,
+            target,
+            phase,
+            outcome: Outcome::Failed { error: String::new(), retryable: false },
+            changes: Vec::new(),
+            not_applied: Vec::new(),
+            unchanged: 0,
+            warnings: Vec::new(),
+        };
+        result.outcome = Outcome::Failed {
+            error: format!("target `{}`: {error}", result.target),
+            retryable: false,
+        };
+        if let Err(e) = publish_result(&taker.js, &result).await {
+            tracing::warn!(error = %e, "cannot publish the failed result");
+        }
+    }
+    settle(message, AckKind::Term).await;
+}
+
+/// Why this worker will not run `job`: a store or ledger outside its allow-list.
+fn refusal(job: &Job, allowed: &[glob::Pattern]) -> Option<String> {
+    if allowed.is_empty() {
+        return None;
+    }
+    let StateSpec::File { path } = &job.options.state;
+    let mut used: Vec<String> = job.stores().iter().map(|s| s.to_string()).collect();
+    used.push(format!("state:{}", path.display()));
+    let outside = used.into_iter().find(|label| !allowed.iter().any(|p| p.matches(label)))?;
+    Some(format!(
+        "target `{}`: `{outside}` is not in this worker's allow-list (--allow-store); job {} not run",
+        job.target, job.id
+    ))
+}
+
+async fn run_and_settle(taker: &Taker, message: &jetstream::Message, job: &Job, delivered: i64) {
+    let (js, ack_wait, max_deliver) = (&taker.js, taker.ack_wait, taker.max_deliver);
+    let ctx = taker.contexts.for_job(job);
     // Past its deadline the coordinator has given up on the job: never start or finish it.
     let remaining = job.deadline.map(|d| Duration::from_secs(d.saturating_sub(unix_now())));
     let past_deadline = |why: &str| {
@@ -237,6 +305,11 @@ async fn run_and_settle(
         JobResult::new(job, Outcome::Failed { error, retryable: false })
     };
     let result = match remaining {
+        _ if refusal(job, &taker.allowed).is_some() => {
+            let error = refusal(job, &taker.allowed).unwrap_or_default();
+            tracing::error!(%error, "job refused");
+            JobResult::new(job, Outcome::Failed { error, retryable: false })
+        }
         Some(left) if left.is_zero() => past_deadline("expired before a worker took it"),
         _ => {
             tracing::info!("job started");
@@ -310,4 +383,47 @@ async fn publish_result(js: &jetstream::Context, result: &JobResult) -> Result<(
         .map_err(|e| e.to_string())?;
     ack.await.map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// This worker's entry in the registry of live workers, renewed while it runs, so a
+/// coordinator can tell which wire versions the fleet reads before it starts a run.
+struct Registration {
+    kv: Option<jetstream::kv::Store>,
+    key: String,
+    renewed: Mutex<Option<std::time::Instant>>,
+}
+
+impl Registration {
+    async fn new(js: &jetstream::Context) -> Self {
+        let kv = js.get_key_value(WORKERS_BUCKET).await.ok();
+        let key = format!("w-{}", uuid::Uuid::now_v7().simple());
+        let registration = Self { kv, key, renewed: Mutex::new(None) };
+        registration.renew().await;
+        registration
+    }
+
+    /// Writes the entry again when a third of its lifetime has passed.
+    async fn renew(&self) {
+        let due = self
+            .renewed
+            .lock()
+            .expect("registration lock")
+            .is_none_or(|at| at.elapsed() > vss_transport::WORKER_TTL / 3);
+        let Some(kv) = self.kv.as_ref().filter(|_| due) else { return };
+        let entry = WorkerEntry { version: env!("CARGO_PKG_VERSION").into(), wire: WIRE_VERSION };
+        let bytes = serde_json::to_vec(&entry).expect("entries serialize");
+        match kv.put(&self.key, bytes.into()).await {
+            Ok(_) => {
+                *self.renewed.lock().expect("registration lock") = Some(std::time::Instant::now())
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot register in the worker registry"),
+        }
+    }
+
+    /// Removes the entry (a stopped worker runs nothing).
+    async fn withdraw(&self) {
+        if let Some(kv) = &self.kv {
+            let _ = kv.delete(&self.key).await;
+        }
+    }
 }

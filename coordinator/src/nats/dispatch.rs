@@ -13,8 +13,10 @@ use vss_protocol::job::{Job, JobResult, Outcome};
 use vss_protocol::plan::Plan;
 
 use crate::executor::{Executor, Schedule};
+use vss_protocol::job::WIRE_VERSION;
 use vss_transport::{
-    RESULTS_STREAM, RUNS_BUCKET, ensure_streams, job_subject, message_id, results_subject,
+    RESULTS_STREAM, RUNS_BUCKET, WORKERS_BUCKET, WorkerEntry, ensure_streams, job_subject,
+    message_id, results_subject,
 };
 
 /// How often the coordinator looks for jobs past their deadline while it waits.
@@ -86,7 +88,7 @@ impl JetStream {
     async fn publish(&self, job: &Job) -> anyhow::Result<()> {
         let job = &Job { deadline: Some(now() + self.job_timeout.as_secs()), ..job.clone() };
         let attempt = || async {
-            let mut headers = async_nats::HeaderMap::new();
+            let mut headers = vss_transport::job_headers(job);
             vss_transport::trace::inject(&mut headers);
             let message = PublishMessage::build()
                 .headers(headers)
@@ -105,6 +107,31 @@ impl JetStream {
             .await
             .with_context(|| format!("JetStream did not store job {}", job.id))?;
         tracing::debug!(job = %job.id, sequence = ack.sequence, duplicate = ack.duplicate, "job published");
+        Ok(())
+    }
+
+    /// Refuses a run that live workers cannot read: one that registered an older wire version
+    /// would fail its jobs. Names the versions seen. (Workers of releases before the registry
+    /// are not seen.)
+    async fn check_fleet(&self) -> anyhow::Result<()> {
+        let Ok(registry) = self.js.get_key_value(WORKERS_BUCKET).await else { return Ok(()) };
+        let mut keys = registry.keys().await?;
+        let mut older = std::collections::BTreeSet::new();
+        while let Some(key) = keys.next().await {
+            let Some(bytes) = registry.get(key?).await? else { continue };
+            if let Ok(entry) = serde_json::from_slice::<WorkerEntry>(&bytes)
+                && entry.wire < WIRE_VERSION
+            {
+                older.insert(format!("vss {} (wire version {})", entry.version, entry.wire));
+            }
+        }
+        if !older.is_empty() {
+            anyhow::bail!(
+                "connected workers cannot run this run: it needs wire version {WIRE_VERSION} (vss {}), and workers at {} are live; upgrade them first",
+                env!("CARGO_PKG_VERSION"),
+                older.into_iter().collect::<Vec<_>>().join(", ")
+            );
+        }
         Ok(())
     }
 
@@ -164,6 +191,7 @@ impl Executor for JetStream {
         plan: &Plan,
         on_result: &(dyn for<'r> Fn(&'r JobResult) + Sync),
     ) -> anyhow::Result<Vec<JobResult>> {
+        self.check_fleet().await?;
         // A resumed run keeps its record: when it started and which jobs were handed out.
         let mut record = match self.run_record(&plan.run_id).await {
             Some(mut earlier) => {

@@ -5,6 +5,7 @@ mod auth;
 mod dispatch;
 mod faults;
 mod shards;
+mod trust;
 mod worker;
 
 use std::path::Path;
