@@ -11,11 +11,13 @@ use vss_tests::{Run, Workspace, counts, target};
 
 const TOKEN_ENV: &str = "VSS_TEST_VAULT_TOKEN";
 const SECRETS: usize = 60;
+/// In every value: it must never show up in what vss prints, errors included.
+const CANARY: &str = "CANARY-faults-7d41";
 
 /// Vault → Vault through `proxy`, deletes on; `extra` is appended to the config.
 fn vault_workspace(bao: &OpenBao, proxy: &FaultProxy, extra: &str) -> Workspace {
     for i in 0..SECRETS {
-        bao.put(&format!("src/s{i:02}"), &json!({"n": i}));
+        bao.put(&format!("src/s{i:02}"), &json!({"n": i, "password": format!("{CANARY}-{i}")}));
     }
     let ws = Workspace::new();
     ws.config(&format!(
@@ -120,13 +122,14 @@ fn faults_a_dead_target_fails_within_a_minute_and_deletes_nothing() {
     }
     bao.put("src/s59", &json!({"n": "changed"}));
     for fault in [Fault::unavailable(), Fault::Reset] {
-        proxy.every(1, fault);
+        proxy.every(1, fault.clone());
         let started = Instant::now();
-        let failed = ws.run_env(
-            &["pipeline", "--config", "vss.yaml", "--allow-mass-delete"],
-            &[(TOKEN_ENV, ROOT_TOKEN)],
-        );
+        let env = [(TOKEN_ENV, ROOT_TOKEN), ("RUST_LOG", "trace")];
+        let failed = ws.run_env(&["pipeline", "--config", "vss.yaml", "--allow-mass-delete"], &env);
+        let leaked = failed.stdout.contains(CANARY) || failed.stderr.contains(CANARY);
+        assert!(!leaked, "a value leaked:\n{}\n{}", failed.stdout, failed.stderr);
         let took = started.elapsed();
+        eprintln!("dead target ({fault:?}): the run failed in {took:.1?}");
         assert_eq!(failed.code, 2, "{}", failed.stdout);
         assert!(took < Duration::from_secs(60), "took {took:?}");
         assert!(failed.stderr.contains("store unreachable; retrying"), "{}", failed.stderr);
