@@ -109,6 +109,8 @@ impl Latest {
 
 /// GCP Secret Manager secrets of one project under an id prefix.
 pub struct GcpSmStore {
+    /// How long calls may take.
+    timeouts: Timeouts,
     /// Circuit breaker and outage budget over this run.
     health: crate::retry::Health,
     spec: GcpSpec,
@@ -137,6 +139,7 @@ impl GcpSmStore {
                 &StoreSpec::Gcp(Box::new(spec.clone())).to_string(),
                 timeouts,
             ),
+            timeouts: *timeouts,
         }
     }
 
@@ -147,7 +150,9 @@ impl GcpSmStore {
     async fn client(&self) -> Result<&SecretManagerService, StoreError> {
         self.client
             .get_or_try_init(|| async {
-                let mut builder = SecretManagerService::builder().with_retry_policy(NeverRetry);
+                let mut builder = SecretManagerService::builder()
+                    .with_retry_policy(NeverRetry)
+                    .with_attempt_timeout(self.timeouts.request());
                 if let Some(endpoint) = &self.spec.endpoint {
                     builder = builder.with_endpoint(endpoint.clone());
                 }
@@ -187,6 +192,10 @@ impl GcpSmStore {
                     _ => ErrorKind::Unavailable,
                 };
                 (kind, format!("{operation}: HTTP {code} without an error status"))
+            } else if e.is_timeout() {
+                let timeouts = &self.timeouts;
+                let message = crate::retry::timed_out(timeouts.connect(), timeouts.request());
+                (ErrorKind::Unavailable, format!("{operation}: {message}"))
             } else if e.is_authentication() {
                 (ErrorKind::Unauthorized, format!("{operation}: credentials: {e}"))
             } else if e.is_deserialization() {
