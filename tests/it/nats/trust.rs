@@ -103,6 +103,20 @@ async fn nats_a_job_a_worker_cannot_read_is_answered_at_once() {
     assert_eq!((garbage.target.as_str(), garbage.job_id.as_str()), ("T", "sync:T"));
 }
 
+/// `vss pipeline --nats` in `ws`, off the async runtime.
+async fn pipeline(ws: &Workspace, nats: &Nats) -> std::process::Output {
+    let (dir, url) = (ws.path().to_path_buf(), nats.url.clone());
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(vss_tests::vss_bin())
+            .current_dir(dir)
+            .args(["pipeline", "--config", "vss.yaml", "--nats", &url])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn nats_a_run_the_live_workers_cannot_read_is_refused() {
     let nats = Nats::start();
@@ -120,36 +134,14 @@ async fn nats_a_run_the_live_workers_cannot_read_is_refused() {
     }
     .await;
     registry.put("w-old", br#"{"version": "0.0.9", "wire": 1}"#.to_vec().into()).await.unwrap();
-    let url = nats.url.clone();
-    let refused = tokio::task::spawn_blocking({
-        let dir = ws.path().to_path_buf();
-        move || {
-            std::process::Command::new(vss_tests::vss_bin())
-                .current_dir(dir)
-                .args(["pipeline", "--config", "vss.yaml", "--nats", &url])
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    let refused = pipeline(&ws, &nats).await;
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("workers at vss 0.0.9 (wire version 1) are live"), "{stderr}");
     assert_eq!(ws.read_secret("out", "app/db"), None, "nothing was published");
 
     registry.delete("w-old").await.unwrap();
-    let dir = ws.path().to_path_buf();
-    let url = nats.url.clone();
-    let ran = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(vss_tests::vss_bin())
-            .current_dir(dir)
-            .args(["pipeline", "--config", "vss.yaml", "--nats", &url])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let ran = pipeline(&ws, &nats).await;
     assert_eq!(ran.status.code(), Some(0), "{}", String::from_utf8_lossy(&ran.stderr));
     assert_eq!(ws.read_secret("out", "app/db"), Some(json!({"password": "p"})));
 }
