@@ -57,6 +57,9 @@ enum Command {
     },
     /// Take jobs from NATS JetStream and run them, until SIGTERM or Ctrl-C.
     Worker(WorkerArgs),
+    /// Serve the run API: runs triggered over HTTP (tokens, signed webhooks, GitHub pushes)
+    /// and by a periodic reconcile, until SIGTERM or Ctrl-C.
+    Serve(ServeArgs),
     /// Vault configuration as versioned migrations: generate, plan, apply, status, rollback,
     /// repair.
     Migrate(crate::migrate::MigrateArgs),
@@ -77,6 +80,22 @@ enum Command {
         #[command(flatten)]
         nats: NatsArgs,
     },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// The config file.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Where the run API listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// A full run this often (with jitter) and at start: `90s`, `15m`, `2h`, or `off`.
+    #[arg(long, default_value = "15m", value_parser = crate::serve::parse_interval)]
+    reconcile_interval: crate::serve::Interval,
+    /// Run the jobs on `vss worker`s through this NATS server (as `vss pipeline --nats`).
+    #[arg(long = "nats", env = "VSS_NATS_URL")]
+    nats_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -280,6 +299,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             print_or_closed(&String::from_utf8_lossy(&script))
         }
         Command::Pipeline(args) => pipeline(args, log_format).await,
+        Command::Serve(args) => {
+            let cfg = match load_config(&args.config) {
+                Ok(cfg) => cfg,
+                Err(e) => return Ok(config_error(e)),
+            };
+            crate::logging::init(
+                Some(cfg.log.level.as_deref().unwrap_or("info")),
+                log_format.or(cfg.log.format),
+                "vss",
+            );
+            let nats = nats_spec(args.nats_url, cfg.nats.clone());
+            let options = crate::serve::ServeOptions {
+                listen: args.listen,
+                reconcile_every: args.reconcile_interval.0,
+                nats,
+            };
+            crate::serve::serve(cfg, options, shutdown_signal()).await?;
+            Ok(0)
+        }
         Command::Migrate(args) => {
             crate::logging::init(None, log_format, "vss");
             crate::migrate::run(args).await
@@ -382,18 +420,7 @@ async fn pipeline(args: PipelineArgs, log_format: Option<LogFormat>) -> anyhow::
         dry_run,
         allow_mass_delete: args.allow_mass_delete,
     };
-    let nats = match (args.nats_url, cfg.nats.clone()) {
-        (Some(url), Some(spec)) => Some(NatsSpec { url, ..spec }),
-        (Some(url), None) => Some(NatsSpec {
-            url,
-            credentials: None,
-            token: None,
-            nkey: None,
-            tls_ca: None,
-            job_timeout_secs: NatsSpec::DEFAULT_JOB_TIMEOUT_SECS,
-        }),
-        (None, spec) => spec,
-    };
+    let nats = nats_spec(args.nats_url, cfg.nats.clone());
     let continue_on_error = args.continue_on_error || cfg.pipeline.continue_on_error;
     let resumed = match (&args.resume, &nats) {
         (None, _) => None,
@@ -410,38 +437,20 @@ async fn pipeline(args: PipelineArgs, log_format: Option<LogFormat>) -> anyhow::
     };
     tracing::info!(run = %plan.run_id, jobs = plan.jobs.len(), dry_run, "run planned");
 
-    let ctx = Arc::new(WorkerContext::new(dry_run, cfg.pipeline.timeouts));
-    // Resolve the hash key before jobs run in parallel, so only one is ever generated.
-    if let Some(job) = plan.jobs.first() {
-        ctx.hash_key(&job.options).context("cannot resolve the content-hash key")?;
-    }
     let limits = Limits {
         merge_parallel: args.parallelism.unwrap_or(cfg.pipeline.merge_parallel),
         sync_parallel: args.parallelism.unwrap_or(cfg.pipeline.sync_parallel),
         continue_on_error,
     };
-    let results = match (resumed, nats) {
-        (Some((executor, _)), _) => {
+    let results = match resumed {
+        Some((executor, _)) => {
             // The resumed run continues the trace the run started.
             let record = executor.run_record(&plan.run_id).await;
             let parent = record.and_then(|r| r.traceparent);
             run_with_progress(&executor, &plan, parent.as_deref()).await?
         }
-        // A dry run's merges live in this process's memory, where its syncs must see them.
-        (None, Some(_)) if dry_run => {
-            tracing::info!("dry run: jobs run in-process (nothing is written, nothing to share)");
-            run_with_progress(&InProcess::new(ctx.clone(), limits), &plan, None).await?
-        }
-        (None, Some(spec)) => {
-            let executor = JetStream::connect(&spec, continue_on_error).await?;
-            run_with_progress(&executor, &plan, None).await?
-        }
-        (None, None) => {
-            run_with_progress(&InProcess::new(ctx.clone(), limits), &plan, None).await?
-        }
+        None => execute(&cfg, &plan, dry_run, nats.as_ref(), limits).await?,
     };
-    tracing::debug!(api_calls = ?ctx.stores().api_calls(), "store calls");
-
     let report = Report::build(&plan, results, dry_run);
     let mut summary = None;
     let written = {
@@ -478,8 +487,54 @@ async fn pipeline(args: PipelineArgs, log_format: Option<LogFormat>) -> anyhow::
 
 /// Executes the plan with a progress bar on stderr when it is a terminal, in the run's span
 /// (a child of `parent`, a `traceparent`, when a resumed run continues its trace).
+/// The NATS connection: a `--nats URL` over the config's `execution.nats` (whose credentials
+/// still apply), or the config's alone.
+fn nats_spec(url: Option<String>, configured: Option<NatsSpec>) -> Option<NatsSpec> {
+    match (url, configured) {
+        (Some(url), Some(spec)) => Some(NatsSpec { url, ..spec }),
+        (Some(url), None) => Some(NatsSpec {
+            url,
+            credentials: None,
+            token: None,
+            nkey: None,
+            tls_ca: None,
+            job_timeout_secs: NatsSpec::DEFAULT_JOB_TIMEOUT_SECS,
+        }),
+        (None, spec) => spec,
+    }
+}
+
+/// Runs a plan in-process, or on the fleet when `nats` is given (a dry run always
+/// in-process: its merges live in this process's memory, where its syncs must see them).
+pub(crate) async fn execute(
+    cfg: &Config,
+    plan: &Plan,
+    dry_run: bool,
+    nats: Option<&NatsSpec>,
+    limits: Limits,
+) -> anyhow::Result<Vec<JobResult>> {
+    let ctx = Arc::new(WorkerContext::new(dry_run, cfg.pipeline.timeouts));
+    // Resolve the hash key before jobs run in parallel, so only one is ever generated.
+    if let Some(job) = plan.jobs.first() {
+        ctx.hash_key(&job.options).context("cannot resolve the content-hash key")?;
+    }
+    let results = match nats {
+        Some(_) if dry_run => {
+            tracing::info!("dry run: jobs run in-process (nothing is written, nothing to share)");
+            run_with_progress(&InProcess::new(ctx.clone(), limits), plan, None).await?
+        }
+        Some(spec) => {
+            let executor = JetStream::connect(spec, limits.continue_on_error).await?;
+            run_with_progress(&executor, plan, None).await?
+        }
+        None => run_with_progress(&InProcess::new(ctx.clone(), limits), plan, None).await?,
+    };
+    tracing::debug!(api_calls = ?ctx.stores().api_calls(), "store calls");
+    Ok(results)
+}
+
 async fn run_with_progress(
-    executor: &dyn Executor,
+    executor: &(dyn Executor + Sync),
     plan: &Plan,
     parent: Option<&str>,
 ) -> anyhow::Result<Vec<JobResult>> {

@@ -14,4 +14,5 @@ pub mod logging;
 pub mod migrate;
 pub mod nats;
 pub mod report;
+pub mod serve;
 pub mod telemetry;

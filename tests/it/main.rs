@@ -17,6 +17,7 @@ mod nats;
 mod outputs;
 mod pipeline;
 mod schema;
+mod serve;
 mod traces;
 mod vault;
 

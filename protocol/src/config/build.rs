@@ -12,8 +12,8 @@ use super::stores::vault::{Connection, RawVault};
 use super::stores::{Role, StoreCheck};
 use super::yaml::{Document, KeyPath, Segment};
 use super::{
-    Config, DeleteThreshold, Diagnostic, Layer, LogSettings, NatsSpec, PipelineSettings, StateSpec,
-    StoreSpec, Target, Timeouts,
+    Config, DeleteThreshold, Diagnostic, Layer, LogSettings, NatsSpec, PipelineSettings,
+    ServeSettings, StateSpec, StoreSpec, Target, Timeouts,
 };
 
 /// The most sync jobs one target can be split into.
@@ -70,6 +70,7 @@ pub(super) fn build(
     let pipeline = pipeline_settings(&mut ck, &raw);
     let targets = targets(&mut ck, &raw, &pipeline, &ctx);
     check_cycles(&mut ck, &raw.targets);
+    let serve = serve_settings(&mut ck, &raw, base);
     let (state, hash_key, nats) = execution(raw.state, raw.hash_key, raw.execution, base);
     if let Some(level) = raw.log.as_ref().and_then(|l| l.level.as_deref())
         && let Err(message) = check_log_filter(level)
@@ -81,7 +82,18 @@ pub(super) fn build(
     if !ck.diags.is_empty() {
         return Err(ck.diags);
     }
-    Ok(Config { pipeline, merge_store, state, source, sources, targets, log, hash_key, nats })
+    Ok(Config {
+        pipeline,
+        merge_store,
+        state,
+        source,
+        sources,
+        targets,
+        log,
+        hash_key,
+        nats,
+        serve,
+    })
 }
 
 /// `pipeline:` — which phases run, how many jobs at once, the mass-delete guard.
@@ -285,6 +297,30 @@ fn execution(
         job_timeout_secs: n.job_timeout_secs.unwrap_or(NatsSpec::DEFAULT_JOB_TIMEOUT_SECS),
     });
     (state, hash_key, nats)
+}
+
+/// `serve:` — API tokens, webhook secrets, GitHub push triggers (naming existing targets).
+fn serve_settings(ck: &mut Checker, raw: &RawConfig, base: &Path) -> ServeSettings {
+    let Some(serve) = &raw.serve else { return ServeSettings::default() };
+    for (git_ref, targets) in &serve.github_push {
+        for (i, name) in targets.iter().enumerate() {
+            if !raw.targets.contains_key(name) {
+                let mut at = path(&["serve", "github_push", git_ref]);
+                at.push(Segment::Index(i));
+                let hint = hint(name, raw.targets.keys().map(String::as_str));
+                ck.error(&at, format!("unknown target `{name}`{hint}"));
+            }
+        }
+    }
+    if serve.max_body_bytes == Some(0) {
+        ck.error(&path(&["serve", "max_body_bytes"]), "must be at least 1".into());
+    }
+    ServeSettings {
+        tokens: serve.tokens.iter().map(|r| r.resolve(base)).collect(),
+        webhook_secrets: serve.webhook_secrets.iter().map(|r| r.resolve(base)).collect(),
+        github_push: serve.github_push.clone(),
+        max_body_bytes: serve.max_body_bytes.unwrap_or(ServeSettings::default().max_body_bytes),
+    }
 }
 
 /// A target name: letters, digits, `_`, `-` and `.`, starting with a letter or digit (it

@@ -108,6 +108,33 @@ pub struct Config {
     pub hash_key: Option<SecretRef>,
     /// `execution.nats`: run jobs on `vss worker`s over NATS JetStream instead of in-process.
     pub nats: Option<NatsSpec>,
+    /// `serve:`: the run API of `vss serve`.
+    pub serve: ServeSettings,
+}
+
+/// Who may trigger runs through `vss serve`, and which GitHub pushes trigger what
+/// (`serve:`). Credentials are references, read by the serving process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServeSettings {
+    /// Bearer tokens accepted (several: rotation).
+    pub tokens: Vec<SecretRef>,
+    /// Webhook secrets whose HMAC-SHA256 signatures are accepted (several: rotation).
+    pub webhook_secrets: Vec<SecretRef>,
+    /// GitHub `push` ref (or `*`) → the targets it runs (empty: all).
+    pub github_push: BTreeMap<String, Vec<String>>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServeSettings {
+    fn default() -> Self {
+        Self {
+            tokens: Vec::new(),
+            webhook_secrets: Vec::new(),
+            github_push: BTreeMap::new(),
+            max_body_bytes: 1 << 20,
+        }
+    }
 }
 
 /// How to reach NATS for distributed runs (`execution.nats`). Credentials are references,

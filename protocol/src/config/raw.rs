@@ -55,6 +55,28 @@ pub(crate) struct RawConfig {
     pub dynamic_targets: Option<IgnoredAny>,
     /// Where jobs run: in-process by default, or on `vss worker`s over NATS.
     pub execution: Option<RawExecution>,
+    /// `vss serve`: who may trigger runs over HTTP, and which GitHub pushes trigger what.
+    pub serve: Option<RawServe>,
+}
+
+/// `serve:` — the run API of `vss serve`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServe {
+    /// Bearer tokens that may call the API, by reference; several allow rotation.
+    /// Example: `[ "${VSS_API_TOKEN}" ]`.
+    #[serde(default)]
+    pub tokens: Vec<RawSecretRef>,
+    /// Webhook secrets: a request signed with one (`X-Hub-Signature-256`, HMAC-SHA256 of the
+    /// body) may trigger runs; several allow rotation. Example: `[ { env: GITHUB_WEBHOOK_SECRET } ]`.
+    #[serde(default)]
+    pub webhook_secrets: Vec<RawSecretRef>,
+    /// GitHub `push` deliveries that trigger a run: ref (or `*`) → the targets to run (empty:
+    /// all). Example: `{ refs/heads/main: [Production] }`.
+    #[serde(default)]
+    pub github_push: BTreeMap<String, Vec<String>>,
+    /// Largest request body accepted, in bytes. Default: 1048576.
+    pub max_body_bytes: Option<usize>,
 }
 
 /// `pipeline:` — phase switches and run defaults.
@@ -240,6 +262,14 @@ fn credential_paths(doc: &Document) -> Vec<KeyPath> {
             .and_then(Value::as_object)
             .map_or_else(Vec::new, |m| m.keys().cloned().collect())
     };
+    for list in ["tokens", "webhook_secrets"] {
+        let count = doc.get(&path(&["serve", list])).and_then(Value::as_array).map_or(0, Vec::len);
+        paths.extend((0..count).map(|i| {
+            let mut at = path(&["serve", list]);
+            at.push(Segment::Index(i));
+            at
+        }));
+    }
     let mut stores: Vec<KeyPath> = vec![path(&["source"]), path(&["merge_store"])];
     stores.extend(names(&["sources"]).iter().map(|n| path(&["sources", n])));
     stores.extend(names(&["targets"]).iter().map(|n| path(&["targets", n, "store"])));

@@ -1,0 +1,187 @@
+//! `vss serve`: runs triggered over HTTP (the run API, signed webhooks, GitHub pushes) and
+//! by a periodic reconcile, executed one at a time (in-process, or on the fleet with
+//! `--nats`), each reported exactly as `vss pipeline --output json` reports it.
+
+mod api;
+mod auth;
+mod runs;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use vss_protocol::config::{Config, NatsSpec};
+use vss_protocol::plan::{PlanRequest, plan_run};
+use vss_stores::credentials::ReadSecretRef;
+
+use crate::executor::Limits;
+use crate::report::Report;
+pub use runs::{RunBook, RunRequest};
+
+/// What the server shares between its handlers and its executor.
+pub(crate) struct Server {
+    cfg: Config,
+    nats: Option<NatsSpec>,
+    credentials: auth::Credentials,
+    runs: RunBook,
+    ready: AtomicBool,
+}
+
+/// How `vss serve` runs.
+pub struct ServeOptions {
+    /// Where the run API listens.
+    pub listen: SocketAddr,
+    /// A full run every this often (with ±10% jitter), and at start; `None`: never.
+    pub reconcile_every: Option<Duration>,
+    /// Run jobs on the fleet instead of in-process.
+    pub nats: Option<NatsSpec>,
+}
+
+/// Serves until `shutdown` resolves: then stops accepting, lets the running run finish,
+/// drops what is queued (a reconcile at the next start covers it) and returns.
+pub async fn serve(
+    cfg: Config,
+    options: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let read = |r: &vss_protocol::config::SecretRef| {
+        r.read().map_err(|e| anyhow::anyhow!("serve credential: {e}"))
+    };
+    let tokens = cfg.serve.tokens.iter().map(read).collect::<anyhow::Result<_>>()?;
+    let secrets = cfg.serve.webhook_secrets.iter().map(read).collect::<anyhow::Result<_>>()?;
+    let credentials = auth::Credentials::new(tokens, secrets);
+    if credentials.is_empty() {
+        anyhow::bail!(
+            "vss serve needs `serve.tokens` or `serve.webhook_secrets` in the config: it never runs unauthenticated"
+        );
+    }
+    if let Some(spec) = &options.nats {
+        crate::nats::JetStream::connect(spec, false).await.context("NATS is not reachable")?;
+    }
+    let server = Arc::new(Server {
+        cfg,
+        nats: options.nats,
+        credentials,
+        runs: RunBook::default(),
+        ready: AtomicBool::new(false),
+    });
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", options.listen))?;
+    tracing::info!(address = %listener.local_addr()?, "serving the run API");
+    server.ready.store(true, Ordering::SeqCst);
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let executor = tokio::spawn(execute_runs(server.clone(), stopped.clone()));
+    let reconcile = options
+        .reconcile_every
+        .map(|every| tokio::spawn(reconcile_every(server.clone(), every, stopped.clone())));
+    let app = api::router(server.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new runs; the running one finishes");
+        })
+        .await?;
+    server.ready.store(false, Ordering::SeqCst);
+    let _ = stop.send(true);
+    if let Some(reconcile) = reconcile {
+        reconcile.abort();
+    }
+    executor.await?;
+    let dropped = server.runs.queued_count();
+    if dropped > 0 {
+        tracing::warn!(dropped, "queued runs dropped at shutdown; the next start reconciles");
+    }
+    Ok(())
+}
+
+/// Runs queued runs one at a time until told to stop (the running one is finished first).
+async fn execute_runs(server: Arc<Server>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        while let Some((id, request)) = server.runs.next() {
+            let outcome = run_one(&server, &id, &request).await;
+            if let Err(e) = &outcome {
+                tracing::error!(run = %id, error = %e, "run failed to start");
+            }
+            server.runs.finish(&id, outcome);
+            if *stop.borrow() {
+                return;
+            }
+        }
+        tokio::select! {
+            () = server.runs.queued.notified() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Plans and executes one run; its report as JSON (the CLI's very format).
+async fn run_one(
+    server: &Server,
+    id: &str,
+    request: &RunRequest,
+) -> Result<serde_json::Value, String> {
+    let cfg = &server.cfg;
+    let req = PlanRequest {
+        merge_only: request.merge_only,
+        sync_only: request.sync_only,
+        targets: request.targets.as_ref().map(|t| t.iter().cloned().collect()),
+        dry_run: request.dry_run || cfg.pipeline.dry_run,
+        allow_mass_delete: false,
+    };
+    let plan = plan_run(cfg, id, &req).map_err(|e| format!("{e:#}"))?;
+    let limits = Limits {
+        merge_parallel: cfg.pipeline.merge_parallel,
+        sync_parallel: cfg.pipeline.sync_parallel,
+        continue_on_error: cfg.pipeline.continue_on_error,
+    };
+    let results = crate::cli::execute(cfg, &plan, req.dry_run, server.nats.as_ref(), limits)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let report = Report::build(&plan, results, req.dry_run);
+    let mut json = Vec::new();
+    report.write_json(&mut json).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&json).map_err(|e| e.to_string())
+}
+
+/// Queues a full run now and then every `every`, ±10%.
+async fn reconcile_every(
+    server: Arc<Server>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        server.runs.submit("reconcile", RunRequest::default(), None);
+        let jitter = 0.9 + 0.2 * (uuid::Uuid::now_v7().as_u128() % 1000) as f64 / 1000.0;
+        tokio::select! {
+            () = tokio::time::sleep(every.mul_f64(jitter)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// How often to reconcile; `None`: never.
+#[derive(Clone, Copy, Debug)]
+pub struct Interval(pub Option<Duration>);
+
+/// Parses `90s`, `15m`, `2h` or plain seconds; `0` or `off`: never.
+pub fn parse_interval(text: &str) -> Result<Interval, String> {
+    let text = text.trim();
+    if text == "off" {
+        return Ok(Interval(None));
+    }
+    let (number, unit) =
+        text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 =
+        number.parse().map_err(|_| format!("`{text}` is not a duration like 90s, 15m or 2h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("`{text}` is not a duration like 90s, 15m or 2h")),
+    };
+    Ok(Interval((secs > 0).then(|| Duration::from_secs(secs))))
+}

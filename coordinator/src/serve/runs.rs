@@ -1,0 +1,261 @@
+//! The runs `vss serve` knows: a bounded, in-memory book of queued, running and finished
+//! runs, their idempotency keys, and the queue the executor takes from. Triggers that arrive
+//! while a run waits are folded into it (coalescing).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+/// Runs kept for `GET /v1/runs` (oldest finished ones are forgotten first).
+const KEPT_RUNS: usize = 500;
+/// Idempotency keys remembered.
+const KEPT_KEYS: usize = 10_000;
+
+/// What a trigger asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// Only these targets (their parents' merges run too); absent: all.
+    #[serde(default)]
+    pub targets: Option<BTreeSet<String>>,
+    /// Plan only.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Only the merge phase.
+    #[serde(default)]
+    pub merge_only: bool,
+    /// Only the sync phase.
+    #[serde(default)]
+    pub sync_only: bool,
+}
+
+impl RunRequest {
+    /// Folds `other` into this queued request when both ask for the same kind of run.
+    fn absorb(&mut self, other: &RunRequest) -> bool {
+        let same_kind = (self.dry_run, self.merge_only, self.sync_only)
+            == (other.dry_run, other.merge_only, other.sync_only);
+        if !same_kind {
+            return false;
+        }
+        self.targets = match (self.targets.take(), &other.targets) {
+            (Some(mut mine), Some(theirs)) => {
+                mine.extend(theirs.iter().cloned());
+                Some(mine)
+            }
+            _ => None,
+        };
+        true
+    }
+}
+
+/// Where a run is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Waiting for the run before it.
+    Queued,
+    /// Running.
+    Running,
+    /// Finished; its report says how each target fared.
+    Finished,
+    /// Could not run at all (see `error`).
+    Failed,
+}
+
+/// One run, as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunEntry {
+    /// The run id (also the run's id in the report and traces).
+    pub id: String,
+    /// `api`, `webhook`, `github:push`, `reconcile`.
+    pub trigger: String,
+    /// What was asked (after coalescing).
+    pub request: RunRequest,
+    /// Where it is.
+    pub status: RunStatus,
+    /// The very report `vss pipeline --output json` prints, once finished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<serde_json::Value>,
+    /// Why it could not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Default)]
+struct Book {
+    runs: HashMap<String, RunEntry>,
+    order: VecDeque<String>,
+    queue: VecDeque<String>,
+    keys: HashMap<String, String>,
+    key_order: VecDeque<String>,
+}
+
+/// The book of runs.
+#[derive(Default)]
+pub struct RunBook {
+    book: Mutex<Book>,
+    /// Wakes the executor when a run is queued.
+    pub queued: tokio::sync::Notify,
+}
+
+/// What [`RunBook::submit`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Submitted {
+    /// A new run was queued.
+    New(String),
+    /// Folded into a run already waiting.
+    Coalesced(String),
+    /// The idempotency key was seen: the first run's id.
+    Replayed(String),
+}
+
+impl Submitted {
+    /// The run id.
+    pub fn id(&self) -> &str {
+        match self {
+            Submitted::New(id) | Submitted::Coalesced(id) | Submitted::Replayed(id) => id,
+        }
+    }
+}
+
+impl RunBook {
+    /// Queues a run (or folds it into one waiting, or answers a replayed key).
+    pub fn submit(&self, trigger: &str, request: RunRequest, key: Option<String>) -> Submitted {
+        let mut book = self.book.lock().expect("run book lock");
+        if let Some(id) = key.as_ref().and_then(|k| book.keys.get(k)) {
+            return Submitted::Replayed(id.clone());
+        }
+        let waiting = book
+            .queue
+            .iter()
+            .find(|id| book.runs.get(*id).is_some_and(|r| r.clone().request.absorb(&request)));
+        let submitted = match waiting.cloned() {
+            Some(id) => {
+                let run = book.runs.get_mut(&id).expect("queued runs are in the book");
+                run.request.absorb(&request);
+                Submitted::Coalesced(id)
+            }
+            None => {
+                let id = uuid::Uuid::now_v7().to_string();
+                let entry = RunEntry {
+                    id: id.clone(),
+                    trigger: trigger.to_string(),
+                    request,
+                    status: RunStatus::Queued,
+                    report: None,
+                    error: None,
+                };
+                book.runs.insert(id.clone(), entry);
+                book.order.push_back(id.clone());
+                book.queue.push_back(id.clone());
+                Self::forget_old(&mut book);
+                Submitted::New(id)
+            }
+        };
+        if let Some(key) = key {
+            book.keys.insert(key.clone(), submitted.id().to_string());
+            book.key_order.push_back(key);
+            while book.key_order.len() > KEPT_KEYS {
+                let old = book.key_order.pop_front().expect("non-empty");
+                book.keys.remove(&old);
+            }
+        }
+        drop(book);
+        self.queued.notify_one();
+        submitted
+    }
+
+    fn forget_old(book: &mut Book) {
+        while book.order.len() > KEPT_RUNS {
+            let Some(pos) = book.order.iter().position(|id| {
+                book.runs
+                    .get(id)
+                    .is_some_and(|r| matches!(r.status, RunStatus::Finished | RunStatus::Failed))
+            }) else {
+                break;
+            };
+            let id = book.order.remove(pos).expect("position is valid");
+            book.runs.remove(&id);
+        }
+    }
+
+    /// The next queued run, now marked running.
+    pub fn next(&self) -> Option<(String, RunRequest)> {
+        let mut book = self.book.lock().expect("run book lock");
+        let id = book.queue.pop_front()?;
+        let run = book.runs.get_mut(&id).expect("queued runs are in the book");
+        run.status = RunStatus::Running;
+        Some((id, run.request.clone()))
+    }
+
+    /// Records how a run ended: its report, or why it could not run.
+    pub fn finish(&self, id: &str, outcome: Result<serde_json::Value, String>) {
+        let mut book = self.book.lock().expect("run book lock");
+        if let Some(run) = book.runs.get_mut(id) {
+            match outcome {
+                Ok(report) => (run.status, run.report) = (RunStatus::Finished, Some(report)),
+                Err(error) => (run.status, run.error) = (RunStatus::Failed, Some(error)),
+            }
+        }
+    }
+
+    /// One run.
+    pub fn get(&self, id: &str) -> Option<RunEntry> {
+        self.book.lock().expect("run book lock").runs.get(id).cloned()
+    }
+
+    /// Every run kept, newest first, without reports.
+    pub fn list(&self) -> Vec<RunEntry> {
+        let book = self.book.lock().expect("run book lock");
+        book.order
+            .iter()
+            .rev()
+            .filter_map(|id| book.runs.get(id))
+            .map(|r| RunEntry { report: None, ..r.clone() })
+            .collect()
+    }
+
+    /// Runs still queued (dropped at shutdown).
+    pub fn queued_count(&self) -> usize {
+        self.book.lock().expect("run book lock").queue.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn targets(names: &[&str]) -> RunRequest {
+        RunRequest {
+            targets: Some(names.iter().map(|s| s.to_string()).collect()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn waiting_runs_absorb_triggers_and_keys_replay() {
+        let book = RunBook::default();
+        let first = book.submit("api", targets(&["A"]), Some("k1".into()));
+        assert!(matches!(first, Submitted::New(_)));
+        let second = book.submit("api", targets(&["B"]), None);
+        assert_eq!(second, Submitted::Coalesced(first.id().to_string()));
+        assert_eq!(
+            book.submit("api", targets(&["C"]), Some("k1".into())),
+            Submitted::Replayed(first.id().to_string())
+        );
+        let dry = book.submit("api", RunRequest { dry_run: true, ..Default::default() }, None);
+        assert!(matches!(dry, Submitted::New(_)), "another kind of run waits on its own");
+        let (id, request) = book.next().unwrap();
+        assert_eq!(id, first.id());
+        assert_eq!(request, targets(&["A", "B"]));
+        let third = book.submit("api", targets(&["D"]), None);
+        assert!(matches!(third, Submitted::New(_)), "a running run absorbs nothing");
+        let all = book.submit("reconcile", RunRequest::default(), None);
+        assert_eq!(all, Submitted::Coalesced(third.id().to_string()));
+        assert_eq!(book.get(third.id()).unwrap().request.targets, None, "all absorbs some");
+        book.finish(&id, Ok(serde_json::json!({"ok": true})));
+        assert_eq!(book.get(&id).unwrap().status, RunStatus::Finished);
+        assert_eq!(book.list().len(), 3);
+    }
+}
