@@ -199,7 +199,7 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Self { connect_secs: 5, request_secs: 30, outage_secs: 45 }
+        Self { connect_secs: 5, request_secs: 20, outage_secs: 40 }
     }
 }
 

@@ -106,10 +106,10 @@ pub(crate) struct RawPipeline {
 pub(crate) struct RawTimeouts {
     /// Seconds to establish a connection. Default: 5.
     pub connect_secs: Option<u64>,
-    /// Seconds a request may take in all. Default: 30.
+    /// Seconds a request may take in all. Default: 20.
     pub request_secs: Option<u64>,
     /// Seconds a store may stay unreachable before its remaining calls fail at once.
-    /// Default: 45.
+    /// Default: 40.
     pub outage_secs: Option<u64>,
 }
 
