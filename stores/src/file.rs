@@ -4,7 +4,7 @@
 //! only; writing the bytes a file already holds leaves it untouched (its mtime stays). A
 //! secret's version is its mtime (nanoseconds), size and inode. Files and folders whose names start
 //! with `.` are not secrets (temp files live there; ones left by a killed writer are removed
-//! once they are [`STALE_TEMP`] old). Symbolic links inside the folder are never followed:
+//! by the next write in their folder once they are [`STALE_TEMP`] old). Symbolic links inside the folder are never followed:
 //! listing, reading or writing through one is an error naming it (a link could lead reads or
 //! writes out of the folder, and a secret vss cannot see would look deleted). So is a name
 //! that is not UTF-8.
@@ -35,7 +35,7 @@ pub(crate) fn remove_stale_temps(dir: &Path) {
 }
 
 /// Removes `entry` if it is a `.vss-*` temp file older than [`STALE_TEMP`].
-fn remove_if_stale_temp(entry: &fs::DirEntry) {
+pub(crate) fn remove_if_stale_temp(entry: &fs::DirEntry) {
     let stale = entry.file_name().to_str().is_some_and(|n| n.starts_with(".vss-"))
         && entry
             .metadata()
@@ -57,13 +57,16 @@ struct Inner {
     dir: PathBuf,
     label: String,
     calls: ApiCalls,
+    /// Folders whose stale temp files were removed.
+    tidied: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 impl FileStore {
     /// A store rooted at `dir` (created on first write).
     pub fn new(dir: PathBuf) -> Self {
         let label = format!("file:{}", dir.display());
-        Self { inner: Arc::new(Inner { dir, label, calls: ApiCalls::default() }) }
+        let tidied = std::sync::Mutex::new(std::collections::HashSet::new());
+        Self { inner: Arc::new(Inner { dir, label, calls: ApiCalls::default(), tidied }) }
     }
 }
 
@@ -172,7 +175,6 @@ impl Inner {
                     return Err(self.err(ErrorKind::Invalid, None, message));
                 };
                 if file_name.starts_with('.') {
-                    remove_if_stale_temp(&entry);
                     continue;
                 }
                 let file_type = entry.file_type().map_err(|e| self.io(None, "list", &e))?;
@@ -252,6 +254,11 @@ impl Inner {
         self.calls.record("write");
         let parent = path.parent().expect("a secret file has a folder");
         fs::create_dir_all(parent).map_err(|e| self.io(Some(name), "create folder", &e))?;
+        // Temp files a killed writer left are tidied where this store writes, once per folder
+        // (never by a listing: sources and dry runs change nothing).
+        if self.tidied.lock().expect("tidied lock").insert(parent.to_path_buf()) {
+            remove_stale_temps(parent);
+        }
         let mut tmp = tempfile::Builder::new()
             .prefix(".vss-")
             .tempfile_in(parent)

@@ -80,7 +80,10 @@ impl HttpStore {
             key,
             document: OnceCell::new(),
             timeout: Duration::from_secs(spec.timeout_secs.max(1)),
-            health: crate::retry::Health::new(&label, timeouts),
+            health: crate::retry::Health::new(
+                &label,
+                &Timeouts { request_secs: spec.timeout_secs.max(1), ..*timeouts },
+            ),
             connect_timeout: timeouts.connect(),
             label,
             calls: ApiCalls::default(),

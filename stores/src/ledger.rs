@@ -69,8 +69,16 @@ impl StateLedger {
         LedgerError { path: path.display().to_string(), message: message.into() }
     }
 
-    fn target_path(&self, target: &str) -> PathBuf {
-        self.dir.join("targets").join(format!("{target}.json"))
+    /// The file of a target's (or shard's) records; a name that could leave the folder (a
+    /// job off the wire is not trusted to be validated) is refused.
+    fn target_path(&self, target: &str) -> Result<PathBuf, LedgerError> {
+        let safe = target.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && target.chars().all(|c| c.is_ascii_alphanumeric() || "_-.#".contains(c));
+        if !safe {
+            let message = format!("`{target}` is not a target name");
+            return Err(LedgerError { path: self.dir.display().to_string(), message });
+        }
+        Ok(self.dir.join("targets").join(format!("{target}.json")))
     }
 
     /// The records of `target` for `store`; empty when none exist or they describe another store.
@@ -87,7 +95,7 @@ impl StateLedger {
         target: &str,
         store: &StoreSpec,
     ) -> Result<Option<TargetLedger>, LedgerError> {
-        let path = self.target_path(target);
+        let path = self.target_path(target)?;
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == IoKind::NotFound => return Ok(None),
@@ -96,8 +104,11 @@ impl StateLedger {
         let mut ledger: TargetLedger =
             serde_json::from_slice(&bytes).map_err(|e| self.err(&path, format!("corrupt: {e}")))?;
         let identity = store.identity().as_str().to_string();
-        // Records bound by the store's label are the same store's: rebind them.
-        if ledger.store != identity && ledger.store != store.to_string() {
+        // Records bound by the store's label are the same store's, when the label names the
+        // store completely: rebind them. Anything else starts afresh (ownership is lost, never
+        // granted to another store).
+        let legacy = store.label_is_complete() && ledger.store == store.to_string();
+        if ledger.store != identity && !legacy {
             ledger.secrets.clear();
         }
         ledger.store = identity;
@@ -181,7 +192,7 @@ impl StateLedger {
         if self.read_only {
             return Ok(());
         }
-        let path = self.target_path(target);
+        let path = self.target_path(target)?;
         let bytes = serde_json::to_vec(ledger).expect("ledgers always serialize");
         if fs::read(&path).is_ok_and(|old| old == bytes) {
             return Ok(());
@@ -294,6 +305,37 @@ mod tests {
         ledger.save("Prod", &loaded).unwrap();
         assert_eq!(ledger.load("Prod", &store).unwrap(), loaded);
         assert!(ledger.load("Prod", &file("/b")).unwrap().secrets.is_empty());
+    }
+
+    #[test]
+    fn a_label_that_leaves_fields_out_takes_nothing_over() {
+        use vss_protocol::config::{SecretRef, VaultAuth, VaultConnection, VaultSpec};
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = StateLedger::open(&StateSpec::File { path: dir.path().into() }, false);
+        let vault = StoreSpec::Vault(Box::new(VaultSpec {
+            connection: VaultConnection {
+                address: "https://v:8200".into(),
+                namespace: Some("team-b".into()),
+                auth: VaultAuth::Token(SecretRef::Env("T".into())),
+            },
+            mount: "secret".into(),
+            prefix: "app".into(),
+            paths: Vec::new(),
+        }));
+        let hash = ledger.hash_key(None).unwrap().hash(&vss_protocol::SecretValue::default());
+        let legacy = TargetLedger {
+            store: vault.to_string(),
+            secrets: BTreeMap::from([("s".into(), Record { hash, version: Version("1".into()) })]),
+        };
+        ledger.save("Prod", &legacy).unwrap();
+        assert!(
+            ledger.load("Prod", &vault).unwrap().secrets.is_empty(),
+            "the namespace is not in the label"
+        );
+        assert!(
+            ledger.load("../../x", &vault).is_err(),
+            "a name that leaves the folder is refused"
+        );
     }
 
     #[test]

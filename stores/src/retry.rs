@@ -23,6 +23,10 @@ const MAX_RETRY_AFTER_SECS: u64 = 60;
 const TRIP_AFTER: u32 = 5;
 /// How long a streak of failures must last before [`TRIP_AFTER`] failures open the breaker.
 const SHORT_OUTAGE: Duration = Duration::from_secs(10);
+/// How long an open breaker fails calls at once before it lets one through to probe the
+/// store again (half-open): a store that comes back is used again, in this run or when a
+/// failed job is redelivered.
+const COOLDOWN: Duration = Duration::from_secs(5);
 
 /// One store's health over a run (stores are opened once per run): a circuit breaker over
 /// consecutive connection failures and an outage budget (`Timeouts::outage_secs`, counted
@@ -32,7 +36,7 @@ pub(crate) struct Health {
     outage_budget: Duration,
     failures: AtomicU32,
     since: Mutex<Option<Instant>>,
-    open: Mutex<Option<StoreError>>,
+    open: Mutex<Option<(StoreError, Instant)>>,
     warned: AtomicBool,
 }
 
@@ -41,7 +45,8 @@ impl Health {
     pub(crate) fn new(label: &str, timeouts: &Timeouts) -> Self {
         Self {
             store: label.to_string(),
-            outage_budget: timeouts.outage(),
+            // One request may take all of `request`: the budget never ends before it can.
+            outage_budget: timeouts.outage().max(timeouts.request()),
             failures: AtomicU32::new(0),
             since: Mutex::new(None),
             open: Mutex::new(None),
@@ -49,9 +54,23 @@ impl Health {
         }
     }
 
-    /// The error every call fails with while the breaker is open.
+    /// The error a call fails with at once while the breaker is open; after [`COOLDOWN`] one
+    /// call goes through as a probe (the cooldown starts again, so only one does).
     fn open_error(&self) -> Option<StoreError> {
-        self.open.lock().expect("health lock").clone()
+        let mut open = self.open.lock().expect("health lock");
+        match open.as_mut() {
+            Some((_, since)) if since.elapsed() >= COOLDOWN => {
+                *since = Instant::now();
+                None
+            }
+            Some((error, _)) => Some(error.clone()),
+            None => None,
+        }
+    }
+
+    /// Whether the breaker is open (without taking a probe).
+    fn is_open(&self) -> bool {
+        self.open.lock().expect("health lock").is_some()
     }
 
     /// Records the outcome of one attempt that started at `started`.
@@ -73,9 +92,11 @@ impl Health {
         let since = *self.since.lock().expect("health lock").get_or_insert(started);
         let down = since.elapsed();
         let mut open = self.open.lock().expect("health lock");
-        if open.is_none()
-            && ((failures >= TRIP_AFTER && down >= SHORT_OUTAGE.min(self.outage_budget))
-                || down >= self.outage_budget)
+        if let Some((_, since)) = open.as_mut() {
+            // A failed probe: the breaker stays open for another cooldown.
+            *since = Instant::now();
+        } else if (failures >= TRIP_AFTER && down >= SHORT_OUTAGE.min(self.outage_budget))
+            || down >= self.outage_budget
         {
             tracing::warn!(
                 store = %self.store,
@@ -89,7 +110,7 @@ impl Health {
                 e.message,
                 since.elapsed()
             );
-            *open = Some(error);
+            *open = Some((error, Instant::now()));
         }
     }
 
@@ -115,7 +136,8 @@ impl Health {
                 let result = call.await;
                 self.observe(&result, started);
                 // The attempt that opened the breaker reports it as such.
-                match (result, self.open_error()) {
+                let open = self.open.lock().expect("health lock").as_ref().map(|(e, _)| e.clone());
+                match (result, open) {
                     (Err(_), Some(open)) => Err(open),
                     (result, _) => result,
                 }
@@ -130,8 +152,7 @@ impl Health {
                     .with_jitter(),
             )
             .when(|e: &StoreError| {
-                matches!(e.kind, ErrorKind::Throttled | ErrorKind::Unavailable)
-                    && self.open_error().is_none()
+                matches!(e.kind, ErrorKind::Throttled | ErrorKind::Unavailable) && !self.is_open()
             })
             // A server's Retry-After overrides a shorter backoff (a `None` still ends retrying).
             .adjust(|e: &StoreError, backoff| {
@@ -167,4 +188,33 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(|secs| Duration::from_secs(secs.min(MAX_RETRY_AFTER_SECS)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn down() -> Result<(), StoreError> {
+        Err(StoreError::new(ErrorKind::Unavailable, "s", None, "connection refused"))
+    }
+
+    #[tokio::test]
+    async fn an_open_breaker_fails_fast_then_probes_and_closes() {
+        let timeouts = Timeouts { connect_secs: 1, request_secs: 1, outage_secs: 1 };
+        let health = Health::new("s", &timeouts);
+        let calls = AtomicU32::new(0);
+        let failing = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            down()
+        };
+        let err = health.retry(20, failing).await.unwrap_err();
+        assert!(err.message.contains("still failing after"), "{err}");
+        let made = calls.load(Ordering::SeqCst);
+        assert!(health.retry(20, failing).await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), made, "open: no call is made");
+        tokio::time::sleep(COOLDOWN).await;
+        let ok = health.retry(20, || async { Ok::<_, StoreError>(7) }).await;
+        assert_eq!(ok.unwrap(), 7, "after the cooldown a probe goes through, and closes it");
+        assert!(!health.is_open());
+    }
 }

@@ -17,7 +17,7 @@ use async_nats::jetstream::{self, AckKind, consumer, message::PublishMessage};
 use futures_util::StreamExt;
 use tokio::task::JoinSet;
 use tracing::Instrument;
-use vss_protocol::config::{NatsSpec, StateSpec};
+use vss_protocol::config::{NatsSpec, StateSpec, StoreSpec};
 use vss_protocol::job::{Job, JobResult, Outcome, Phase, WIRE_VERSION};
 use vss_transport::{
     JOB_HEADER, JOBS_STREAM, RUN_HEADER, TARGET_HEADER, TransportError, WIRE_HEADER,
@@ -286,11 +286,16 @@ fn refusal(job: &Job, allowed: &[glob::Pattern]) -> Option<String> {
         return None;
     }
     let StateSpec::File { path } = &job.options.state;
-    let mut used: Vec<String> = job.stores().iter().map(|s| s.to_string()).collect();
-    used.push(format!("state:{}", path.display()));
-    let outside = used.into_iter().find(|label| !allowed.iter().any(|p| p.matches(label)))?;
+    let state =
+        StoreSpec::File { dir: path.clone() }.location().map(|l| format!("state:{}", &l[5..]));
+    let mut used: Vec<Option<String>> = job.stores().iter().map(|s| s.location()).collect();
+    used.push(state);
+    let outside = used
+        .into_iter()
+        .find(|location| location.as_ref().is_none_or(|l| !allowed.iter().any(|p| p.matches(l))))?;
+    let what = outside.unwrap_or_else(|| "a path with `..`".into());
     Some(format!(
-        "target `{}`: `{outside}` is not in this worker's allow-list (--allow-store); job {} not run",
+        "target `{}`: `{what}` is not in this worker's allow-list (--allow-store); job {} not run",
         job.target, job.id
     ))
 }

@@ -13,7 +13,7 @@ use vss_protocol::job::{DesiredState, Job, JobResult, SyncSpec};
 use vss_protocol::reconcile::{self, Classified, Deletions, Known, TargetCounts};
 use vss_protocol::{ContentHash, HashKey, SecretValue};
 use vss_stores::ledger::{Record, StateLedger, TargetLedger};
-use vss_stores::{Entry, Precondition, SecretStore, Stamp, Version};
+use vss_stores::{Entry, ErrorKind, Precondition, SecretStore, Stamp, Version};
 
 use crate::io::{Write, apply, list_traced, list_versions, read_many, record_outcomes};
 use crate::manifest::{Manifest, merged_prefix};
@@ -205,7 +205,16 @@ pub(crate) async fn run(
         return Ok(());
     }
     let owner = Stamp::owner_of(&job.target);
+    let deletes: BTreeSet<String> =
+        writes.iter().filter(|w| w.value.is_none()).map(|w| w.name.clone()).collect();
     let outcomes = apply(&target, "", writes, Some(&owner), &key).await;
+    // A delete that met a rewrite leaves the rewrite in place, and it is no longer vss's:
+    // disowned, so no later run deletes it.
+    for (name, done) in &outcomes {
+        if deletes.contains(name) && done.as_ref().is_err_and(|e| e.kind == ErrorKind::Conflict) {
+            records.secrets.remove(name);
+        }
+    }
     let record = |_: &str, hash, version| Record { hash, version };
     let applied = record_outcomes(outcomes, &mut records.secrets, record, result);
     // Whatever succeeded is recorded, even when something else failed.

@@ -146,6 +146,10 @@ fn pipeline_settings(ck: &mut Checker, raw: &RawConfig) -> PipelineSettings {
                 None => {}
             }
         }
+        if timeouts.outage_secs < timeouts.request_secs {
+            let message = "must be at least `request_secs`: one slow request would use it all";
+            ck.error(&path(&["pipeline", "timeouts", "outage_secs"]), message.into());
+        }
     }
     PipelineSettings {
         merge_enabled,
@@ -204,11 +208,14 @@ fn layers(ck: &mut Checker, raw: &RawConfig, at: &[Segment], t: &RawTarget) -> V
     let target_names = || raw.targets.keys().map(String::as_str);
     let mut layers = Vec::new();
     if let Some(parent) = &t.inherits {
+        let at = join(at, &["inherits"]);
         if raw.targets.contains_key(parent) {
             layers.push(Layer::Target(parent.clone()));
+        } else if ck.is_from_env(&at) {
+            ck.error(&at, "unknown parent target (value from the environment, not shown)".into());
         } else {
             let hint = hint(parent, target_names());
-            ck.error(&join(at, &["inherits"]), format!("unknown parent target `{parent}`{hint}"));
+            ck.error(&at, format!("unknown parent target `{parent}`{hint}"));
         }
     }
     for (i, import) in t.imports.iter().enumerate() {
@@ -221,6 +228,10 @@ fn layers(ck: &mut Checker, raw: &RawConfig, at: &[Segment], t: &RawTarget) -> V
             ),
             (true, false) => layers.push(Layer::Source(import.clone())),
             (false, true) => layers.push(Layer::Target(import.clone())),
+            (false, false) if ck.is_from_env(&at) => {
+                let message = "unknown source or target (value from the environment, not shown)";
+                ck.error(&at, message.into());
+            }
             (false, false) => {
                 let known = raw.sources.keys().map(String::as_str).chain(target_names());
                 let hint = hint(import, known);

@@ -393,8 +393,13 @@ fn explain(message: &str, from_env: bool) -> String {
         if let Some(rest) = message.strip_prefix(prefix) {
             let (name, expected) = rest.split_once('`').unwrap_or((rest, ""));
             let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-            let mut out = format!("{what} `{name}`");
-            out.push_str(&super::check::hint(name, known.iter().copied()));
+            let mut out = if from_env {
+                format!("{what} (value from the environment, not shown)")
+            } else {
+                let mut out = format!("{what} `{name}`");
+                out.push_str(&super::check::hint(name, known.iter().copied()));
+                out
+            };
             if !known.is_empty() {
                 out.push_str(&format!("; expected one of: {}", known.join(", ")));
             }

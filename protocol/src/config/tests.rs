@@ -720,3 +720,59 @@ fn a_nested_default_is_an_error_not_a_wrong_path() {
     );
     assert!(errs[0].contains("a default cannot hold another"), "{errs:#?}");
 }
+
+#[test]
+fn locations_name_where_requests_go_and_refuse_climbing_paths() {
+    let vault = |address: &str| {
+        let text = format!(
+            "vault: {{ address: '{address}' }}\nsource: {{ vault: {{ path: secret/app }} }}\ntargets:\n  A: {{ store: {{ file: {{ dir: o }} }} }}\n"
+        );
+        load(&text).unwrap().source.unwrap()
+    };
+    let tricked = vault("https://evil.example\\@vault.internal:8200");
+    let location = tricked.location().unwrap();
+    assert!(location.starts_with("vault:https://evil.example/"), "{location}");
+    let label = tricked.to_string();
+    assert!(
+        label.starts_with("vault:https://evil.example/"),
+        "the label shows the real host: {label}"
+    );
+    assert_eq!(
+        vault("https://vault.internal:8200").location().unwrap(),
+        "vault:https://vault.internal:8200/secret/app"
+    );
+    let climbing = StoreSpec::File { dir: "/srv/secrets/../../etc".into() };
+    assert_eq!(climbing.location(), None);
+    let github = load("source: { file: { dir: s } }\ntargets:\n  A: { store: { github: { owner: o, repo: r, api_url: \"https://ghes.example/api/v3\" } } }\n").unwrap();
+    let store = &github.targets["A"].store;
+    assert!(
+        store.location().unwrap().ends_with("at https://ghes.example/api/v3"),
+        "{:?}",
+        store.location()
+    );
+    assert!(!store.label_is_complete(), "the label leaves out the API URL");
+}
+
+#[test]
+fn outage_budget_covers_at_least_one_request() {
+    let errs = errors(
+        "pipeline: { timeouts: { request_secs: 30, outage_secs: 10 } }\nsource: { file: { dir: s } }\ntargets: { A: { store: { file: { dir: o } } } }\n",
+    );
+    assert!(
+        errs[0].contains("pipeline.timeouts.outage_secs: must be at least `request_secs`"),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn unknown_names_and_kinds_from_the_environment_are_not_quoted() {
+    let env = |n: &str| n.starts_with("SECRET_").then(|| format!("canary-{n}"));
+    let text = "log: { format: \"${SECRET_A}\" }\nsource: { file: { dir: s } }\ntargets:\n  A: { store: { file: { dir: o } }, list_merge: \"${SECRET_B}\", inherits: \"${SECRET_C}\", imports: [\"${SECRET_D}\"] }\n";
+    let err =
+        Config::from_yaml(text, "vss.yaml", Path::new("/base"), &env).unwrap_err().to_string();
+    assert!(!err.contains("canary"), "{err}");
+    assert!(
+        err.contains("log.format: unknown kind (value from the environment, not shown)"),
+        "{err}"
+    );
+}

@@ -188,6 +188,13 @@ impl VaultClient {
             request = request.header(CONTENT_TYPE, content_type).body(body.to_vec());
         }
         let unavailable = |e: reqwest::Error| {
+            if e.is_builder() {
+                let message = format!(
+                    "{operation}: the request could not be built: {}",
+                    crate::retry::transport_error(&e, Default::default(), Default::default())
+                );
+                return self.err(ErrorKind::Invalid, secret, message);
+            }
             let reason =
                 crate::retry::transport_error(&e, self.timeouts.connect(), self.timeouts.request());
             self.err(ErrorKind::Unavailable, secret, format!("{operation}: {reason}"))

@@ -262,6 +262,10 @@ pub(crate) fn canonical_url(text: &str) -> String {
 /// A URL for labels: as written, without userinfo, query, fragment or trailing slash (they
 /// may hold credentials).
 pub fn display_url(text: &str) -> String {
+    // Anything a parser could read another host out of is shown as the parser reads it.
+    if text.contains(['@', '\\', '?', '#']) {
+        return canonical_url(text);
+    }
     let text = text.split(['?', '#']).next().unwrap_or_default();
     let text = match text.split_once("://") {
         Some((scheme, rest)) => {
@@ -272,6 +276,71 @@ pub fn display_url(text: &str) -> String {
         None => text.to_string(),
     };
     text.trim_end_matches('/').to_string()
+}
+
+impl StoreSpec {
+    /// Where the store's requests go, with every field that routes them (server as a URL
+    /// parser reads it, endpoint, namespace, account role, API URL, folder): what a worker's
+    /// `--allow-store` patterns are matched against. `None` when a path in it climbs out of
+    /// its folder (`..`), which no pattern may allow.
+    pub fn location(&self) -> Option<String> {
+        let aws = "https://amazonaws.com".to_string();
+        let endpoint = |e: &Option<String>| e.as_deref().map_or(aws.clone(), canonical_url);
+        let location = match self {
+            StoreSpec::File { dir } => format!("file:{}", plain_path(dir)?),
+            StoreSpec::Vault(s) => {
+                let c = &s.connection;
+                let ns =
+                    c.namespace.as_deref().map(|n| format!("?namespace={n}")).unwrap_or_default();
+                format!("vault:{}/{}/{}{ns}", canonical_url(&c.address), s.mount, s.prefix)
+            }
+            StoreSpec::AwsSm(s) => format!(
+                "aws-sm:{}/{}/{} via {}",
+                endpoint(&s.endpoint),
+                s.region,
+                s.prefix,
+                s.role_arn.as_deref().unwrap_or("-")
+            ),
+            StoreSpec::S3(s) => format!("s3:{}/{}/{}", endpoint(&s.endpoint), s.bucket, s.prefix),
+            StoreSpec::Http(s) => format!("http:{}", canonical_url(&s.url)),
+            StoreSpec::Github(s) => format!("{s} at {}", canonical_url(&s.api_url)),
+            StoreSpec::Kubernetes(s) => s.to_string(),
+            StoreSpec::Gcp(s) => {
+                let api = s
+                    .endpoint
+                    .as_deref()
+                    .map_or("https://secretmanager.googleapis.com".into(), canonical_url);
+                format!("gcp:{}/{} at {api}", s.project, s.prefix)
+            }
+        };
+        (!location.split(['/', '\\']).any(|part| part == "..")).then_some(location)
+    }
+
+    /// Whether the label names the store completely (no namespace, endpoint or API URL it
+    /// leaves out): only then may records bound by label be taken over by identity.
+    pub fn label_is_complete(&self) -> bool {
+        match self {
+            StoreSpec::File { .. } | StoreSpec::Kubernetes(_) => true,
+            StoreSpec::Vault(s) => {
+                s.connection.namespace.is_none() && !s.connection.address.contains(['@', '\\', '?'])
+            }
+            StoreSpec::AwsSm(s) => s.endpoint.is_none(),
+            StoreSpec::S3(s) => s.endpoint.is_none(),
+            StoreSpec::Http(_) => false,
+            StoreSpec::Github(s) => s.api_url == "https://api.github.com",
+            StoreSpec::Gcp(s) => s.endpoint.is_none(),
+        }
+    }
+}
+
+/// A path with `.` segments dropped; `None` if it holds `..`.
+fn plain_path(path: &std::path::Path) -> Option<String> {
+    use std::path::Component;
+    if path.components().any(|c| c == Component::ParentDir) {
+        return None;
+    }
+    let plain: PathBuf = path.components().filter(|c| *c != Component::CurDir).collect();
+    Some(plain.display().to_string())
 }
 
 /// The store's label, for people: reports, logs, errors.
