@@ -271,3 +271,47 @@ impl JobResult {
         rmp_serde::from_slice(bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::plan::{PlanRequest, plan_run};
+
+    /// The sync job of a one-target config that deletes orphans, with `delete` as given.
+    fn sync_job(delete: DeleteThreshold) -> Job {
+        let text = "source: { file: { dir: in } }\n\
+                    targets:\n  app: { store: { file: { dir: out } }, delete: true }\n";
+        let cfg = Config::from_yaml(text, "vss.yaml", Path::new("/base"), &|_| None).unwrap();
+        let plan = plan_run(&cfg, "run-1", &PlanRequest::default()).unwrap();
+        let mut job = plan.jobs.into_iter().find(|j| j.phase() == Phase::Sync).unwrap();
+        let JobSpec::Sync(sync) = &mut job.spec else { unreachable!("a sync job") };
+        assert!(sync.delete.is_some(), "the target deletes orphans");
+        sync.delete = Some(delete);
+        job
+    }
+
+    #[test]
+    fn jobs_survive_encode_and_decode() {
+        let job = sync_job(DeleteThreshold { percent: 12.5, count: 3 });
+        assert_eq!(Job::decode(&job.encode()).unwrap(), job);
+    }
+
+    /// Caught by the round-trip check of the `wire` fuzz target (seed
+    /// `fuzz/corpus/wire/job-nan-threshold`): a NaN percent decoded, never equalled itself
+    /// again, and made `exceeded` false for any number of deletes.
+    #[test]
+    fn decode_refuses_a_delete_threshold_validate_would_refuse() {
+        for percent in [f64::NAN, f64::INFINITY, -1.0, 100.5] {
+            let bytes = sync_job(DeleteThreshold { percent, count: 5 }).encode();
+            let err = Job::decode(&bytes).expect_err("out of range");
+            assert!(err.to_string().contains("not within 0..=100"), "{percent}: {err}");
+        }
+        for percent in [0.0, 100.0] {
+            let job = sync_job(DeleteThreshold { percent, count: 5 });
+            assert_eq!(Job::decode(&job.encode()).unwrap(), job);
+        }
+    }
+}

@@ -222,12 +222,36 @@ impl Timeouts {
 
 /// A run refuses to delete more than `percent`% of a target's secrets when that is also more
 /// than `count` secrets, unless mass deletion is allowed explicitly.
+///
+/// Deserializing (a job off the wire) refuses a `percent` outside `0..=100`, as the config's
+/// `validate` does: a NaN would compare false everywhere and silently lift the guard.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "ThresholdFields")]
 pub struct DeleteThreshold {
     /// Largest share of a target's secrets one run may delete, in percent.
     pub percent: f64,
     /// Deletions up to this many are always allowed.
     pub count: u64,
+}
+
+/// [`DeleteThreshold`] as it travels, before its range is checked.
+#[derive(Deserialize)]
+struct ThresholdFields {
+    percent: f64,
+    count: u64,
+}
+
+impl TryFrom<ThresholdFields> for DeleteThreshold {
+    type Error = String;
+
+    fn try_from(fields: ThresholdFields) -> Result<Self, Self::Error> {
+        let ThresholdFields { percent, count } = fields;
+        if (0.0..=100.0).contains(&percent) {
+            Ok(Self { percent, count })
+        } else {
+            Err(format!("delete threshold percent {percent} is not within 0..=100"))
+        }
+    }
 }
 
 impl Default for DeleteThreshold {
