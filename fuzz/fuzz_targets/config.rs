@@ -1,12 +1,7 @@
 //! The config loader (`Config::from_yaml`) on arbitrary UTF-8: it never panics, a loaded
-//! config has no inheritance cycle, and an invalid one says why. With `--features env-leaks`,
-//! also that no diagnostic quotes a value that came from the environment: off by default
-//! while the loader still quotes such values in four messages (an unknown `log.format` or
-//! `list_merge` kind, an unknown `inherits` parent or `imports` entry; seed
-//! `corpus/config/env-values-in-diagnostics`).
-//!
-//! Input: `config text`, optionally followed by `\0` and the value of the environment's
-//! variables (see `vss_fuzz::env_lookup`).
+//! config has no inheritance cycle, and an invalid one says why. With `env-leaks` (a default
+//! feature), also that no diagnostic quotes a value that came from the environment (seed
+//! `corpus/config/env-values-in-diagnostics` holds the four messages that once did).
 
 #![no_main]
 
