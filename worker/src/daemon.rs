@@ -76,12 +76,15 @@ struct RunContexts(Arc<Mutex<VecDeque<RunContext>>>);
 impl RunContexts {
     const KEPT: usize = 8;
 
-    fn for_job(&self, job: &Job) -> Arc<WorkerContext> {
+    /// The run's context; a redelivered job gets a fresh one (fresh store handles, so a
+    /// store's open circuit breaker from the failed delivery does not fail it at once).
+    fn for_job(&self, job: &Job, delivered: i64) -> Arc<WorkerContext> {
         let mut kept = self.0.lock().expect("run contexts lock");
         let dry_run = job.options.dry_run;
-        if let Some((_, _, ctx)) =
-            kept.iter().find(|(run, dry, _)| run == &job.run_id && *dry == dry_run)
-        {
+        let same = |(run, dry, _): &RunContext| run == &job.run_id && *dry == dry_run;
+        if delivered > 1 {
+            kept.retain(|c| !same(c));
+        } else if let Some((_, _, ctx)) = kept.iter().find(|c| same(c)) {
             return ctx.clone();
         }
         let ctx = Arc::new(WorkerContext::new(dry_run, job.options.timeouts));
@@ -302,7 +305,7 @@ fn refusal(job: &Job, allowed: &[glob::Pattern]) -> Option<String> {
 
 async fn run_and_settle(taker: &Taker, message: &jetstream::Message, job: &Job, delivered: i64) {
     let (js, ack_wait, max_deliver) = (&taker.js, taker.ack_wait, taker.max_deliver);
-    let ctx = taker.contexts.for_job(job);
+    let ctx = taker.contexts.for_job(job, delivered);
     // Past its deadline the coordinator has given up on the job: never start or finish it.
     let remaining = job.deadline.map(|d| Duration::from_secs(d.saturating_sub(unix_now())));
     let past_deadline = |why: &str| {
