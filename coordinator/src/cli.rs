@@ -96,6 +96,10 @@ struct ServeArgs {
     /// Run the jobs on `vss worker`s through this NATS server (as `vss pipeline --nats`).
     #[arg(long = "nats", env = "VSS_NATS_URL")]
     nats_url: Option<String>,
+    /// Listen here for Vault/OpenBao's `socket` audit device (one JSON entry per line); a
+    /// change to a path a vault source reads queues a run of the targets that depend on it.
+    #[arg(long)]
+    audit_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -314,6 +318,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 listen: args.listen,
                 reconcile_every: args.reconcile_interval.0,
                 nats,
+                audit_listen: args.audit_listen,
             };
             crate::serve::serve(cfg, options, shutdown_signal()).await?;
             Ok(0)

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use aws_lc_rs::hmac;
 use serde_json::{Value, json};
-use vss_tests::servers::JsonServer;
+use vss_tests::servers::{JsonServer, OpenBao, ROOT_TOKEN};
 use vss_tests::{Background, Workspace};
 
 const TOKEN: &str = "api-token-canary";
@@ -20,18 +20,37 @@ struct Served {
 
 /// `vss serve` on a free port over `config` (a `serve:` block is appended).
 async fn serve(ws: Workspace, config: &str) -> Served {
+    serve_with(ws, config, &[], &[]).await
+}
+
+/// [`serve`] with more arguments and environment.
+async fn serve_with(
+    ws: Workspace,
+    config: &str,
+    extra: &[&str],
+    extra_env: &[(&str, &str)],
+) -> Served {
     ws.config(&format!(
         "{config}serve:\n  tokens: [\"${{VSS_API_TOKEN}}\"]\n  webhook_secrets: [{{ env: HOOK_SECRET }}]\n  github_push: {{ refs/heads/main: [T] }}\n  max_body_bytes: 4096\n"
     ));
     let log = ws.path().join("serve.log");
-    let args =
-        ["serve", "--config", "vss.yaml", "--listen", "127.0.0.1:0", "--reconcile-interval", "off"];
-    let env = [("VSS_API_TOKEN", TOKEN), ("HOOK_SECRET", SECRET)];
+    let mut args = vec![
+        "serve",
+        "--config",
+        "vss.yaml",
+        "--listen",
+        "127.0.0.1:0",
+        "--reconcile-interval",
+        "off",
+    ];
+    args.extend_from_slice(extra);
+    let mut env = vec![("VSS_API_TOKEN", TOKEN), ("HOOK_SECRET", SECRET)];
+    env.extend_from_slice(extra_env);
     let process = ws.spawn_env(&args, &log, &env);
     let deadline = Instant::now() + Duration::from_secs(30);
     let url = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(at) = text.find("address=") {
+        if let Some(at) = text.find(" address=").map(|at| at + 1) {
             let address: String =
                 text[at + 8..].chars().take_while(|c| !c.is_whitespace()).collect();
             break format!("http://{address}");
@@ -216,4 +235,65 @@ async fn serve_coalesces_triggers_that_wait_and_stops_cleanly_on_sigterm() {
     let pid = served.process.id().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     assert_eq!(served.process.wait(), Some(0), "{}", served.log());
+}
+
+/// The address a log line gives after `marker`.
+fn address_after(text: &str, marker: &str) -> Option<String> {
+    let at = text.find(marker)? + marker.len();
+    Some(text[at..].chars().take_while(|c| !c.is_whitespace()).collect())
+}
+
+#[tokio::test]
+async fn serve_vault_audit_events_resync_the_targets_that_read_them() {
+    // OpenBao connects to its audit socket at start: through a relay that vss joins later.
+    let relay = vss_tests::relay::Relay::start();
+    let hcl = format!(
+        "audit \"socket\" \"vss\" {{\n  options {{\n    address = \"{}\"\n    socket_type = \"tcp\"\n  }}\n}}\n",
+        relay.address
+    );
+    let bao = OpenBao::start_with_config(Some(&hcl));
+    let config = format!(
+        "vault: {{ address: \"{}\", auth: {{ token: {{ env: VSS_TEST_VAULT_TOKEN }} }} }}\nmerge_store: {{ file: {{ dir: merged }} }}\nsources:\n  app: {{ vault: {{ path: secret/src/app }} }}\n  other: {{ vault: {{ path: secret/src/other }} }}\ntargets:\n  T: {{ imports: [app], store: {{ file: {{ dir: out }} }} }}\n  Child: {{ inherits: T, store: {{ file: {{ dir: out-child }} }} }}\n  U: {{ imports: [other], store: {{ file: {{ dir: out-u }} }} }}\n",
+        bao.address
+    );
+    let extra = ["--audit-listen", "127.0.0.1:0"];
+    let env = [("VSS_TEST_VAULT_TOKEN", ROOT_TOKEN)];
+    let served = serve_with(Workspace::new(), &config, &extra, &env).await;
+    let audit =
+        address_after(&served.log(), "audit_address=").expect("the audit address is logged");
+    relay.forward_to(&audit);
+
+    bao.put("src/app/db", &json!({"password": "p1"}));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while served.ws.read_secret("out-child", "db").is_none() {
+        assert!(Instant::now() < deadline, "no resync:\n{}", served.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(served.ws.read_secret("out", "db"), Some(json!({"password": "p1"})));
+    assert_eq!(served.ws.read_secret("out-u", "db"), None, "U does not read that path");
+    let (_, runs) = served.get("/v1/runs", Some(TOKEN)).await;
+    let runs = runs["runs"].as_array().unwrap().clone();
+    assert!(runs.iter().all(|r| r["trigger"] == "audit"), "{runs:?}");
+    assert!(runs.iter().all(|r| r["request"]["targets"] == json!(["Child", "T"])), "{runs:?}");
+
+    // A write nothing reads starts no run; a stranger's garbage is counted, not fatal.
+    bao.put("unrelated/x", &json!({"k": "v"}));
+    let mut garbage = tokio::net::TcpStream::connect(&audit).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut garbage, b"not json\n{\"type\": 1}\n").await.unwrap();
+    drop(garbage);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, counts) = served.get("/v1/audit", Some(TOKEN)).await;
+    assert!(counts["malformed"].as_u64().unwrap() >= 1, "{counts}");
+    let (_, after) = served.get("/v1/runs", Some(TOKEN)).await;
+    assert_eq!(
+        after["runs"].as_array().unwrap().len(),
+        runs.len(),
+        "no run for an unrelated write"
+    );
+    bao.put("src/app/db", &json!({"password": "p2"}));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while served.ws.read_secret("out", "db") != Some(json!({"password": "p2"})) {
+        assert!(Instant::now() < deadline, "the listener stopped after garbage:\n{}", served.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -7,6 +7,7 @@ pub mod gcp;
 pub mod github;
 pub mod kubernetes;
 pub mod otlp;
+pub mod relay;
 pub mod schema;
 pub mod servers;
 

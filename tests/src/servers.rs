@@ -151,9 +151,19 @@ impl OpenBao {
     /// Its cluster listener takes the API port plus one; when another process holds that port
     /// the server may die at start, so a server that dies is started again (three tries).
     pub fn start() -> Self {
+        Self::start_with_config(None)
+    }
+
+    /// [`start`](Self::start) with more server configuration (HCL), e.g. an `audit` stanza.
+    pub fn start_with_config(hcl: Option<&str>) -> Self {
+        let config = hcl.map(|text| {
+            let file = tempfile::Builder::new().suffix(".hcl").tempfile().unwrap();
+            std::fs::write(file.path(), text).unwrap();
+            file
+        });
         let mut failures = Vec::new();
         for _ in 0..3 {
-            match Self::try_start() {
+            match Self::try_start(config.as_ref().map(|f| f.path())) {
                 Ok(bao) => return bao,
                 Err(output) => failures.push(output),
             }
@@ -161,16 +171,18 @@ impl OpenBao {
         panic!("OpenBao did not start in three tries; its output:\n{}", failures.join("\n---\n"));
     }
 
-    fn try_start() -> Result<Self, String> {
+    fn try_start(config: Option<&Path>) -> Result<Self, String> {
         let (out, log) =
             (tempfile::NamedTempFile::new().unwrap(), tempfile::NamedTempFile::new().unwrap());
+        let mut args = vec![
+            "server".to_string(),
+            "-dev".to_string(),
+            format!("-dev-root-token-id={ROOT_TOKEN}"),
+            "-dev-listen-address=127.0.0.1:0".to_string(),
+        ];
+        args.extend(config.map(|c| format!("-config={}", c.display())));
         let mut child = Command::new(server_bin("bao"))
-            .args([
-                "server",
-                "-dev",
-                &format!("-dev-root-token-id={ROOT_TOKEN}"),
-                "-dev-listen-address=127.0.0.1:0",
-            ])
+            .args(&args)
             .stdout(out.reopen().unwrap())
             .stderr(log.reopen().unwrap())
             .spawn()

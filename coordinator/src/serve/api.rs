@@ -24,6 +24,7 @@ pub(super) fn router(server: Arc<Server>) -> axum::Router {
     axum::Router::new()
         .route("/v1/runs", post(trigger).get(list))
         .route("/v1/runs/{id}", get(show))
+        .route("/v1/audit", get(audit_counts))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .layer(DefaultBodyLimit::max(limit))
@@ -109,6 +110,13 @@ fn github_request(server: &Server, event: &str, body: &[u8]) -> Result<Option<Ru
     };
     let targets: BTreeSet<String> = targets.iter().cloned().collect();
     Ok(Some(RunRequest { targets: (!targets.is_empty()).then_some(targets), ..Default::default() }))
+}
+
+async fn audit_counts(State(server): State<Arc<Server>>, headers: HeaderMap) -> Response {
+    if server.credentials.check(&headers, b"") != Some(Caller::Token) {
+        return error(StatusCode::UNAUTHORIZED, "a bearer token is required");
+    }
+    Json(&server.audit).into_response()
 }
 
 async fn list(State(server): State<Arc<Server>>, headers: HeaderMap) -> Response {

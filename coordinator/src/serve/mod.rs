@@ -3,6 +3,7 @@
 //! `--nats`), each reported exactly as `vss pipeline --output json` reports it.
 
 mod api;
+mod audit;
 mod auth;
 mod runs;
 
@@ -27,6 +28,7 @@ pub(crate) struct Server {
     credentials: auth::Credentials,
     runs: RunBook,
     ready: AtomicBool,
+    audit: audit::AuditCounts,
 }
 
 /// How `vss serve` runs.
@@ -37,6 +39,8 @@ pub struct ServeOptions {
     pub reconcile_every: Option<Duration>,
     /// Run jobs on the fleet instead of in-process.
     pub nats: Option<NatsSpec>,
+    /// Where Vault's `socket` audit device connects, if anywhere.
+    pub audit_listen: Option<SocketAddr>,
 }
 
 /// Serves until `shutdown` resolves: then stops accepting, lets the running run finish,
@@ -66,7 +70,20 @@ pub async fn serve(
         credentials,
         runs: RunBook::default(),
         ready: AtomicBool::new(false),
+        audit: audit::AuditCounts::default(),
     });
+    // The audit listener comes first: Vault refuses to start while its audit socket does
+    // not accept connections.
+    let audit = match options.audit_listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen for audit events on {address}"))?;
+            tracing::info!(audit_address = %listener.local_addr()?, "listening for Vault audit events");
+            Some(tokio::spawn(audit::listen(listener, server.clone())))
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?;
@@ -89,6 +106,9 @@ pub async fn serve(
     let _ = stop.send(true);
     if let Some(reconcile) = reconcile {
         reconcile.abort();
+    }
+    if let Some(audit) = audit {
+        audit.abort();
     }
     executor.await?;
     let dropped = server.runs.queued_count();
