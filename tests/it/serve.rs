@@ -297,3 +297,24 @@ async fn serve_vault_audit_events_resync_the_targets_that_read_them() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn serve_runs_a_failed_target_again_until_it_lands() {
+    let ws = files_workspace();
+    // A file where the target folder should be: every write there fails until it is gone.
+    ws.write("out", "in the way");
+    let served = serve(ws, FILES).await;
+    let bearer = format!("Bearer {TOKEN}");
+    let (_, queued) =
+        served.post(&[("authorization", bearer.as_str())], r#"{"targets": ["T"]}"#).await;
+    let first = served.finished(queued["id"].as_str().unwrap()).await;
+    assert_eq!(first["report"]["targets"][0]["status"], "failed", "{first}");
+    std::fs::remove_file(served.ws.path().join("out")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while served.ws.read_secret("out", "app/db").is_none() {
+        assert!(Instant::now() < deadline, "never retried:\n{}", served.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, runs) = served.get("/v1/runs", Some(TOKEN)).await;
+    assert!(runs["runs"].as_array().unwrap().iter().any(|r| r["trigger"] == "retry"), "{runs}");
+}

@@ -29,6 +29,8 @@ pub(crate) struct Server {
     runs: RunBook,
     ready: AtomicBool,
     audit: audit::AuditCounts,
+    /// Consecutive failed runs per target (for the retry backoff).
+    failures: std::sync::Mutex<std::collections::BTreeMap<String, u32>>,
 }
 
 /// How `vss serve` runs.
@@ -71,6 +73,7 @@ pub async fn serve(
         runs: RunBook::default(),
         ready: AtomicBool::new(false),
         audit: audit::AuditCounts::default(),
+        failures: Default::default(),
     });
     // The audit listener comes first: Vault refuses to start while its audit socket does
     // not accept connections.
@@ -123,8 +126,9 @@ async fn execute_runs(server: Arc<Server>, mut stop: tokio::sync::watch::Receive
     loop {
         while let Some((id, request)) = server.runs.next() {
             let outcome = run_one(&server, &id, &request).await;
-            if let Err(e) = &outcome {
-                tracing::error!(run = %id, error = %e, "run failed to start");
+            match &outcome {
+                Ok(report) => retry_failed(&server, &request, report),
+                Err(e) => tracing::error!(run = %id, error = %e, "run failed to start"),
             }
             server.runs.finish(&id, outcome);
             if *stop.borrow() {
@@ -136,6 +140,40 @@ async fn execute_runs(server: Arc<Server>, mut stop: tokio::sync::watch::Receive
             _ = stop.changed() => return,
         }
     }
+}
+
+/// The longest wait before a failed target is run again.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+
+/// Nothing dropped: the targets a run could not bring up to date are run again, with backoff
+/// (2, 4, 8… s, at most a minute) for as long as they keep failing; a success resets it.
+fn retry_failed(server: &Arc<Server>, request: &RunRequest, report: &serde_json::Value) {
+    let mut failed = std::collections::BTreeSet::new();
+    let mut failures = server.failures.lock().expect("failures lock");
+    for target in report["targets"].as_array().into_iter().flatten() {
+        let Some(name) = target["target"].as_str() else { continue };
+        if target["status"] == "ok" {
+            failures.remove(name);
+        } else {
+            *failures.entry(name.to_string()).or_default() += 1;
+            failed.insert(name.to_string());
+        }
+    }
+    if failed.is_empty() || request.dry_run {
+        return;
+    }
+    let attempts = failed.iter().filter_map(|t| failures.get(t)).max().copied().unwrap_or(1);
+    let delay = Duration::from_secs(1 << attempts.min(6)).min(MAX_RETRY_DELAY);
+    drop(failures);
+    tracing::warn!(targets = ?failed, retry_in = ?delay, "targets not brought up to date; running them again");
+    let retry = RunRequest { targets: Some(failed), ..request.clone() };
+    let server = server.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        if server.ready.load(Ordering::SeqCst) {
+            server.runs.submit("retry", retry, None);
+        }
+    });
 }
 
 /// Plans and executes one run; its report as JSON (the CLI's very format).
