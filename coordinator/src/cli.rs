@@ -303,74 +303,79 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             print_or_closed(&String::from_utf8_lossy(&script))
         }
         Command::Pipeline(args) => pipeline(args, log_format).await,
-        Command::Serve(args) => {
-            let cfg = match load_config(&args.config) {
-                Ok(cfg) => cfg,
-                Err(e) => return Ok(config_error(e)),
-            };
-            crate::logging::init(
-                Some(cfg.log.level.as_deref().unwrap_or("info")),
-                log_format.or(cfg.log.format),
-                "vss",
-            );
-            let nats = nats_spec(args.nats_url, cfg.nats.clone());
-            let options = crate::serve::ServeOptions {
-                listen: args.listen,
-                reconcile_every: args.reconcile_interval.0,
-                nats,
-                audit_listen: args.audit_listen,
-            };
-            crate::serve::serve(cfg, options, shutdown_signal()).await?;
-            Ok(0)
-        }
+        Command::Serve(args) => serve(args, log_format).await,
         Command::Migrate(args) => {
             crate::logging::init(None, log_format, "vss");
             crate::migrate::run(args).await
         }
         Command::Runs { command, nats } => {
             crate::logging::init(None, log_format, "vss");
-            let coordinator = JetStream::connect(&nats.spec(), false).await?;
-            match command {
-                RunsCommand::List => {
-                    let mut text = String::new();
-                    for run in coordinator.runs().await? {
-                        text.push_str(&format!(
-                            "{}  {:8}  {}/{} jobs finished, {} failed\n",
-                            run.run_id, run.status, run.finished_jobs, run.jobs, run.failed_jobs
-                        ));
-                    }
-                    print_or_closed(&text)?;
-                }
-                RunsCommand::Show { id } => {
-                    let run = coordinator
-                        .runs()
-                        .await?
-                        .into_iter()
-                        .find(|r| r.run_id == id)
-                        .with_context(|| format!("no run {id}"))?;
-                    print_or_closed(&format!("{}\n", serde_json::to_string_pretty(&run)?))?;
-                }
-            }
-            Ok(0)
+            runs(command, &nats.spec()).await
         }
-        Command::Worker(args) => {
-            // A worker is a daemon: its job lines are its activity log.
-            crate::logging::init(Some("info"), log_format, "vss-worker");
-            let options = WorkerOptions {
-                concurrency: args.concurrency,
-                ack_wait: Duration::from_secs(args.ack_wait),
-                max_deliver: args.max_deliver,
-                shutdown_grace: Duration::from_secs(args.shutdown_grace),
-                allowed_stores: args.allowed_stores,
-            };
-            if options.allowed_stores.is_empty() {
-                tracing::warn!("no --allow-store: this worker runs jobs on any store a job names");
+        Command::Worker(args) => worker(args, log_format).await,
+    }
+}
+
+/// `vss serve`.
+async fn serve(args: ServeArgs, log_format: Option<LogFormat>) -> anyhow::Result<u8> {
+    let cfg = match load_config(&args.config) {
+        Ok(cfg) => cfg,
+        Err(e) => return Ok(config_error(e)),
+    };
+    let level = Some(cfg.log.level.as_deref().unwrap_or("info"));
+    crate::logging::init(level, log_format.or(cfg.log.format), "vss");
+    let options = crate::serve::ServeOptions {
+        listen: args.listen,
+        reconcile_every: args.reconcile_interval.0,
+        nats: nats_spec(args.nats_url, cfg.nats.clone()),
+        audit_listen: args.audit_listen,
+    };
+    crate::serve::serve(cfg, options, shutdown_signal()).await?;
+    Ok(0)
+}
+
+/// `vss runs list|show`.
+async fn runs(command: RunsCommand, nats: &NatsSpec) -> anyhow::Result<u8> {
+    let coordinator = JetStream::connect(nats, false).await?;
+    match command {
+        RunsCommand::List => {
+            let mut text = String::new();
+            for run in coordinator.runs().await? {
+                text.push_str(&format!(
+                    "{}  {:8}  {}/{} jobs finished, {} failed\n",
+                    run.run_id, run.status, run.finished_jobs, run.jobs, run.failed_jobs
+                ));
             }
-            let health = args.health_file.map(HealthFile);
-            vss_worker::daemon::run(&args.nats.spec(), options, health, shutdown_signal()).await?;
-            Ok(0)
+            print_or_closed(&text)
+        }
+        RunsCommand::Show { id } => {
+            let run = coordinator
+                .runs()
+                .await?
+                .into_iter()
+                .find(|r| r.run_id == id)
+                .with_context(|| format!("no run {id}"))?;
+            print_or_closed(&format!("{}\n", serde_json::to_string_pretty(&run)?))
         }
     }
+}
+
+/// `vss worker`: a daemon, whose job lines are its activity log.
+async fn worker(args: WorkerArgs, log_format: Option<LogFormat>) -> anyhow::Result<u8> {
+    crate::logging::init(Some("info"), log_format, "vss-worker");
+    let options = WorkerOptions {
+        concurrency: args.concurrency,
+        ack_wait: Duration::from_secs(args.ack_wait),
+        max_deliver: args.max_deliver,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        allowed_stores: args.allowed_stores,
+    };
+    if options.allowed_stores.is_empty() {
+        tracing::warn!("no --allow-store: this worker runs jobs on any store a job names");
+    }
+    let health = args.health_file.map(HealthFile);
+    vss_worker::daemon::run(&args.nats.spec(), options, health, shutdown_signal()).await?;
+    Ok(0)
 }
 
 /// Writes `text` to stdout; a reader that closed the pipe early (`| head`) is no error.

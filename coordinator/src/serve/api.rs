@@ -86,12 +86,12 @@ async fn trigger(State(server): State<Arc<Server>>, headers: HeaderMap, body: By
         .or_else(|| header(&headers, "idempotency-key"))
         .map(str::to_string);
     let submitted = server.runs.submit(trigger, request, key);
-    tracing::info!(run = %submitted.id(), trigger, outcome = ?std::mem::discriminant(&submitted), "run requested");
     let (status, how) = match &submitted {
         Submitted::New(_) => (StatusCode::ACCEPTED, "queued"),
         Submitted::Coalesced(_) => (StatusCode::ACCEPTED, "coalesced"),
         Submitted::Replayed(_) => (StatusCode::OK, "replayed"),
     };
+    tracing::info!(run = %submitted.id(), trigger, how, "run requested");
     (status, Json(json!({ "id": submitted.id(), "status": how }))).into_response()
 }
 

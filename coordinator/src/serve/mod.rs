@@ -200,9 +200,7 @@ async fn run_one(
         .await
         .map_err(|e| format!("{e:#}"))?;
     let report = Report::build(&plan, results, req.dry_run);
-    let mut json = Vec::new();
-    report.write_json(&mut json).map_err(|e| e.to_string())?;
-    serde_json::from_slice(&json).map_err(|e| e.to_string())
+    serde_json::to_value(&report).map_err(|e| e.to_string())
 }
 
 /// Queues a full run now and then every `every`, ±10%.

@@ -129,7 +129,7 @@ impl RunBook {
         let waiting = book
             .queue
             .iter()
-            .find(|id| book.runs.get(*id).is_some_and(|r| r.clone().request.absorb(&request)));
+            .find(|id| book.runs.get(*id).is_some_and(|r| r.request.clone().absorb(&request)));
         let submitted = match waiting.cloned() {
             Some(id) => {
                 let run = book.runs.get_mut(&id).expect("queued runs are in the book");
