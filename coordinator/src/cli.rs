@@ -429,6 +429,7 @@ async fn pipeline(args: PipelineArgs, log_format: Option<LogFormat>) -> anyhow::
         targets: args.targets.clone(),
         dry_run,
         allow_mass_delete: args.allow_mass_delete,
+        changes: None,
     };
     let nats = nats_spec(args.nats_url, cfg.nats.clone());
     let continue_on_error = args.continue_on_error || cfg.pipeline.continue_on_error;

@@ -4,6 +4,8 @@
 //! credential; a result carries names, key names, hashes and counts. Both travel as
 //! MessagePack.
 
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::{DeleteThreshold, SecretRef, StateSpec, StoreSpec, Timeouts};
@@ -47,6 +49,10 @@ pub struct Job {
     /// hands it to remote workers; its run has given up on it by then).
     #[serde(default)]
     pub deadline: Option<u64>,
+    /// `Some`: a targeted job, touching only these secrets (names as the merge and the
+    /// desired state spell them): no listing, and bookkeeping for these names only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub names: Option<BTreeSet<String>>,
 }
 
 impl Job {

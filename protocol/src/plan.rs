@@ -1,7 +1,7 @@
 //! A run as a DAG of jobs: `merge:<target>` after its parents' merges, `sync:<target>` after
 //! its own merge.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::{Config, Layer};
 use crate::job::{
@@ -21,6 +21,83 @@ pub struct PlanRequest {
     pub dry_run: bool,
     /// `--allow-mass-delete`.
     pub allow_mass_delete: bool,
+    /// `Some`: a targeted run of the secrets that changed, and only of the targets whose
+    /// desired state reads them.
+    pub changes: Option<Changes>,
+}
+
+/// Secrets that changed, by the source they changed in (names relative to the source's
+/// folder): a targeted run reads and writes only these names, in the targets that read them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Changes {
+    /// Named source → changed names.
+    #[serde(default)]
+    pub sources: BTreeMap<String, BTreeSet<String>>,
+    /// Changed names of the top-level `source` (sync-only configs).
+    #[serde(default)]
+    pub source: BTreeSet<String>,
+}
+
+impl Changes {
+    /// How many names, over all sources.
+    pub fn len(&self) -> usize {
+        self.source.len() + self.sources.values().map(BTreeSet::len).sum::<usize>()
+    }
+
+    /// Whether no name changed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds `other`'s names to these.
+    pub fn extend(&mut self, other: &Changes) {
+        self.source.extend(other.source.iter().cloned());
+        for (source, names) in &other.sources {
+            self.sources.entry(source.clone()).or_default().extend(names.iter().cloned());
+        }
+    }
+
+    /// The names each target's desired state takes from these changes (sources through
+    /// their `paths`, then imports and inheritance), for the targets it touches at all.
+    pub fn per_target<'c>(
+        &self,
+        cfg: &'c Config,
+        merging: bool,
+    ) -> BTreeMap<&'c str, BTreeSet<String>> {
+        let mut out: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        if !merging {
+            let Some(source) = &cfg.source else { return out };
+            let names: BTreeSet<String> =
+                self.source.iter().filter(|n| source.covers(n)).cloned().collect();
+            if !names.is_empty() {
+                out.extend(cfg.targets.keys().map(|t| (t.as_str(), names.clone())));
+            }
+            return out;
+        }
+        for name in cfg.topological_order() {
+            let mut names = BTreeSet::new();
+            for layer in &cfg.targets[name].layers {
+                match layer {
+                    Layer::Source(s) => names.extend(
+                        self.sources
+                            .get(s)
+                            .into_iter()
+                            .flatten()
+                            .filter(|n| cfg.sources[s].covers(n))
+                            .cloned(),
+                    ),
+                    Layer::Target(t) => {
+                        names.extend(out.get(t.as_str()).into_iter().flatten().cloned())
+                    }
+                }
+            }
+            if !names.is_empty() {
+                out.insert(name, names);
+            }
+        }
+        out
+    }
 }
 
 /// A run's jobs in an order where every job comes after its dependencies.
@@ -95,18 +172,32 @@ pub fn plan_run(cfg: &Config, run_id: &str, req: &PlanRequest) -> Result<Plan, P
         ));
     };
 
+    // A targeted run touches only the targets whose desired state reads a changed name.
+    let focus = req
+        .changes
+        .as_ref()
+        .map(|c| c.per_target(cfg, matches!(desired, DesiredState::Merged { .. })));
     let selected: BTreeSet<&str> = match &req.targets {
         Some(names) => names.iter().map(String::as_str).collect(),
         None => cfg.targets.keys().map(String::as_str).collect(),
     };
-    // Merging a selected target needs its ancestors merged first.
+    let selected: BTreeSet<&str> = match &focus {
+        Some(focus) => selected.into_iter().filter(|t| focus.contains_key(t)).collect(),
+        None => selected,
+    };
+    // Merging a selected target needs its ancestors merged first (in a targeted run, those
+    // whose merged result the changes reach).
     let mut to_merge = BTreeSet::new();
     let mut pending: Vec<&str> = selected.iter().copied().collect();
     while let Some(name) = pending.pop() {
+        if focus.as_ref().is_some_and(|f| !f.contains_key(name)) {
+            continue;
+        }
         if to_merge.insert(name) {
             pending.extend(cfg.targets[name].parents());
         }
     }
+    let names_of = |target: &str| focus.as_ref().map(|f| f[target].clone());
 
     let options = RunOptions {
         dry_run: req.dry_run,
@@ -114,6 +205,16 @@ pub fn plan_run(cfg: &Config, run_id: &str, req: &PlanRequest) -> Result<Plan, P
         state: cfg.state.clone(),
         hash_key: cfg.hash_key.clone(),
         timeouts: cfg.pipeline.timeouts,
+    };
+    let job = |id: JobId, target: &str, spec: JobSpec, depends_on: Vec<JobId>| Job {
+        run_id: run_id.to_string(),
+        id,
+        target: target.to_string(),
+        spec,
+        options: options.clone(),
+        depends_on,
+        deadline: None,
+        names: names_of(target),
     };
     let mut jobs = Vec::new();
     let order = cfg.topological_order();
@@ -130,19 +231,18 @@ pub fn plan_run(cfg: &Config, run_id: &str, req: &PlanRequest) -> Result<Plan, P
                     Layer::Target(t) => LayerSpec::Target { name: t.clone() },
                 })
                 .collect();
-            jobs.push(Job {
-                run_id: run_id.to_string(),
-                id: job_id(Phase::Merge, name),
-                target: name.to_string(),
-                spec: JobSpec::Merge(MergeSpec {
-                    layers,
-                    merge_store: cfg.merge_store.clone().expect("checked above"),
-                    list_merge: target.list_merge,
-                }),
-                options: options.clone(),
-                depends_on: target.parents().map(|p| job_id(Phase::Merge, p)).collect(),
-                deadline: None,
+            let spec = JobSpec::Merge(MergeSpec {
+                layers,
+                merge_store: cfg.merge_store.clone().expect("checked above"),
+                list_merge: target.list_merge,
             });
+            let parents = target.parents().filter(|p| to_merge.contains(p));
+            jobs.push(job(
+                job_id(Phase::Merge, name),
+                name,
+                spec,
+                parents.map(|p| job_id(Phase::Merge, p)).collect(),
+            ));
         }
     }
     if run_sync {
@@ -157,24 +257,22 @@ pub fn plan_run(cfg: &Config, run_id: &str, req: &PlanRequest) -> Result<Plan, P
                     None => job_id(Phase::Sync, name),
                     Some(s) => format!("{}#{}/{}", job_id(Phase::Sync, name), s.index, s.count),
                 };
-                jobs.push(Job {
-                    run_id: run_id.to_string(),
-                    id,
-                    target: name.to_string(),
-                    spec: JobSpec::Sync(SyncSpec {
-                        desired: desired.clone(),
-                        store: target.store.clone(),
-                        delete: target.delete.then_some(cfg.pipeline.delete_threshold),
-                        shard,
-                    }),
-                    options: options.clone(),
-                    depends_on: if run_merge {
-                        vec![job_id(Phase::Merge, name)]
-                    } else {
-                        Vec::new()
-                    },
-                    deadline: None,
+                let spec = JobSpec::Sync(SyncSpec {
+                    desired: desired.clone(),
+                    store: target.store.clone(),
+                    delete: target.delete.then_some(cfg.pipeline.delete_threshold),
+                    shard,
                 });
+                let after = if run_merge { vec![job_id(Phase::Merge, name)] } else { Vec::new() };
+                let mut job = job(id, name, spec, after);
+                // A targeted shard job takes the changed names that hash to it, if any.
+                if let (Some(names), Some(shard)) = (&mut job.names, shard) {
+                    names.retain(|n| shard.owns(n));
+                    if names.is_empty() {
+                        continue;
+                    }
+                }
+                jobs.push(job);
             }
         }
     }
@@ -286,6 +384,54 @@ mod tests {
         let sync =
             plan_run(&cfg, "r", &PlanRequest { sync_only: true, ..Default::default() }).unwrap();
         assert!(sync.jobs.iter().all(|j| j.phase() == Phase::Sync && j.depends_on.is_empty()));
+    }
+
+    #[test]
+    fn a_targeted_run_reaches_the_targets_that_read_the_names_only() {
+        let text = "merge_store: { file: { dir: m } }\nsources:\n  s: { file: { dir: s } }\n  v: { vault: { path: secret/app, paths: [\"db/*\"] } }\nvault: { address: \"http://v:8200\" }\ntargets:\n  Base: { imports: [s], store: { file: { dir: a } } }\n  Staging: { inherits: Base, store: { file: { dir: b } }, shards: 2 }\n  Other: { imports: [v], store: { file: { dir: d } } }\n";
+        let cfg = Config::from_yaml(text, "f.yaml", Path::new("/x"), &|_| None).unwrap();
+        let changed = |source: &str, names: &[&str]| PlanRequest {
+            changes: Some(Changes {
+                sources: BTreeMap::from([(
+                    source.to_string(),
+                    names.iter().map(|n| n.to_string()).collect(),
+                )]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let plan = plan_run(&cfg, "r", &changed("s", &["x"])).unwrap();
+        let shard = if (Shard { index: 0, count: 2 }).owns("x") { "0" } else { "1" };
+        assert_eq!(
+            ids(&plan),
+            vec![
+                "merge:Base".to_string(),
+                "merge:Staging".to_string(),
+                "sync:Base".to_string(),
+                format!("sync:Staging#{shard}/2"),
+            ],
+            "a shard job only where the name hashes"
+        );
+        assert!(plan.jobs.iter().all(|j| j.names == Some(BTreeSet::from(["x".to_string()]))));
+        let staging = plan.jobs.iter().find(|j| j.id == "merge:Staging").unwrap();
+        assert_eq!(staging.depends_on, vec!["merge:Base"]);
+
+        // `paths` decide: only `db/*` of the vault source reaches `Other`.
+        let plan = plan_run(&cfg, "r", &changed("v", &["db/main", "web"])).unwrap();
+        assert_eq!(ids(&plan), vec!["merge:Other", "sync:Other"]);
+        assert_eq!(plan.jobs[0].names, Some(BTreeSet::from(["db/main".to_string()])));
+        assert!(plan_run(&cfg, "r", &changed("v", &["web"])).unwrap().jobs.is_empty());
+
+        // A child alone: its parent's merged result is untouched, so not merged again.
+        let only = PlanRequest { targets: Some(vec!["Staging".into()]), ..changed("s", &["x"]) };
+        let plan = plan_run(&cfg, "r", &only).unwrap();
+        assert_eq!(
+            ids(&plan)[..2],
+            ["merge:Base", "merge:Staging"],
+            "the change is the parent's too"
+        );
+        let full = plan_run(&cfg, "r", &PlanRequest::default()).unwrap();
+        assert!(full.jobs.iter().all(|j| j.names.is_none()), "a full run names nothing");
     }
 
     #[test]

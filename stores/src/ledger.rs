@@ -7,11 +7,18 @@
 //! starts a fresh ledger, so nothing there counts as owned, while respelling the same store
 //! (a trailing slash, another role into the same account) keeps them. Records bound by the
 //! store's label (before identities) are taken over and rebound on their next save.
+//!
+//! A targeted run (a few changed names) does not rewrite a target's records, whose size grows
+//! with the target: it appends its names' records to the target's journal
+//! (`targets/<target>.journal`, one JSON object per line). Loads replay the journal over the
+//! records; a full save folds it in and removes it. Records are a cache of what vss wrote and
+//! a proof of ownership: a stale one costs a read, never a wrong write.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{ErrorKind as IoKind, Write};
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use crate::credentials::ReadSecretRef;
 use serde::{Deserialize, Serialize};
@@ -51,17 +58,34 @@ pub struct TargetLedger {
     pub secrets: BTreeMap<String, Record>,
 }
 
-/// The ledger on disk: `<path>/targets/<target>.json` and `<path>/hash-key`.
+/// The ledger on disk: `<path>/targets/<target>.json` (with its journal,
+/// `<target>.journal`) and `<path>/hash-key`.
 pub struct StateLedger {
     dir: PathBuf,
     read_only: bool,
+    /// Per records name, how many journal bytes its last load replayed (a save folds in
+    /// only what was appended since).
+    replayed: Mutex<BTreeMap<String, u64>>,
+}
+
+/// Serializes journal appends against the fold-and-remove of a save, within a process.
+static JOURNAL: Mutex<()> = Mutex::new(());
+
+/// One journal line: a secret's new record (`None`: vss deleted it) in a store.
+#[derive(Serialize, Deserialize)]
+struct JournalLine {
+    store: String,
+    secret: String,
+    record: Option<Record>,
 }
 
 impl StateLedger {
     /// The ledger at `spec`; `read_only` (dry runs) never writes.
     pub fn open(spec: &StateSpec, read_only: bool) -> Self {
         match spec {
-            StateSpec::File { path } => Self { dir: path.clone(), read_only },
+            StateSpec::File { path } => {
+                Self { dir: path.clone(), read_only, replayed: Mutex::default() }
+            }
         }
     }
 
@@ -81,29 +105,109 @@ impl StateLedger {
         Ok(self.dir.join("targets").join(format!("{target}.json")))
     }
 
-    /// The records of `target` for `store`; empty when none exist or they describe another store.
-    pub fn load(&self, target: &str, store: &StoreSpec) -> Result<TargetLedger, LedgerError> {
-        Ok(self.load_existing(target, store)?.unwrap_or_else(|| TargetLedger {
-            store: store.identity().as_str().to_string(),
-            ..Default::default()
-        }))
+    fn journal_path(&self, target: &str) -> Result<PathBuf, LedgerError> {
+        Ok(self.target_path(target)?.with_extension("journal"))
     }
 
-    /// Like [`load`](Self::load), but `None` when no records were ever saved for `target`.
+    /// Records the outcome of a targeted run for a few names (`None`: deleted) without
+    /// rewriting the target's records: appended to its journal (a shard's, for a shard).
+    pub fn append(
+        &self,
+        target: &str,
+        shard: Option<&Shard>,
+        store: &StoreSpec,
+        updates: &BTreeMap<String, Option<Record>>,
+    ) -> Result<(), LedgerError> {
+        if self.read_only || updates.is_empty() {
+            return Ok(());
+        }
+        let name = match shard {
+            Some(shard) => shard_records(target, shard),
+            None => target.to_string(),
+        };
+        let path = self.journal_path(&name)?;
+        let identity = store.identity().as_str().to_string();
+        let mut lines = Vec::new();
+        for (secret, record) in updates {
+            let line = JournalLine {
+                store: identity.clone(),
+                secret: secret.clone(),
+                record: record.clone(),
+            };
+            serde_json::to_writer(&mut lines, &line).expect("journal lines serialize");
+            lines.push(b'\n');
+        }
+        let parent = path.parent().expect("ledger files live in a folder");
+        fs::create_dir_all(parent).map_err(|e| self.err(parent, e.to_string()))?;
+        let _guard = JOURNAL.lock().expect("journal lock");
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| self.err(&path, e.to_string()))?;
+        file.write_all(&lines).map_err(|e| self.err(&path, e.to_string()))?;
+        file.sync_data().map_err(|e| self.err(&path, e.to_string()))
+    }
+
+    /// Replays the journal of `name` from byte `from` over `ledger` (entries of its store
+    /// only; a torn last line, from a crash mid-append, is ignored); the journal's length.
+    fn replay(&self, name: &str, from: u64, ledger: &mut TargetLedger) -> Result<u64, LedgerError> {
+        let path = self.journal_path(name)?;
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == IoKind::NotFound => return Ok(0),
+            Err(e) => return Err(self.err(&path, e.to_string())),
+        };
+        let start = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
+        for line in bytes[start..].split(|b| *b == b'\n') {
+            let Ok(entry) = serde_json::from_slice::<JournalLine>(line) else { continue };
+            if entry.store != ledger.store {
+                continue;
+            }
+            match entry.record {
+                Some(record) => ledger.secrets.insert(entry.secret, record),
+                None => ledger.secrets.remove(&entry.secret),
+            };
+        }
+        Ok(bytes.len() as u64)
+    }
+
+    /// The records of `target` for `store`; empty when none exist or they describe another store.
+    pub fn load(&self, target: &str, store: &StoreSpec) -> Result<TargetLedger, LedgerError> {
+        let saved = self.load_existing(target, store)?.unwrap_or_else(|| TargetLedger {
+            store: store.identity().as_str().to_string(),
+            ..Default::default()
+        });
+        self.with_journal(target, saved)
+    }
+
+    /// `ledger` with the journal of `name` replayed over it (remembered for the next save).
+    fn with_journal(
+        &self,
+        name: &str,
+        mut ledger: TargetLedger,
+    ) -> Result<TargetLedger, LedgerError> {
+        let replayed = self.replay(name, 0, &mut ledger)?;
+        self.replayed.lock().expect("replayed lock").insert(name.to_string(), replayed);
+        Ok(ledger)
+    }
+
+    /// The saved records of `target` (no journal), `None` when none were ever saved.
     fn load_existing(
         &self,
         target: &str,
         store: &StoreSpec,
     ) -> Result<Option<TargetLedger>, LedgerError> {
         let path = self.target_path(target)?;
+        let identity = store.identity().as_str().to_string();
         let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == IoKind::NotFound => return Ok(None),
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == IoKind::NotFound => None,
             Err(e) => return Err(self.err(&path, e.to_string())),
         };
+        let Some(bytes) = bytes else { return Ok(None) };
         let mut ledger: TargetLedger =
             serde_json::from_slice(&bytes).map_err(|e| self.err(&path, format!("corrupt: {e}")))?;
-        let identity = store.identity().as_str().to_string();
         // Records bound by the store's label are the same store's, when the label names the
         // store completely: rebind them. Anything else starts afresh (ownership is lost, never
         // granted to another store).
@@ -139,15 +243,16 @@ impl StateLedger {
         shard: &Shard,
         store: &StoreSpec,
     ) -> Result<TargetLedger, LedgerError> {
-        if let Some(own) = self.load_existing(&shard_records(target, shard), store)? {
-            return Ok(own);
+        let own = shard_records(target, shard);
+        if let Some(saved) = self.load_existing(&own, store)? {
+            return self.with_journal(&own, saved);
         }
         let mut seeded = self.load(target, store)?;
         for name in self.names_with_prefix(&format!("{target}#"))? {
             seeded.secrets.extend(self.load(&name, store)?.secrets);
         }
         seeded.secrets.retain(|name, _| shard.owns(name));
-        Ok(seeded)
+        self.with_journal(&own, seeded)
     }
 
     /// The secrets any of a target's `count` shards has records of.
@@ -187,17 +292,31 @@ impl StateLedger {
         Ok(names)
     }
 
-    /// Saves the records of `target` (atomically; unchanged records are not rewritten).
+    /// Saves the records of `target` (atomically; unchanged records are not rewritten),
+    /// folding in what targeted runs journaled since it was loaded, and removes the journal.
     pub fn save(&self, target: &str, ledger: &TargetLedger) -> Result<(), LedgerError> {
         if self.read_only {
             return Ok(());
         }
         let path = self.target_path(target)?;
-        let bytes = serde_json::to_vec(ledger).expect("ledgers always serialize");
-        if fs::read(&path).is_ok_and(|old| old == bytes) {
-            return Ok(());
+        let journal = self.journal_path(target)?;
+        let _guard = JOURNAL.lock().expect("journal lock");
+        let replayed = self.replayed.lock().expect("replayed lock").remove(target).unwrap_or(0);
+        let mut ledger = ledger.clone();
+        let journaled = self.replay(target, replayed, &mut ledger)?;
+        let bytes = serde_json::to_vec(&ledger).expect("ledgers always serialize");
+        if !fs::read(&path).is_ok_and(|old| old == bytes) {
+            self.write_atomic(&path, &bytes)?;
         }
-        self.write_atomic(&path, &bytes)
+        if journaled > 0 {
+            match fs::remove_file(&journal) {
+                Err(e) if e.kind() != IoKind::NotFound => {
+                    return Err(self.err(&journal, e.to_string()));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn write_atomic(&self, path: &std::path::Path, bytes: &[u8]) -> Result<(), LedgerError> {
@@ -336,6 +455,47 @@ mod tests {
             ledger.load("../../x", &vault).is_err(),
             "a name that leaves the folder is refused"
         );
+    }
+
+    #[test]
+    fn journaled_records_are_replayed_then_folded_into_a_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = StateLedger::open(&StateSpec::File { path: dir.path().into() }, false);
+        let store = file("/a");
+        let hash = ledger.hash_key(None).unwrap().hash(&vss_protocol::SecretValue::default());
+        let record = |v: &str| Record { hash: hash.clone(), version: Version(v.into()) };
+        let mut base = ledger.load("T", &store).unwrap();
+        base.secrets.insert("kept".into(), record("1"));
+        base.secrets.insert("gone".into(), record("1"));
+        ledger.save("T", &base).unwrap();
+        let updates =
+            BTreeMap::from([("new".to_string(), Some(record("2"))), ("gone".to_string(), None)]);
+        ledger.append("T", None, &store, &updates).unwrap();
+        // A torn line (a crash mid-append) and another store's line are skipped.
+        let journal = dir.path().join("targets/T.journal");
+        let mut torn = fs::OpenOptions::new().append(true).open(&journal).unwrap();
+        torn.write_all(b"{\"store\":\"x\",\"secret\":\"other\",\"record\":null}\n{\"sto").unwrap();
+        let loaded = ledger.load("T", &store).unwrap();
+        let names: Vec<&str> = loaded.secrets.keys().map(String::as_str).collect();
+        assert_eq!(names, ["kept", "new"]);
+        assert!(ledger.load("T", &file("/b")).unwrap().secrets.is_empty(), "bound to the store");
+
+        // Appended between a full run's load and its save: folded in, not lost.
+        let full = StateLedger::open(&StateSpec::File { path: dir.path().into() }, false);
+        let mut records = full.load("T", &store).unwrap();
+        records.secrets.insert("from-full".into(), record("3"));
+        let late = BTreeMap::from([("late".to_string(), Some(record("4")))]);
+        ledger.append("T", None, &store, &late).unwrap();
+        full.save("T", &records).unwrap();
+        assert!(!journal.exists(), "the save folded the journal in");
+        let saved = ledger.load("T", &store).unwrap();
+        let names: Vec<&str> = saved.secrets.keys().map(String::as_str).collect();
+        assert_eq!(names, ["from-full", "kept", "late", "new"]);
+
+        // A read-only ledger journals nothing.
+        let dry = StateLedger::open(&StateSpec::File { path: dir.path().into() }, true);
+        dry.append("T", None, &store, &late).unwrap();
+        assert!(!journal.exists());
     }
 
     #[test]

@@ -8,7 +8,9 @@ use futures_util::{StreamExt, stream};
 use tracing::{Instrument, Span};
 use vss_protocol::{ContentHash, HashKey, SecretValue};
 use vss_stores::conflict::{DesiredWrite, delete_resolving_conflicts, write_resolving_conflicts};
-use vss_stores::{Entry, ErrorKind, Precondition, SecretStore, Stamp, StoreError, Version};
+use vss_stores::{
+    Entry, ErrorKind, Precondition, SecretStore, Stamp, StoreError, Version, Versioned,
+};
 
 use vss_protocol::job::JobResult;
 
@@ -52,6 +54,25 @@ pub(crate) async fn read_many(
             }
         })
         .collect()
+}
+
+/// Reads `names` (relative to `prefix`) concurrently, with their versions; a name that does
+/// not exist is left out. A failed read fails the whole read.
+pub(crate) async fn read_existing(
+    store: &Arc<dyn SecretStore>,
+    prefix: &str,
+    names: Vec<String>,
+) -> Result<BTreeMap<String, Versioned<SecretValue>>, StoreError> {
+    if names.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let full: Vec<String> = names.iter().map(|n| format!("{prefix}{n}")).collect();
+    let span = store_span("read", store, Some(full.len()));
+    let found = store.read_batch(full).instrument(span).await?;
+    Ok(found
+        .into_iter()
+        .filter_map(|(name, value)| Some((name[prefix.len()..].to_string(), value?)))
+        .collect())
 }
 
 /// A span around one batch of store calls (`list`, `read`, `apply`: writes and deletes): the

@@ -4,13 +4,15 @@
 //! between jobs except open store handles and the hash key; the in-process executor and the
 //! JetStream worker ([`daemon`], `vss worker`) both call it. `io` holds the store I/O a job does (listings, concurrent
 //! reads, conflict-safe writes, each in a `store` span), `manifest` the merge store's
-//! per-target manifest format.
+//! per-target manifest format, and `targeted` the jobs of a run limited to a few changed
+//! secrets.
 
 pub mod daemon;
 mod io;
 mod manifest;
 mod merge;
 mod sync;
+mod targeted;
 
 use std::sync::{Arc, Mutex};
 
@@ -101,9 +103,15 @@ pub async fn execute(job: &Job, ctx: &WorkerContext) -> JobResult {
     let span = tracing::info_span!("job", run = %job.run_id, job = %job.id);
     async {
         let mut result = JobResult::new(job, Outcome::Succeeded);
-        let run = match &job.spec {
-            JobSpec::Merge(spec) => merge::run(job, spec, ctx, &mut result).await,
-            JobSpec::Sync(spec) => sync::run(job, spec, ctx, &mut result).await,
+        let run = match (&job.spec, &job.names) {
+            (JobSpec::Merge(spec), None) => merge::run(job, spec, ctx, &mut result).await,
+            (JobSpec::Sync(spec), None) => sync::run(job, spec, ctx, &mut result).await,
+            (JobSpec::Merge(spec), Some(names)) => {
+                targeted::merge(job, spec, names, ctx, &mut result).await
+            }
+            (JobSpec::Sync(spec), Some(names)) => {
+                targeted::sync(job, spec, names, ctx, &mut result).await
+            }
         };
         result.changes.sort_by(|a, b| a.path.cmp(&b.path));
         let summary = result.summary();

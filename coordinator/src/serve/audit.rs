@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
-use vss_protocol::config::{Config, Layer, StoreSpec};
+use vss_protocol::config::{Config, StoreSpec};
+use vss_protocol::plan::Changes;
 
 use super::Server;
 use super::runs::RunRequest;
@@ -38,6 +39,8 @@ pub struct AuditCounts {
 /// One KV v2 change an audit entry reports.
 #[derive(Debug, PartialEq, Eq)]
 struct KvChange {
+    /// The namespace (no slashes at either end; empty: the root).
+    namespace: String,
     mount: String,
     name: String,
 }
@@ -107,61 +110,57 @@ fn change_of(entry: &Value) -> Option<Result<KvChange, ()>> {
     if !matches!(area, "data" | "metadata" | "delete" | "destroy" | "undelete") || name.is_empty() {
         return Some(Err(()));
     }
+    let namespace = request
+        .pointer("/namespace/path")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .trim_matches('/')
+        .to_string();
     let mount = mount.trim_end_matches('/').to_string();
-    Some(Ok(KvChange { mount, name: name.trim_end_matches('/').to_string() }))
+    Some(Ok(KvChange { namespace, mount, name: name.trim_end_matches('/').to_string() }))
 }
 
-/// Queues a run of the targets that depend on a source reading `change`, if any.
+/// Queues a targeted run of `change` in the targets whose desired state reads it, if any.
 fn trigger(server: &Server, change: &KvChange) {
-    let targets = affected_targets(&server.cfg, change);
+    let changes = changes_of(&server.cfg, change);
+    let targets: BTreeSet<String> = changes
+        .per_target(&server.cfg, server.cfg.pipeline.merge_enabled)
+        .into_keys()
+        .map(str::to_string)
+        .collect();
     if targets.is_empty() {
         server.audit.ignored.fetch_add(1, Ordering::Relaxed);
         return;
     }
     server.audit.triggered.fetch_add(1, Ordering::Relaxed);
-    let request = RunRequest { targets: Some(targets), ..Default::default() };
+    let request =
+        RunRequest { targets: Some(targets), changes: Some(changes), ..Default::default() };
     let submitted = server.runs.submit("audit", request, None);
     tracing::debug!(run = %submitted.id(), "audit event queued a run");
 }
 
-/// The targets whose desired state reads `change`: importers of a vault source that covers
-/// it, and every target that inherits from one of them (all targets for a plain `source`).
-fn affected_targets(cfg: &Config, change: &KvChange) -> BTreeSet<String> {
-    let covers = |spec: &StoreSpec| match spec {
-        StoreSpec::Vault(v) if v.mount == change.mount => {
-            let relative = if v.prefix.is_empty() {
-                Some(change.name.as_str())
-            } else {
-                change.name.strip_prefix(&v.prefix).and_then(|r| r.strip_prefix('/'))
-            };
-            relative.is_some_and(|name| {
-                let options =
-                    glob::MatchOptions { require_literal_separator: true, ..Default::default() };
-                v.paths.is_empty()
-                    || v.paths
-                        .iter()
-                        .any(|p| glob::Pattern::new(p).is_ok_and(|p| p.matches_with(name, options)))
-            })
+/// The change as the config's sources name it: per vault source that reads it (same
+/// namespace, mount, folder and `paths`), its name relative to the source's folder.
+fn changes_of(cfg: &Config, change: &KvChange) -> Changes {
+    let name_in = |spec: &StoreSpec| match spec {
+        StoreSpec::Vault(v)
+            if v.connection.namespace.as_deref().unwrap_or_default().trim_matches('/')
+                == change.namespace =>
+        {
+            v.name_of(&change.mount, &change.name)
         }
-        _ => false,
+        _ => None,
     };
-    if cfg.source.as_ref().is_some_and(covers) && !cfg.pipeline.merge_enabled {
-        return cfg.targets.keys().cloned().collect();
+    let mut changes = Changes::default();
+    if !cfg.pipeline.merge_enabled {
+        changes.source.extend(cfg.source.as_ref().and_then(name_in));
     }
-    let sources: BTreeSet<&str> =
-        cfg.sources.iter().filter(|(_, s)| covers(s)).map(|(n, _)| n.as_str()).collect();
-    let mut affected: BTreeSet<String> = BTreeSet::new();
-    for name in cfg.topological_order() {
-        let target = &cfg.targets[name];
-        let reads = target.layers.iter().any(|l| match l {
-            Layer::Source(s) => sources.contains(s.as_str()),
-            Layer::Target(t) => affected.contains(t),
-        });
-        if reads {
-            affected.insert(name.to_string());
+    for (source, spec) in &cfg.sources {
+        if let Some(name) = name_in(spec) {
+            changes.sources.entry(source.clone()).or_default().insert(name);
         }
     }
-    affected
+    changes
 }
 
 #[cfg(test)]
@@ -179,7 +178,11 @@ mod tests {
         let change = change_of(&entry("response", "create", "secret/data/src/app/db"));
         assert_eq!(
             change,
-            Some(Ok(KvChange { mount: "secret".into(), name: "src/app/db".into() }))
+            Some(Ok(KvChange {
+                namespace: String::new(),
+                mount: "secret".into(),
+                name: "src/app/db".into()
+            }))
         );
         assert_eq!(change_of(&entry("request", "create", "secret/data/src/a")), Some(Err(())));
         assert_eq!(change_of(&entry("response", "read", "secret/data/src/a")), Some(Err(())));
@@ -192,14 +195,23 @@ mod tests {
     }
 
     #[test]
-    fn a_change_reaches_importers_and_their_descendants_only() {
+    fn a_change_reaches_the_names_of_importers_and_their_descendants_only() {
         let text = "vault: { address: \"http://v:8200\" }\nmerge_store: { file: { dir: m } }\nsources:\n  app: { vault: { path: secret/src/app } }\n  other: { vault: { path: secret/src/other } }\ntargets:\n  A: { imports: [app], store: { file: { dir: a } } }\n  B: { inherits: A, store: { file: { dir: b } } }\n  C: { imports: [other], store: { file: { dir: c } } }\n";
         let cfg = Config::from_yaml(text, "vss.yaml", Path::new("/base"), &|_| None).unwrap();
-        let change = |name: &str| KvChange { mount: "secret".into(), name: name.into() };
-        let names = |set: BTreeSet<String>| set.into_iter().collect::<Vec<_>>();
-        assert_eq!(names(affected_targets(&cfg, &change("src/app/db"))), ["A", "B"]);
-        assert_eq!(names(affected_targets(&cfg, &change("src/other/x"))), ["C"]);
-        assert!(affected_targets(&cfg, &change("src/application")).is_empty());
-        assert!(affected_targets(&cfg, &change("unrelated/x")).is_empty());
+        let change = |namespace: &str, name: &str| KvChange {
+            namespace: namespace.into(),
+            mount: "secret".into(),
+            name: name.into(),
+        };
+        let targets = |change: KvChange| {
+            let changes = changes_of(&cfg, &change);
+            let per_target = changes.per_target(&cfg, true);
+            per_target.into_iter().map(|(t, names)| format!("{t}:{names:?}")).collect::<Vec<_>>()
+        };
+        assert_eq!(targets(change("", "src/app/db")), [r#"A:{"db"}"#, r#"B:{"db"}"#]);
+        assert_eq!(targets(change("", "src/other/x/y")), [r#"C:{"x/y"}"#]);
+        assert!(targets(change("", "src/application")).is_empty());
+        assert!(targets(change("", "unrelated/x")).is_empty());
+        assert!(targets(change("team-a", "src/app/db")).is_empty(), "another namespace");
     }
 }

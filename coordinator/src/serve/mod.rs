@@ -189,6 +189,7 @@ async fn run_one(
         targets: request.targets.as_ref().map(|t| t.iter().cloned().collect()),
         dry_run: request.dry_run || cfg.pipeline.dry_run,
         allow_mass_delete: false,
+        changes: request.changes.clone(),
     };
     let plan = plan_run(cfg, id, &req).map_err(|e| format!("{e:#}"))?;
     let limits = Limits {

@@ -6,11 +6,15 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 
 use serde::Serialize;
+use vss_protocol::plan::Changes;
 
 /// Runs kept for `GET /v1/runs` (oldest finished ones are forgotten first).
 const KEPT_RUNS: usize = 500;
 /// Idempotency keys remembered.
 const KEPT_KEYS: usize = 10_000;
+/// The most changed names a targeted run gathers; past this, it becomes a full run of its
+/// targets (bounded memory, and a listing is cheaper than that many single reads).
+pub const MAX_PENDING_NAMES: usize = 1_000;
 
 /// What a trigger asks for.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -28,15 +32,36 @@ pub struct RunRequest {
     /// Only the sync phase.
     #[serde(default)]
     pub sync_only: bool,
+    /// A targeted run: only these changed secrets (by source), in the targets that read them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<Changes>,
 }
 
 impl RunRequest {
-    /// Folds `other` into this queued request when both ask for the same kind of run.
-    fn absorb(&mut self, other: &RunRequest) -> bool {
-        let same_kind = (self.dry_run, self.merge_only, self.sync_only)
-            == (other.dry_run, other.merge_only, other.sync_only);
-        if !same_kind {
-            return false;
+    /// Whether this is a targeted run (event-driven work, which goes ahead of full runs).
+    pub fn is_targeted(&self) -> bool {
+        self.changes.is_some()
+    }
+
+    /// Whether `other` asks for the same kind of run (so this one, waiting, can absorb it):
+    /// full runs absorb full runs, targeted runs targeted ones.
+    fn same_kind(&self, other: &RunRequest) -> bool {
+        (self.dry_run, self.merge_only, self.sync_only, self.is_targeted())
+            == (other.dry_run, other.merge_only, other.sync_only, other.is_targeted())
+    }
+
+    /// Folds `other` (of the [same kind](Self::same_kind)) into this waiting request; past
+    /// [`MAX_PENDING_NAMES`] names the result is a full run of their targets.
+    fn absorb(&mut self, other: &RunRequest) {
+        if let (Some(mine), Some(theirs)) = (&mut self.changes, &other.changes) {
+            mine.extend(theirs);
+            if mine.len() > MAX_PENDING_NAMES {
+                tracing::info!(
+                    names = mine.len(),
+                    "too many changed names pending: a full run of their targets instead"
+                );
+                self.changes = None;
+            }
         }
         self.targets = match (self.targets.take(), &other.targets) {
             (Some(mut mine), Some(theirs)) => {
@@ -45,7 +70,6 @@ impl RunRequest {
             }
             _ => None,
         };
-        true
     }
 }
 
@@ -129,7 +153,7 @@ impl RunBook {
         let waiting = book
             .queue
             .iter()
-            .find(|id| book.runs.get(*id).is_some_and(|r| r.request.clone().absorb(&request)));
+            .find(|id| book.runs.get(*id).is_some_and(|r| r.request.same_kind(&request)));
         let submitted = match waiting.cloned() {
             Some(id) => {
                 let run = book.runs.get_mut(&id).expect("queued runs are in the book");
@@ -180,10 +204,14 @@ impl RunBook {
         }
     }
 
-    /// The next queued run, now marked running.
+    /// The next queued run, now marked running: targeted runs (events) first, then in order.
     pub fn next(&self) -> Option<(String, RunRequest)> {
         let mut book = self.book.lock().expect("run book lock");
-        let id = book.queue.pop_front()?;
+        let targeted = book
+            .queue
+            .iter()
+            .position(|id| book.runs.get(id).is_some_and(|r| r.request.is_targeted()));
+        let id = book.queue.remove(targeted.unwrap_or(0))?;
         let run = book.runs.get_mut(&id).expect("queued runs are in the book");
         run.status = RunStatus::Running;
         Some((id, run.request.clone()))

@@ -225,6 +225,14 @@ impl StoreIdentity {
 }
 
 impl StoreSpec {
+    /// Whether the store reads secret `name` (only Vault sources narrow this, with `paths`).
+    pub fn covers(&self, name: &str) -> bool {
+        match self {
+            StoreSpec::Vault(v) => v.covers(name),
+            _ => true,
+        }
+    }
+
     /// The store's canonical identity (see [`StoreIdentity`]).
     pub fn identity(&self) -> StoreIdentity {
         match self {

@@ -250,6 +250,30 @@ pub struct VaultSpec {
 }
 
 impl VaultSpec {
+    /// Whether the store reads `name` (relative to its folder): every name when `paths` is
+    /// empty, else the names one of its globs matches.
+    pub fn covers(&self, name: &str) -> bool {
+        let options = glob::MatchOptions { require_literal_separator: true, ..Default::default() };
+        self.paths.is_empty()
+            || self
+                .paths
+                .iter()
+                .any(|p| glob::Pattern::new(p).is_ok_and(|p| p.matches_with(name, options)))
+    }
+
+    /// The name, relative to this store's folder, of secret `path` of KV mount `mount`;
+    /// `None` when it lies outside the folder or the store does not read it.
+    pub fn name_of(&self, mount: &str, path: &str) -> Option<String> {
+        if self.mount != mount.trim_matches('/') {
+            return None;
+        }
+        let relative = match self.prefix.as_str() {
+            "" => path,
+            prefix => path.strip_prefix(prefix)?.strip_prefix('/')?,
+        };
+        (!relative.is_empty() && self.covers(relative)).then(|| relative.to_string())
+    }
+
     /// Server, namespace, mount and folder; not the login.
     pub(super) fn identity(&self) -> StoreIdentity {
         let connection = &self.connection;
