@@ -18,6 +18,7 @@ mod outputs;
 mod pipeline;
 mod schema;
 mod serve;
+mod targeted;
 mod traces;
 mod vault;
 
