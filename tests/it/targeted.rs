@@ -51,7 +51,8 @@ async fn run(root: &Path, req: &PlanRequest) -> Ran {
 
 fn changed(source: &str, names: &[&str]) -> PlanRequest {
     let names: BTreeSet<String> = names.iter().map(|n| n.to_string()).collect();
-    let changes = Changes { sources: BTreeMap::from([(source.into(), names)]), ..Default::default() };
+    let changes =
+        Changes { sources: BTreeMap::from([(source.into(), names)]), ..Default::default() };
     PlanRequest { changes: Some(changes), ..Default::default() }
 }
 
@@ -118,8 +119,12 @@ async fn a_targeted_delete_removes_only_what_vss_owns() {
         assert!(!ws.path().join(format!("{out}/team1/app00001.json")).exists(), "{out}");
     }
     assert!(ws.path().join("out/base/theirs.json").exists(), "never vss's: kept");
-    let removed: usize =
-        ran.results.iter().flat_map(|r| &r.changes).filter(|c| c.change_type == ChangeType::Removed).count();
+    let removed: usize = ran
+        .results
+        .iter()
+        .flat_map(|r| &r.changes)
+        .filter(|c| c.change_type == ChangeType::Removed)
+        .count();
     assert_eq!(removed, 4, "{:?}", ran.results);
 
     // Nothing for the unrelated target, and a dry run changes nothing.

@@ -19,7 +19,7 @@ use vss_stores::credentials::ReadSecretRef;
 
 use crate::executor::Limits;
 use crate::report::Report;
-pub use runs::{RunBook, RunRequest};
+pub use runs::{Lane, RunBook, RunRequest};
 
 /// What the server shares between its handlers and its executor.
 pub(crate) struct Server {
@@ -31,6 +31,8 @@ pub(crate) struct Server {
     audit: audit::AuditCounts,
     /// Consecutive failed runs per target (for the retry backoff).
     failures: std::sync::Mutex<std::collections::BTreeMap<String, u32>>,
+    /// One job per target at a time across the in-process lanes.
+    locks: crate::executor::JobLocks,
 }
 
 /// How `vss serve` runs.
@@ -74,6 +76,7 @@ pub async fn serve(
         ready: AtomicBool::new(false),
         audit: audit::AuditCounts::default(),
         failures: Default::default(),
+        locks: Default::default(),
     });
     // The audit listener comes first: Vault refuses to start while its audit socket does
     // not accept connections.
@@ -94,7 +97,17 @@ pub async fn serve(
     server.ready.store(true, Ordering::SeqCst);
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let executor = tokio::spawn(execute_runs(server.clone(), stopped.clone()));
+    // In-process, events and full runs have lanes of their own, so a change never waits for
+    // a long reconcile to end (the job locks keep one job per target at a time). On the
+    // fleet, one lane takes events first.
+    let lanes = match server.nats {
+        None => vec![Lane::Events, Lane::Full],
+        Some(_) => vec![Lane::Any],
+    };
+    let executors: Vec<_> = lanes
+        .into_iter()
+        .map(|lane| tokio::spawn(execute_runs(server.clone(), lane, stopped.clone())))
+        .collect();
     let reconcile = options
         .reconcile_every
         .map(|every| tokio::spawn(reconcile_every(server.clone(), every, stopped.clone())));
@@ -113,7 +126,9 @@ pub async fn serve(
     if let Some(audit) = audit {
         audit.abort();
     }
-    executor.await?;
+    for executor in executors {
+        executor.await?;
+    }
     let dropped = server.runs.queued_count();
     if dropped > 0 {
         tracing::warn!(dropped, "queued runs dropped at shutdown; the next start reconciles");
@@ -121,10 +136,16 @@ pub async fn serve(
     Ok(())
 }
 
-/// Runs queued runs one at a time until told to stop (the running one is finished first).
-async fn execute_runs(server: Arc<Server>, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Runs the queued runs of `lane` one at a time until told to stop (the running one is
+/// finished first).
+async fn execute_runs(
+    server: Arc<Server>,
+    lane: Lane,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut submitted = server.runs.submissions();
     loop {
-        while let Some((id, request)) = server.runs.next() {
+        while let Some((id, request)) = server.runs.next(lane) {
             let outcome = run_one(&server, &id, &request).await;
             match &outcome {
                 Ok(report) => retry_failed(&server, &request, report),
@@ -136,7 +157,7 @@ async fn execute_runs(server: Arc<Server>, mut stop: tokio::sync::watch::Receive
             }
         }
         tokio::select! {
-            () = server.runs.queued.notified() => {}
+            _ = submitted.changed() => {}
             _ = stop.changed() => return,
         }
     }
@@ -197,7 +218,8 @@ async fn run_one(
         sync_parallel: cfg.pipeline.sync_parallel,
         continue_on_error: cfg.pipeline.continue_on_error,
     };
-    let results = crate::cli::execute(cfg, &plan, req.dry_run, server.nats.as_ref(), limits)
+    let nats = server.nats.as_ref();
+    let results = crate::cli::execute(cfg, &plan, req.dry_run, nats, limits, Some(&server.locks))
         .await
         .map_err(|e| format!("{e:#}"))?;
     let report = Report::build(&plan, results, req.dry_run);

@@ -73,6 +73,17 @@ impl RunRequest {
     }
 }
 
+/// Which queued runs an executor takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// Targeted runs (events).
+    Events,
+    /// Full runs (reconciles, API and webhook triggers).
+    Full,
+    /// Both, targeted runs first.
+    Any,
+}
+
 /// Where a run is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -116,11 +127,16 @@ struct Book {
 }
 
 /// The book of runs.
-#[derive(Default)]
 pub struct RunBook {
     book: Mutex<Book>,
-    /// Wakes the executor when a run is queued.
-    pub queued: tokio::sync::Notify,
+    /// Counts submissions, waking the executors' lanes (none misses one).
+    queued: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for RunBook {
+    fn default() -> Self {
+        Self { book: Mutex::default(), queued: tokio::sync::watch::Sender::new(0) }
+    }
 }
 
 /// What [`RunBook::submit`] did.
@@ -186,7 +202,7 @@ impl RunBook {
             }
         }
         drop(book);
-        self.queued.notify_one();
+        self.queued.send_modify(|n| *n += 1);
         submitted
     }
 
@@ -204,14 +220,22 @@ impl RunBook {
         }
     }
 
-    /// The next queued run, now marked running: targeted runs (events) first, then in order.
-    pub fn next(&self) -> Option<(String, RunRequest)> {
+    /// Changes whenever a run is submitted (from now on).
+    pub fn submissions(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.queued.subscribe()
+    }
+
+    /// The next queued run of `lane`, now marked running (in [`Lane::Any`], targeted runs
+    /// first).
+    pub fn next(&self, lane: Lane) -> Option<(String, RunRequest)> {
         let mut book = self.book.lock().expect("run book lock");
-        let targeted = book
-            .queue
-            .iter()
-            .position(|id| book.runs.get(id).is_some_and(|r| r.request.is_targeted()));
-        let id = book.queue.remove(targeted.unwrap_or(0))?;
+        let targeted = |id: &String| book.runs.get(id).is_some_and(|r| r.request.is_targeted());
+        let at = match lane {
+            Lane::Events => book.queue.iter().position(targeted),
+            Lane::Full => book.queue.iter().position(|id| !targeted(id)),
+            Lane::Any => book.queue.iter().position(targeted).or(Some(0)),
+        };
+        let id = book.queue.remove(at?)?;
         let run = book.runs.get_mut(&id).expect("queued runs are in the book");
         run.status = RunStatus::Running;
         Some((id, run.request.clone()))
@@ -274,7 +298,7 @@ mod tests {
         );
         let dry = book.submit("api", RunRequest { dry_run: true, ..Default::default() }, None);
         assert!(matches!(dry, Submitted::New(_)), "another kind of run waits on its own");
-        let (id, request) = book.next().unwrap();
+        let (id, request) = book.next(Lane::Any).unwrap();
         assert_eq!(id, first.id());
         assert_eq!(request, targets(&["A", "B"]));
         let third = book.submit("api", targets(&["D"]), None);
