@@ -6,6 +6,7 @@ mod canary;
 mod config_errors;
 mod conflict;
 mod deletion;
+mod events;
 mod faults;
 mod files;
 mod gcp;

@@ -1,0 +1,234 @@
+//! `vss serve` under a stream of Vault writes, with OpenBao's `socket` audit device pointing
+//! at it: bursts coalesce into far fewer runs and end exact, a target that is down gets every
+//! change once it is back, and a `serve` killed mid-burst converges after its restart.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use vss_tests::faults::{Fault, FaultProxy};
+use vss_tests::relay::Relay;
+use vss_tests::servers::{AWS_TEST_ENV, Moto, OpenBao, ROOT_TOKEN};
+use vss_tests::{Background, Workspace};
+
+const TOKEN: &str = "events-api-token";
+/// Secrets the writes go to.
+const SECRETS: usize = 50;
+
+/// OpenBao auditing to a socket (through a relay vss joins later) and to a file, so Vault
+/// keeps answering while vss is down; moto behind a proxy that can take it down.
+struct Setup {
+    relay: Relay,
+    bao: OpenBao,
+    moto: Moto,
+    proxy: FaultProxy,
+    ws: Workspace,
+    http: reqwest::Client,
+}
+
+impl Setup {
+    fn start() -> Self {
+        let ws = Workspace::new();
+        let relay = Relay::start();
+        let hcl = format!(
+            "audit \"socket\" \"vss\" {{\n  options {{\n    address = \"{}\"\n    socket_type = \"tcp\"\n  }}\n}}\naudit \"file\" \"local\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
+            relay.address,
+            ws.path().join("bao-audit.log").display()
+        );
+        let bao = OpenBao::start_with_config(Some(&hcl));
+        let moto = Moto::start();
+        let proxy = FaultProxy::start(&moto.endpoint);
+        ws.config(&format!(
+            "vault: {{ address: \"{}\", auth: {{ token: {{ env: VSS_TEST_VAULT_TOKEN }} }} }}
+aws: {{ region: us-east-1, endpoint: \"{}\" }}
+merge_store: {{ file: {{ dir: merged }} }}
+pipeline: {{ timeouts: {{ connect_secs: 1, request_secs: 2, outage_secs: 2 }} }}
+sources:
+  app: {{ vault: {{ path: secret/src }} }}
+targets:
+  F: {{ imports: [app], store: {{ file: {{ dir: out }} }} }}
+  A: {{ imports: [app], store: {{ aws: {{ prefix: app/ }} }} }}
+serve:
+  tokens: [\"${{VSS_API_TOKEN}}\"]
+",
+            bao.address, proxy.url
+        ));
+        Self { relay, bao, moto, proxy, ws, http: reqwest::Client::new() }
+    }
+
+    /// `vss serve` with the audit listener (reconciling at start and every `reconcile`),
+    /// the relay pointed at it; its process and API URL.
+    async fn serve(&self, log: &str, reconcile: &str) -> (Background, String) {
+        let log = self.ws.path().join(log);
+        let args = [
+            "serve",
+            "--config",
+            "vss.yaml",
+            "--listen",
+            "127.0.0.1:0",
+            "--audit-listen",
+            "127.0.0.1:0",
+            "--reconcile-interval",
+            reconcile,
+        ];
+        let mut env = AWS_TEST_ENV.to_vec();
+        env.extend([("VSS_API_TOKEN", TOKEN), ("VSS_TEST_VAULT_TOKEN", ROOT_TOKEN)]);
+        let process = self.ws.spawn_env(&args, &log, &env);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let (Some(api), Some(audit)) =
+                (after(&text, " address="), after(&text, "audit_address="))
+            {
+                self.relay.forward_to(&audit);
+                return (process, format!("http://{api}"));
+            }
+            assert!(Instant::now() < deadline, "serve did not start:\n{text}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Writes round `round` to every secret, `src/s00` … `src/s49`.
+    async fn write_round(&self, round: usize) {
+        for i in 0..SECRETS {
+            let url = format!("{}/v1/secret/data/src/s{i:02}", self.bao.address);
+            let body = json!({"data": {"round": round, "i": i}});
+            let response =
+                self.http.post(url).header("X-Vault-Token", ROOT_TOKEN).json(&body).send().await;
+            assert!(response.unwrap().status().is_success());
+        }
+    }
+
+    /// Round of each secret in the AWS target (via boto3, straight to moto).
+    fn aws_rounds(&self) -> Vec<Option<u64>> {
+        let all = self.moto.secretsmanager(
+            "names = [s['Name'] for p in sm.get_paginator('list_secrets').paginate() for s in p['SecretList']]\nout({n: json.loads(sm.get_secret_value(SecretId=n)['SecretString']) for n in names})",
+        );
+        (0..SECRETS).map(|i| all[format!("app/s{i:02}")]["round"].as_u64()).collect()
+    }
+
+    /// Round of each secret in the file target.
+    fn file_rounds(&self) -> Vec<Option<u64>> {
+        (0..SECRETS)
+            .map(|i| {
+                self.ws.read_secret("out", &format!("s{i:02}")).and_then(|v| v["round"].as_u64())
+            })
+            .collect()
+    }
+
+    /// Waits until both targets hold round `round` everywhere.
+    async fn converged(&self, round: u64, within: Duration, log: &str) {
+        let want = vec![Some(round); SECRETS];
+        let deadline = Instant::now() + within;
+        while self.file_rounds() != want {
+            assert!(
+                Instant::now() < deadline,
+                "file target: {:?}\n{}",
+                self.file_rounds(),
+                self.log(log)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        while self.aws_rounds() != want {
+            assert!(
+                Instant::now() < deadline,
+                "aws target: {:?}\n{}",
+                self.aws_rounds(),
+                self.log(log)
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.ws.path().join(name)).unwrap_or_default()
+    }
+
+    /// The runs `serve` at `url` knows.
+    async fn runs(&self, url: &str) -> Vec<Value> {
+        let response =
+            self.http.get(format!("{url}/v1/runs")).bearer_auth(TOKEN).send().await.unwrap();
+        let body: Value = response.json().await.unwrap();
+        body["runs"].as_array().unwrap().clone()
+    }
+}
+
+/// Runs the async part of a test (the fault proxy keeps a runtime of its own, which must not
+/// be created or dropped inside another).
+fn block_on(test: impl std::future::Future<Output = ()>) {
+    tokio::runtime::Runtime::new().unwrap().block_on(test);
+}
+
+/// What a log line gives after `marker`.
+fn after(text: &str, marker: &str) -> Option<String> {
+    let at = text.find(marker)? + marker.len();
+    Some(text[at..].chars().take_while(|c| !c.is_whitespace()).collect())
+}
+
+#[test]
+fn events_a_burst_of_500_writes_ends_exact_in_far_fewer_runs() {
+    let setup = Setup::start();
+    block_on(async {
+        let (_serve, url) = setup.serve("serve.log", "off").await;
+        for round in 0..10 {
+            setup.write_round(round).await;
+        }
+        setup.converged(9, Duration::from_secs(60), "serve.log").await;
+        let runs = setup.runs(&url).await;
+        assert!(runs.iter().all(|r| r["trigger"] == "audit"), "{runs:?}");
+        assert!(
+            (1..100).contains(&runs.len()),
+            "500 writes coalesce into far fewer runs, got {}",
+            runs.len()
+        );
+        eprintln!("500 writes → {} runs", runs.len());
+        let failed: Vec<&Value> = runs.iter().filter(|r| r["status"] != "finished").collect();
+        assert!(failed.is_empty(), "{failed:?}");
+    });
+}
+
+#[test]
+fn events_a_target_down_during_writes_gets_every_change_once_back() {
+    let setup = Setup::start();
+    block_on(async {
+        let (_serve, url) = setup.serve("serve.log", "off").await;
+        setup.write_round(0).await;
+        setup.converged(0, Duration::from_secs(60), "serve.log").await;
+
+        // AWS answers 503 to everything while two rounds are written; the file target follows.
+        setup.proxy.every(1, Fault::unavailable());
+        setup.write_round(1).await;
+        setup.write_round(2).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while setup.file_rounds() != vec![Some(2); SECRETS] {
+            assert!(Instant::now() < deadline, "{}", setup.log("serve.log"));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(setup.aws_rounds(), vec![Some(0); SECRETS], "nothing reached AWS while down");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        setup.proxy.clear();
+        setup.converged(2, Duration::from_secs(90), "serve.log").await;
+        let runs = setup.runs(&url).await;
+        assert!(runs.iter().any(|r| r["trigger"] == "retry"), "{runs:?}");
+    });
+}
+
+#[test]
+fn events_serve_killed_mid_burst_converges_after_a_restart() {
+    let setup = Setup::start();
+    block_on(async {
+        let (mut serve, _) = setup.serve("serve.log", "1h").await;
+        for round in 0..4 {
+            setup.write_round(round).await;
+        }
+        serve.kill();
+        for round in 4..8 {
+            setup.write_round(round).await;
+        }
+        // Rounds 4 to 7 were audited while nothing listened: only the restart's reconcile
+        // brings them.
+        let (_serve, url) = setup.serve("restarted.log", "1h").await;
+        setup.converged(7, Duration::from_secs(90), "restarted.log").await;
+        let runs = setup.runs(&url).await;
+        assert!(runs.iter().any(|r| r["trigger"] == "reconcile"), "a restart reconciles: {runs:?}");
+    });
+}
