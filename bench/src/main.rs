@@ -3,6 +3,8 @@
 //! against real OpenBao and moto servers (see `vault_aws`).
 //! `vss-bench nats [--latency-ms 20]`: in-process vs JetStream with 1, 2 and 4 workers (see
 //! `nats`).
+//! `vss-bench events [--writes 200]`: Vault write → target updated through `vss serve` and
+//! OpenBao's socket audit device (see `events`).
 //!
 //! For each size N it writes three sources (N common secrets, N/10 staging and N/10
 //! production overrides) and a config with three targets in a three-level inheritance chain,
@@ -17,17 +19,25 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+mod events;
 mod nats;
 mod vault_aws;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: vss-bench embedded [--sizes 10000,100000] | vault-aws [--sizes 1000,10000] | nats [--latency-ms 20]";
+    let usage = "usage: vss-bench embedded [--sizes 10000,100000] | vault-aws [--sizes 1000,10000] | nats [--latency-ms 20] | events [--writes 200]";
     let Some(which) =
-        args.first().filter(|a| ["embedded", "vault-aws", "nats"].contains(&a.as_str()))
+        args.first().filter(|a| ["embedded", "vault-aws", "nats", "events"].contains(&a.as_str()))
     else {
         bail!("{usage}");
     };
+    if which == "events" {
+        let writes = match args.iter().position(|a| a == "--writes") {
+            Some(i) => args.get(i + 1).context("--writes needs a value")?.parse()?,
+            None => 200,
+        };
+        return events::run(&build_vss()?, writes);
+    }
     if which == "nats" {
         let latency = match args.iter().position(|a| a == "--latency-ms") {
             Some(i) => args.get(i + 1).context("--latency-ms needs a value")?.parse()?,

@@ -1,8 +1,8 @@
 //! Vault/OpenBao's `socket` audit device as a trigger: one JSON object per line over TCP.
 //! Successful KV v2 responses that change data (`create`, `update`, `patch`, `delete` on
-//! `<mount>/data|metadata|delete|destroy|undelete/<name>`) of a path some vault source reads
-//! queue a run of the targets that depend on that source (its importers and their
-//! descendants); everything else is ignored. Lines are read as they come, never slowing
+//! `<mount>/data|metadata|delete|destroy|undelete/<name>`, in the source's namespace) of a path
+//! some vault source reads queue a targeted run of that name in the targets that depend on
+//! the source (its importers and their descendants); everything else is ignored. Lines are read as they come, never slowing
 //! Vault down; malformed ones are counted and skipped. Audit entries carry HMACs of values,
 //! never values, and their paths in clear unless an operator HMACs them (then no entry
 //! matches, and only the periodic reconcile resyncs).
