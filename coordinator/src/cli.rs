@@ -540,7 +540,7 @@ pub(crate) async fn execute(
         }
         Some(spec) => {
             let executor = JetStream::connect(spec, limits.continue_on_error).await?;
-            run_with_progress(&executor, plan, None).await?
+            run_with_progress(&executor.with_locks(locks), plan, None).await?
         }
         None => {
             let executor = InProcess::sharing(ctx.clone(), limits, locks);

@@ -1,9 +1,11 @@
 //! How vss jobs travel over NATS JetStream; both sides use it: the coordinator's JetStream
 //! executor publishes jobs and reads results, `vss worker` takes jobs and publishes results.
 //!
-//! - Stream `VSS_JOBS` (subjects `vss.jobs.<phase>`, work-queue retention, file storage) holds
-//!   jobs until a worker acks them; each is published with `Nats-Msg-Id: <run_id>/<job_id>`, so
-//!   publishing a job twice stores it once.
+//! - Stream `VSS_JOBS` (work-queue retention, file storage) holds jobs until a worker acks
+//!   them: full jobs on `vss.jobs.<phase>` (consumer `vss-workers`), targeted jobs (events) on
+//!   `vss.jobs.event.<phase>`, a lane of their own (consumer `vss-workers-events`) so a live
+//!   change never waits behind a reconcile's jobs. Each is published with
+//!   `Nats-Msg-Id: <run_id>/<job_id>`, so publishing a job twice stores it once.
 //! - Stream `VSS_RESULTS` (subjects `vss.results.<run_id>`) carries results back, deduplicated
 //!   the same way.
 //! - KV bucket `vss-runs` keeps one record per run (status and counts) and its plan.
@@ -79,13 +81,21 @@ impl TransportError {
     }
 }
 
-/// The subject a job is published on.
+/// The subject a job is published on: targeted jobs (events) have a lane of their own.
 pub fn job_subject(job: &Job) -> String {
+    let lane = if job.names.is_some() { "event." } else { "" };
     match job.phase() {
-        Phase::Merge => "vss.jobs.merge".to_string(),
-        Phase::Sync => "vss.jobs.sync".to_string(),
+        Phase::Merge => format!("vss.jobs.{lane}merge"),
+        Phase::Sync => format!("vss.jobs.{lane}sync"),
     }
 }
+
+/// The subjects of full jobs (the `vss-workers` consumer's lane).
+pub const FULL_JOB_SUBJECTS: [&str; 2] = ["vss.jobs.merge", "vss.jobs.sync"];
+/// The subjects of targeted jobs (the `vss-workers-events` consumer's lane).
+pub const EVENT_JOB_SUBJECTS: &str = "vss.jobs.event.>";
+/// The durable consumer of targeted jobs, shared by every worker.
+pub const EVENTS_CONSUMER: &str = "vss-workers-events";
 
 /// The subject a run's results are published on.
 pub fn results_subject(run_id: &str) -> String {

@@ -20,8 +20,9 @@ use tracing::Instrument;
 use vss_protocol::config::{NatsSpec, StateSpec, StoreSpec};
 use vss_protocol::job::{Job, JobResult, Outcome, Phase, WIRE_VERSION};
 use vss_transport::{
-    JOB_HEADER, JOBS_STREAM, RUN_HEADER, TARGET_HEADER, TransportError, WIRE_HEADER,
-    WORKERS_BUCKET, WORKERS_CONSUMER, WorkerEntry, ensure_streams, message_id, results_subject,
+    EVENT_JOB_SUBJECTS, EVENTS_CONSUMER, FULL_JOB_SUBJECTS, JOB_HEADER, JOBS_STREAM, RUN_HEADER,
+    TARGET_HEADER, TransportError, WIRE_HEADER, WORKERS_BUCKET, WORKERS_CONSUMER, WorkerEntry,
+    ensure_streams, message_id, results_subject,
 };
 
 use crate::{WorkerContext, execute_isolated};
@@ -98,6 +99,8 @@ impl RunContexts {
 
 /// Runs a worker until `shutdown` resolves; then stops taking jobs and gives in-flight ones
 /// [`WorkerOptions::shutdown_grace`] to finish (unfinished ones are redelivered elsewhere).
+/// Full jobs and targeted ones (events) are taken in two lanes, each with `concurrency`
+/// slots, so an event never waits for a slot a reconcile's job holds.
 pub async fn run(
     spec: &NatsSpec,
     options: WorkerOptions,
@@ -106,7 +109,7 @@ pub async fn run(
 ) -> Result<(), TransportError> {
     let client = vss_transport::connect(spec, "vss-worker").await?;
     let js = jetstream::new(client);
-    let jobs = shared_consumer(&js, &options).await?;
+    let (jobs, events) = shared_consumers(&js, &options).await?;
     let ack_wait = jobs.cached_info().config.ack_wait;
     let max_deliver = jobs.cached_info().config.max_deliver;
     let concurrency = options.concurrency.max(1);
@@ -120,23 +123,61 @@ pub async fn run(
         allowed: options.allowed_stores.clone(),
     });
     let registration = Registration::new(&js).await;
-    let mut running = JoinSet::new();
-    tokio::pin!(shutdown);
-    'taking: loop {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let heartbeat = || async {
         if let Some(health) = &health {
             health.touch();
         }
         registration.renew().await;
+    };
+    let ((), full, event) = tokio::join!(
+        async {
+            shutdown.await;
+            let _ = stop.send(true);
+        },
+        take(&jobs, concurrency, &taker, stopped.clone(), Some(&heartbeat)),
+        take(&events, concurrency, &taker, stopped, None::<&fn() -> std::future::Ready<()>>),
+    );
+    drain(full, event, options.shutdown_grace).await;
+    registration.withdraw().await;
+    // Acks, naks and terms are buffered publishes: send them before the connection goes.
+    if let Err(e) = js.client().flush().await {
+        tracing::warn!(error = %e, "cannot flush the last acks");
+    }
+    Ok(())
+}
+
+/// Takes jobs from one lane's consumer into at most `concurrency` running ones until `stop`
+/// turns true; returns what still runs. `heartbeat` runs on every turn of the loop.
+async fn take<H, F>(
+    consumer: &consumer::PullConsumer,
+    concurrency: usize,
+    taker: &Arc<Taker>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    heartbeat: Option<&H>,
+) -> JoinSet<()>
+where
+    H: Fn() -> F,
+    F: Future<Output = ()>,
+{
+    let mut running = JoinSet::new();
+    'taking: loop {
+        if *stop.borrow() {
+            break;
+        }
+        if let Some(heartbeat) = heartbeat {
+            heartbeat().await;
+        }
         while running.try_join_next().is_some() {}
         let free = concurrency - running.len();
         if free == 0 {
             tokio::select! {
                 _ = running.join_next() => continue,
                 () = tokio::time::sleep(Duration::from_secs(5)) => continue,
-                () = &mut shutdown => break 'taking,
+                _ = stop.changed() => break 'taking,
             }
         }
-        let fetch = jobs.fetch().max_messages(free).expires(Duration::from_secs(5)).messages();
+        let fetch = consumer.fetch().max_messages(free).expires(Duration::from_secs(5)).messages();
         let mut batch = tokio::select! {
             batch = fetch => match batch {
                 Ok(batch) => batch,
@@ -146,12 +187,12 @@ pub async fn run(
                     continue;
                 }
             },
-            () = &mut shutdown => break 'taking,
+            _ = stop.changed() => break 'taking,
         };
         loop {
             let next = tokio::select! {
                 next = batch.next() => next,
-                () = &mut shutdown => {
+                _ = stop.changed() => {
                     // Jobs already delivered to this fetch go back at once, not after AckWait.
                     while let Ok(Some(Ok(message))) =
                         tokio::time::timeout(Duration::from_millis(100), batch.next()).await
@@ -174,49 +215,73 @@ pub async fn run(
             }
         }
     }
-    drain(running, options.shutdown_grace).await;
-    registration.withdraw().await;
-    // Acks, naks and terms are buffered publishes: send them before the connection goes.
-    if let Err(e) = js.client().flush().await {
-        tracing::warn!(error = %e, "cannot flush the last acks");
-    }
-    Ok(())
+    running
 }
 
-/// The durable pull consumer every worker shares (created with `options` the first time).
-async fn shared_consumer(
+/// The durable pull consumers every worker shares, full jobs' and events' (created with
+/// `options` the first time). A full-jobs consumer from before the lanes, which took every
+/// subject, is narrowed to full jobs first (a work queue allows no overlapping consumers).
+async fn shared_consumers(
     js: &jetstream::Context,
     options: &WorkerOptions,
-) -> Result<consumer::PullConsumer, TransportError> {
+) -> Result<(consumer::PullConsumer, consumer::PullConsumer), TransportError> {
     ensure_streams(js).await?;
-    js.get_stream(JOBS_STREAM)
+    let stream = js
+        .get_stream(JOBS_STREAM)
         .await
-        .map_err(|e| TransportError::setup(format!("stream {JOBS_STREAM}"), e))?
+        .map_err(|e| TransportError::setup(format!("stream {JOBS_STREAM}"), e))?;
+    let config = |name: &str, subjects: Vec<String>| consumer::pull::Config {
+        durable_name: Some(name.into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: options.ack_wait,
+        max_deliver: options.max_deliver,
+        filter_subjects: subjects,
+        ..Default::default()
+    };
+    let full_subjects: Vec<String> = FULL_JOB_SUBJECTS.iter().map(|s| s.to_string()).collect();
+    let setup = |name: &str| {
+        let name = name.to_string();
+        move |e| TransportError::setup(format!("consumer {name}"), e)
+    };
+    let mut jobs = stream
+        .get_or_create_consumer(WORKERS_CONSUMER, config(WORKERS_CONSUMER, full_subjects.clone()))
+        .await
+        .map_err(setup(WORKERS_CONSUMER))?;
+    let info = jobs.cached_info().config.clone();
+    if info.filter_subjects.is_empty() && info.filter_subject.is_empty() {
+        let narrowed = consumer::pull::Config {
+            ack_wait: info.ack_wait,
+            max_deliver: info.max_deliver,
+            ..config(WORKERS_CONSUMER, full_subjects)
+        };
+        jobs = stream.create_consumer(narrowed).await.map_err(setup(WORKERS_CONSUMER))?;
+    }
+    let events = stream
         .get_or_create_consumer(
-            WORKERS_CONSUMER,
-            consumer::pull::Config {
-                durable_name: Some(WORKERS_CONSUMER.into()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: options.ack_wait,
-                max_deliver: options.max_deliver,
-                ..Default::default()
-            },
+            EVENTS_CONSUMER,
+            config(EVENTS_CONSUMER, vec![EVENT_JOB_SUBJECTS.to_string()]),
         )
         .await
-        .map_err(|e| TransportError::setup(format!("consumer {WORKERS_CONSUMER}"), e))
+        .map_err(setup(EVENTS_CONSUMER))?;
+    Ok((jobs, events))
 }
 
-/// Gives in-flight jobs `grace` to finish; the rest are abandoned (JetStream redelivers them).
-async fn drain(mut running: JoinSet<()>, grace: Duration) {
-    tracing::info!(in_flight = running.len(), "shutting down: finishing in-flight jobs");
-    let drained =
-        tokio::time::timeout(grace, async { while running.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
+/// Gives the lanes' in-flight jobs `grace` to finish; the rest are abandoned (JetStream
+/// redelivers them).
+async fn drain(mut full: JoinSet<()>, mut events: JoinSet<()>, grace: Duration) {
+    let in_flight = full.len() + events.len();
+    tracing::info!(in_flight, "shutting down: finishing in-flight jobs");
+    let both = async {
+        while full.join_next().await.is_some() {}
+        while events.join_next().await.is_some() {}
+    };
+    if tokio::time::timeout(grace, both).await.is_err() {
         tracing::warn!(
-            abandoned = running.len(),
+            abandoned = full.len() + events.len(),
             "shutdown grace ran out; those jobs will be redelivered"
         );
-        running.abort_all();
+        full.abort_all();
+        events.abort_all();
     }
 }
 

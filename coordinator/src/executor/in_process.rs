@@ -39,6 +39,11 @@ impl JobLocks {
     fn of(&self, job: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.0.lock().expect("job locks").entry(job.to_string()).or_default().clone()
     }
+
+    /// Holds `job`'s lock if no other run holds it now.
+    pub fn try_hold(&self, job: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.of(job).try_lock_owned().ok()
+    }
 }
 
 #[async_trait::async_trait]

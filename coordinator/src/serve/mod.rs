@@ -31,7 +31,7 @@ pub(crate) struct Server {
     audit: audit::AuditCounts,
     /// Consecutive failed runs per target (for the retry backoff).
     failures: std::sync::Mutex<std::collections::BTreeMap<String, u32>>,
-    /// One job per target at a time across the in-process lanes.
+    /// One job per target at a time across the lanes.
     locks: crate::executor::JobLocks,
 }
 
@@ -97,14 +97,9 @@ pub async fn serve(
     server.ready.store(true, Ordering::SeqCst);
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    // In-process, events and full runs have lanes of their own, so a change never waits for
-    // a long reconcile to end (the job locks keep one job per target at a time). On the
-    // fleet, one lane takes events first.
-    let lanes = match server.nats {
-        None => vec![Lane::Events, Lane::Full],
-        Some(_) => vec![Lane::Any],
-    };
-    let executors: Vec<_> = lanes
+    // Events and full runs have lanes of their own, so a change never waits for a long
+    // reconcile to end (the job locks keep one job per target at a time across them).
+    let executors: Vec<_> = [Lane::Events, Lane::Full]
         .into_iter()
         .map(|lane| tokio::spawn(execute_runs(server.clone(), lane, stopped.clone())))
         .collect();

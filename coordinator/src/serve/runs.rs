@@ -80,8 +80,6 @@ pub enum Lane {
     Events,
     /// Full runs (reconciles, API and webhook triggers).
     Full,
-    /// Both, targeted runs first.
-    Any,
 }
 
 /// Where a run is.
@@ -225,15 +223,13 @@ impl RunBook {
         self.queued.subscribe()
     }
 
-    /// The next queued run of `lane`, now marked running (in [`Lane::Any`], targeted runs
-    /// first).
+    /// The next queued run of `lane`, now marked running.
     pub fn next(&self, lane: Lane) -> Option<(String, RunRequest)> {
         let mut book = self.book.lock().expect("run book lock");
         let targeted = |id: &String| book.runs.get(id).is_some_and(|r| r.request.is_targeted());
         let at = match lane {
             Lane::Events => book.queue.iter().position(targeted),
             Lane::Full => book.queue.iter().position(|id| !targeted(id)),
-            Lane::Any => book.queue.iter().position(targeted).or(Some(0)),
         };
         let id = book.queue.remove(at?)?;
         let run = book.runs.get_mut(&id).expect("queued runs are in the book");
@@ -298,7 +294,7 @@ mod tests {
         );
         let dry = book.submit("api", RunRequest { dry_run: true, ..Default::default() }, None);
         assert!(matches!(dry, Submitted::New(_)), "another kind of run waits on its own");
-        let (id, request) = book.next(Lane::Any).unwrap();
+        let (id, request) = book.next(Lane::Full).unwrap();
         assert_eq!(id, first.id());
         assert_eq!(request, targets(&["A", "B"]));
         let third = book.submit("api", targets(&["D"]), None);
