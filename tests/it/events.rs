@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use vss_tests::faults::{Fault, FaultProxy};
 use vss_tests::relay::Relay;
-use vss_tests::servers::{AWS_TEST_ENV, Moto, OpenBao, ROOT_TOKEN};
+use vss_tests::servers::{AWS_TEST_ENV, Moto, Nats, OpenBao, ROOT_TOKEN};
 use vss_tests::{Background, Workspace};
 
 const TOKEN: &str = "events-api-token";
@@ -27,6 +27,11 @@ struct Setup {
 
 impl Setup {
     fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// [`Setup::start`] with more config (an `execution:` block).
+    fn start_with(more: &str) -> Self {
         let ws = Workspace::new();
         let relay = Relay::start();
         let hcl = format!(
@@ -49,7 +54,7 @@ targets:
   A: {{ imports: [app], store: {{ aws: {{ prefix: app/ }} }} }}
 serve:
   tokens: [\"${{VSS_API_TOKEN}}\"]
-",
+{more}",
             bao.address, proxy.url
         ));
         Self { relay, bao, moto, proxy, ws, http: reqwest::Client::new() }
@@ -85,6 +90,19 @@ serve:
             assert!(Instant::now() < deadline, "serve did not start:\n{text}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// `n` workers (`worker-<i>.log`).
+    fn workers(&self, nats: &Nats, n: usize) -> Vec<Background> {
+        let mut env = AWS_TEST_ENV.to_vec();
+        env.push(("VSS_TEST_VAULT_TOKEN", ROOT_TOKEN));
+        (0..n)
+            .map(|i| {
+                let log = self.ws.path().join(format!("worker-{i}.log"));
+                let args = ["worker", "--nats", &nats.url, "--concurrency", "4"];
+                self.ws.spawn_env(&args, &log, &env)
+            })
+            .collect()
     }
 
     /// Writes round `round` to every secret, `src/s00` … `src/s49`.
@@ -230,5 +248,44 @@ fn events_serve_killed_mid_burst_converges_after_a_restart() {
         setup.converged(7, Duration::from_secs(90), "restarted.log").await;
         let runs = setup.runs(&url).await;
         assert!(runs.iter().any(|r| r["trigger"] == "reconcile"), "a restart reconciles: {runs:?}");
+    });
+}
+
+#[test]
+fn events_on_the_fleet_a_burst_ends_exact_and_a_restart_runs_what_was_left() {
+    let nats = Nats::start();
+    let setup = Setup::start_with(&format!(
+        "execution: {{ nats: {{ url: \"{}\", job_timeout_secs: 4 }} }}\n",
+        nats.url
+    ));
+    block_on(async {
+        let mut workers = setup.workers(&nats, 2);
+        let (mut serve, _) = setup.serve("serve.log", "off").await;
+        for round in 0..5 {
+            setup.write_round(round).await;
+        }
+        setup.converged(4, Duration::from_secs(60), "serve.log").await;
+        let taken = (0..2)
+            .map(|i| std::fs::read_to_string(setup.ws.path().join(format!("worker-{i}.log"))))
+            .filter(|log| log.as_ref().is_ok_and(|l| l.contains("job finished")))
+            .count();
+        assert_eq!(taken, 2, "both workers took jobs");
+
+        // No worker: the round's events are recorded, their runs fail (no worker finishes
+        // their jobs within 4 s); serve dies. Its successor, with no reconcile, runs them.
+        for worker in &mut workers {
+            worker.kill();
+        }
+        setup.write_round(5).await;
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        serve.kill();
+        let _workers = setup.workers(&nats, 2);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(setup.file_rounds(), vec![Some(4); SECRETS], "nothing ran round 5 yet");
+        let (_serve, url) = setup.serve("restarted.log", "off").await;
+        setup.converged(5, Duration::from_secs(60), "restarted.log").await;
+        let runs = setup.runs(&url).await;
+        assert!(runs.iter().all(|r| r["trigger"] != "reconcile"), "{runs:?}");
+        assert!(setup.log("restarted.log").contains("had not finished"));
     });
 }

@@ -85,6 +85,21 @@ async fn trigger(State(server): State<Arc<Server>>, headers: HeaderMap, body: By
     let key = header(&headers, "x-github-delivery")
         .or_else(|| header(&headers, "idempotency-key"))
         .map(str::to_string);
+    let mut request = request;
+    // Recorded before it is acknowledged (`--nats`), so a restart does not lose it.
+    if let Some(log) = &server.events
+        && key.as_ref().is_none_or(|k| server.runs.replayed(k).is_none())
+    {
+        match log.record(trigger, &request).await {
+            Ok(sequence) => {
+                request.events.insert(sequence);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record a trigger");
+                return error(StatusCode::SERVICE_UNAVAILABLE, "cannot record the trigger");
+            }
+        }
+    }
     let submitted = server.runs.submit(trigger, request, key);
     let (status, how) = match &submitted {
         Submitted::New(_) => (StatusCode::ACCEPTED, "queued"),

@@ -22,6 +22,8 @@ use super::runs::RunRequest;
 
 /// The longest audit line read; a longer one is counted as malformed and skipped.
 const MAX_LINE: usize = 1 << 20;
+/// Changes read and not yet queued as runs; past this, a full reconcile instead of waiting.
+const BUFFER: usize = 10_000;
 
 /// What the audit listener has seen.
 #[derive(Default, Serialize)]
@@ -34,6 +36,8 @@ pub struct AuditCounts {
     pub ignored: AtomicU64,
     /// Lines that were not audit entries.
     pub malformed: AtomicU64,
+    /// Changes dropped because the buffer was full (each time, a full reconcile is queued).
+    pub overflowed: AtomicU64,
 }
 
 /// One KV v2 change an audit entry reports.
@@ -46,16 +50,40 @@ struct KvChange {
 }
 
 /// Accepts audit connections (Vault reconnects when one drops) until the task is aborted.
+/// Readers hand changes to a bounded buffer and never wait on it, so Vault is never slowed.
 pub(super) async fn listen(listener: tokio::net::TcpListener, server: Arc<Server>) {
+    let (changes, buffered) = tokio::sync::mpsc::channel(BUFFER);
+    let forwarding = tokio::spawn(forward(buffered, server.clone()));
+    let _stop_forwarding = AbortOnDrop(forwarding);
     loop {
         let Ok((stream, peer)) = listener.accept().await else { continue };
         tracing::debug!(%peer, "audit device connected");
-        let server = server.clone();
-        tokio::spawn(async move { read_entries(stream, &server).await });
+        let (server, changes) = (server.clone(), changes.clone());
+        tokio::spawn(async move { read_entries(stream, &server, &changes).await });
     }
 }
 
-async fn read_entries(stream: tokio::net::TcpStream, server: &Server) {
+/// Aborts the task when the listener goes.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Queues the buffered changes as targeted runs (recorded first with `--nats`).
+async fn forward(mut buffered: tokio::sync::mpsc::Receiver<KvChange>, server: Arc<Server>) {
+    while let Some(change) = buffered.recv().await {
+        trigger(&server, &change).await;
+    }
+}
+
+async fn read_entries(
+    stream: tokio::net::TcpStream,
+    server: &Server,
+    changes: &tokio::sync::mpsc::Sender<KvChange>,
+) {
     let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, stream);
     let mut line = Vec::new();
     loop {
@@ -75,7 +103,12 @@ async fn read_entries(stream: tokio::net::TcpStream, server: &Server) {
             Ok(_) => {
                 counts.received.fetch_add(1, Ordering::Relaxed);
                 match serde_json::from_slice::<Value>(&line).ok().and_then(|e| change_of(&e)) {
-                    Some(Ok(change)) => trigger(server, &change),
+                    Some(Ok(change)) => {
+                        if changes.try_send(change).is_err() {
+                            counts.overflowed.fetch_add(1, Ordering::Relaxed);
+                            server.runs.submit("audit-overflow", RunRequest::default(), None);
+                        }
+                    }
                     Some(Err(())) => {
                         counts.ignored.fetch_add(1, Ordering::Relaxed);
                     }
@@ -121,7 +154,7 @@ fn change_of(entry: &Value) -> Option<Result<KvChange, ()>> {
 }
 
 /// Queues a targeted run of `change` in the targets whose desired state reads it, if any.
-fn trigger(server: &Server, change: &KvChange) {
+async fn trigger(server: &Server, change: &KvChange) {
     let changes = changes_of(&server.cfg, change);
     let targets: BTreeSet<String> = changes
         .per_target(&server.cfg, server.cfg.pipeline.merge_enabled)
@@ -133,8 +166,16 @@ fn trigger(server: &Server, change: &KvChange) {
         return;
     }
     server.audit.triggered.fetch_add(1, Ordering::Relaxed);
-    let request =
+    let mut request =
         RunRequest { targets: Some(targets), changes: Some(changes), ..Default::default() };
+    if let Some(log) = &server.events {
+        match log.record("audit", &request).await {
+            Ok(sequence) => {
+                request.events.insert(sequence);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot record an audit event; running it anyway"),
+        }
+    }
     let submitted = server.runs.submit("audit", request, None);
     tracing::debug!(run = %submitted.id(), "audit event queued a run");
 }

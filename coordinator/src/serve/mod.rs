@@ -5,6 +5,7 @@
 mod api;
 mod audit;
 mod auth;
+mod event_log;
 mod runs;
 
 use std::net::SocketAddr;
@@ -33,6 +34,8 @@ pub(crate) struct Server {
     failures: std::sync::Mutex<std::collections::BTreeMap<String, u32>>,
     /// One job per target at a time across the lanes.
     locks: crate::executor::JobLocks,
+    /// Accepted events kept until done (`--nats`).
+    events: Option<event_log::EventLog>,
 }
 
 /// How `vss serve` runs.
@@ -65,9 +68,13 @@ pub async fn serve(
             "vss serve needs `serve.tokens` or `serve.webhook_secrets` in the config: it never runs unauthenticated"
         );
     }
-    if let Some(spec) = &options.nats {
-        crate::nats::JetStream::connect(spec, false).await.context("NATS is not reachable")?;
-    }
+    let events = match &options.nats {
+        Some(spec) => {
+            crate::nats::JetStream::connect(spec, false).await.context("NATS is not reachable")?;
+            Some(event_log::EventLog::open(spec).await?)
+        }
+        None => None,
+    };
     let server = Arc::new(Server {
         cfg,
         nats: options.nats,
@@ -77,7 +84,21 @@ pub async fn serve(
         audit: audit::AuditCounts::default(),
         failures: Default::default(),
         locks: Default::default(),
+        events,
     });
+    if let Some(log) = &server.events {
+        let pending = log.pending().await.context("cannot read the recorded events")?;
+        if !pending.is_empty() {
+            tracing::info!(
+                events = pending.len(),
+                "running the events an earlier serve had not finished"
+            );
+        }
+        for (sequence, trigger, mut request) in pending {
+            request.events = std::collections::BTreeSet::from([sequence]);
+            server.runs.submit(&trigger, request, None);
+        }
+    }
     // The audit listener comes first: Vault refuses to start while its audit socket does
     // not accept connections.
     let audit = match options.audit_listen {
@@ -143,7 +164,13 @@ async fn execute_runs(
         while let Some((id, request)) = server.runs.next(lane) {
             let outcome = run_one(&server, &id, &request).await;
             match &outcome {
-                Ok(report) => retry_failed(&server, &request, report),
+                Ok(report) => {
+                    let retried = retry_failed(&server, &request, report);
+                    if let (false, Some(log)) = (retried, &server.events) {
+                        log.done(&request.events).await;
+                    }
+                }
+                // Its events stay recorded: the next start runs them.
                 Err(e) => tracing::error!(run = %id, error = %e, "run failed to start"),
             }
             server.runs.finish(&id, outcome);
@@ -163,7 +190,8 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
 /// Nothing dropped: the targets a run could not bring up to date are run again, with backoff
 /// (2, 4, 8… s, at most a minute) for as long as they keep failing; a success resets it.
-fn retry_failed(server: &Arc<Server>, request: &RunRequest, report: &serde_json::Value) {
+/// Whether a retry was scheduled (it carries the run's events on).
+fn retry_failed(server: &Arc<Server>, request: &RunRequest, report: &serde_json::Value) -> bool {
     let mut failed = std::collections::BTreeSet::new();
     let mut failures = server.failures.lock().expect("failures lock");
     for target in report["targets"].as_array().into_iter().flatten() {
@@ -176,7 +204,7 @@ fn retry_failed(server: &Arc<Server>, request: &RunRequest, report: &serde_json:
         }
     }
     if failed.is_empty() || request.dry_run {
-        return;
+        return false;
     }
     let attempts = failed.iter().filter_map(|t| failures.get(t)).max().copied().unwrap_or(1);
     let delay = Duration::from_secs(1 << attempts.min(6)).min(MAX_RETRY_DELAY);
@@ -190,6 +218,7 @@ fn retry_failed(server: &Arc<Server>, request: &RunRequest, report: &serde_json:
             server.runs.submit("retry", retry, None);
         }
     });
+    true
 }
 
 /// Plans and executes one run; its report as JSON (the CLI's very format).

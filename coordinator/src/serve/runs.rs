@@ -35,6 +35,10 @@ pub struct RunRequest {
     /// A targeted run: only these changed secrets (by source), in the targets that read them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changes: Option<Changes>,
+    /// The recorded events this run carries (`--nats`: sequences in `VSS_EVENTS`), forgotten
+    /// once every target holds them.
+    #[serde(skip)]
+    pub events: BTreeSet<u64>,
 }
 
 impl RunRequest {
@@ -53,6 +57,7 @@ impl RunRequest {
     /// Folds `other` (of the [same kind](Self::same_kind)) into this waiting request; past
     /// [`MAX_PENDING_NAMES`] names the result is a full run of their targets.
     fn absorb(&mut self, other: &RunRequest) {
+        self.events.extend(other.events.iter().copied());
         if let (Some(mine), Some(theirs)) = (&mut self.changes, &other.changes) {
             mine.extend(theirs);
             if mine.len() > MAX_PENDING_NAMES {
@@ -216,6 +221,11 @@ impl RunBook {
             let id = book.order.remove(pos).expect("position is valid");
             book.runs.remove(&id);
         }
+    }
+
+    /// The run an idempotency key started, if it was seen.
+    pub fn replayed(&self, key: &str) -> Option<String> {
+        self.book.lock().expect("run book lock").keys.get(key).cloned()
     }
 
     /// Changes whenever a run is submitted (from now on).
