@@ -6,8 +6,9 @@
 //! vault-sync. It measures, write by write (the next write once the last one landed): the
 //! latency from the write request to the target holding the value, idle and while a full
 //! reconcile of the 10,000 secrets runs; then a burst of 1,000 writes to distinct secrets, as
-//! the time from the last write to the last target update. The floor is a Vault write and a
-//! read of the target made directly, in the same process.
+//! the time from the last write to the last target update. All of it twice: in-process, and
+//! on the fleet (`--nats`, two `vss worker`s on a local nats-server). The floor is a Vault
+//! write and a read of the target made directly, in the same process.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -17,7 +18,7 @@ use anyhow::{Context, bail};
 use futures_util::{StreamExt, stream};
 use serde_json::{Value, json};
 use vss_tests::relay::Relay;
-use vss_tests::servers::{OpenBao, ROOT_TOKEN};
+use vss_tests::servers::{Nats, OpenBao, ROOT_TOKEN};
 
 const TOKEN: &str = "bench-api-token";
 /// Secrets besides the written ones, all read by the target.
@@ -34,17 +35,50 @@ pub fn run(vss: &Path, writes: usize) -> anyhow::Result<()> {
     );
     let bao = OpenBao::start_with_config(Some(&hcl));
     seed(vss, root.path(), &bao.address)?;
-    let config = format!(
-        "vault: {{ address: \"{}\" }}\nsource: {{ vault: {{ path: secret/ev/src }} }}\ntargets:\n  T: {{ store: {{ vault: {{ path: secret/ev/dst }} }} }}\nserve: {{ tokens: [{{ env: VSS_API_TOKEN }}] }}\n",
-        bao.address
-    );
-    std::fs::write(root.path().join("vss.yaml"), config)?;
-    let (mut serve, api) = start_serve(vss, root.path(), &relay)?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let outcome = runtime.block_on(measure(&bao.address, &api, writes));
-    let _ = serve.kill();
-    let _ = serve.wait();
-    outcome
+    println!(
+        "vss events benchmark: Vault write -> vss serve (socket audit device) -> Vault target"
+    );
+    println!("source: {BULK} secrets + the written ones");
+    let nats = Nats::start();
+    for fleet in [None, Some(&nats)] {
+        let execution = fleet
+            .map(|n| format!("execution: {{ nats: {{ url: \"{}\" }} }}\n", n.url))
+            .unwrap_or_default();
+        let config = format!(
+            "vault: {{ address: \"{}\" }}\nsource: {{ vault: {{ path: secret/ev/src }} }}\ntargets:\n  T: {{ store: {{ vault: {{ path: secret/ev/dst }} }} }}\nserve: {{ tokens: [{{ env: VSS_API_TOKEN }}] }}\n{execution}",
+            bao.address
+        );
+        std::fs::write(root.path().join("vss.yaml"), config)?;
+        let mut children = match fleet {
+            Some(nats) => (0..2)
+                .map(|_| start_worker(vss, root.path(), &nats.url))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+            None => Vec::new(),
+        };
+        let (serve, api) = start_serve(vss, root.path(), &relay)?;
+        children.push(serve);
+        let mode = if fleet.is_some() { "NATS, 2 workers" } else { "in-process" };
+        let outcome = runtime.block_on(measure(&bao.address, &api, writes, mode));
+        for child in &mut children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        outcome?;
+    }
+    Ok(())
+}
+
+/// A `vss worker` on `nats`.
+fn start_worker(vss: &Path, root: &Path, nats: &str) -> anyhow::Result<Child> {
+    Ok(Command::new(vss)
+        .current_dir(root)
+        .env("VAULT_TOKEN", ROOT_TOKEN)
+        .env_remove("RUST_LOG")
+        .args(["worker", "--nats", nats, "--concurrency", "4"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?)
 }
 
 /// Writes the bulk secrets into Vault with vss itself (a file source → the Vault folder).
@@ -147,7 +181,7 @@ impl Vault {
     }
 }
 
-async fn measure(address: &str, api: &str, writes: usize) -> anyhow::Result<()> {
+async fn measure(address: &str, api: &str, writes: usize, mode: &str) -> anyhow::Result<()> {
     let vault = Vault { http: reqwest::Client::new(), address: address.to_string() };
     let run = |body: &'static str| {
         let http = vault.http.clone();
@@ -173,27 +207,23 @@ async fn measure(address: &str, api: &str, writes: usize) -> anyhow::Result<()> 
     };
     // The target starts in sync: one full run of the 10,000 secrets.
     let started = Instant::now();
+    let tag = mode.split(',').next().unwrap_or(mode).replace(' ', "-");
     finished(run("{}").await?).await?;
     let full_run = started.elapsed();
 
     let floor = direct(&vault, writes).await?;
-    let idle = latencies(&vault, "idle", writes).await?;
+    let idle = latencies(&vault, &format!("{tag}-idle"), writes).await?;
     let reconcile_started = Instant::now();
     let reconcile = run("{}").await?;
-    let busy = latencies(&vault, "busy", writes).await?;
+    let busy = latencies(&vault, &format!("{tag}-busy"), writes).await?;
     finished(reconcile).await?;
     let reconcile_took = reconcile_started.elapsed();
-    let (burst, burst_writes) = burst(&vault, 1_000).await?;
+    let (burst, burst_writes) = burst(&vault, &tag, 1_000).await?;
 
+    println!();
+    println!("{mode}: the first full run of the source took {:.2}s", full_run.as_secs_f64());
     println!(
-        "vss events benchmark: Vault write -> vss serve (in-process, socket audit device) -> Vault target"
-    );
-    println!(
-        "source: {BULK} secrets + the written ones; a full run of them: {:.2}s",
-        full_run.as_secs_f64()
-    );
-    println!(
-        "{:<40} {:>8} {:>8} {:>8} {:>8}",
+        "{:<44} {:>8} {:>8} {:>8} {:>8}",
         "latency, write -> target updated", "p50", "p95", "p99", "max"
     );
     row("floor: a write + a read, directly", &floor);
@@ -238,9 +268,9 @@ async fn latencies(vault: &Vault, tag: &str, writes: usize) -> anyhow::Result<Ve
 
 /// `count` writes to distinct secrets, 16 at a time: the time from the last write to the
 /// last target update, and how long the writes took.
-async fn burst(vault: &Vault, count: usize) -> anyhow::Result<(Duration, Duration)> {
+async fn burst(vault: &Vault, tag: &str, count: usize) -> anyhow::Result<(Duration, Duration)> {
     let started = Instant::now();
-    let value = |i: usize| json!({"burst": i});
+    let value = |i: usize| json!({"burst": i, "tag": tag});
     stream::iter(0..count)
         .map(|i| async move { vault.put(&format!("ev/src/burst/k{i:04}"), &value(i)).await })
         .buffer_unordered(16)
@@ -265,7 +295,7 @@ fn percentile(samples: &[Duration], p: f64) -> Duration {
 fn row(label: &str, samples: &[Duration]) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "{label:<40} {:>6.1}ms {:>6.1}ms {:>6.1}ms {:>6.1}ms",
+        "{label:<44} {:>6.1}ms {:>6.1}ms {:>6.1}ms {:>6.1}ms",
         ms(percentile(samples, 50.0)),
         ms(percentile(samples, 95.0)),
         ms(percentile(samples, 99.0)),
