@@ -5,6 +5,8 @@
 //! `nats`).
 //! `vss-bench events [--writes 200]`: Vault write → target updated through `vss serve` and
 //! OpenBao's socket audit device (see `events`).
+//! `vss-bench targeted [--sizes 1000,10000]`: a targeted run's time as the source grows (see
+//! `targeted`).
 //!
 //! For each size N it writes three sources (N common secrets, N/10 staging and N/10
 //! production overrides) and a config with three targets in a three-level inheritance chain,
@@ -21,13 +23,15 @@ use anyhow::{Context, bail};
 
 mod events;
 mod nats;
+mod targeted;
 mod vault_aws;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: vss-bench embedded [--sizes 10000,100000] | vault-aws [--sizes 1000,10000] | nats [--latency-ms 20] | events [--writes 200]";
-    let Some(which) =
-        args.first().filter(|a| ["embedded", "vault-aws", "nats", "events"].contains(&a.as_str()))
+    let usage = "usage: vss-bench embedded [--sizes 10000,100000] | vault-aws [--sizes 1000,10000] | nats [--latency-ms 20] | events [--writes 200] | targeted [--sizes 1000,10000]";
+    let Some(which) = args
+        .first()
+        .filter(|a| ["embedded", "vault-aws", "nats", "events", "targeted"].contains(&a.as_str()))
     else {
         bail!("{usage}");
     };
@@ -52,9 +56,12 @@ fn main() -> anyhow::Result<()> {
             .split(',')
             .map(str::parse)
             .collect::<Result<_, _>>()?,
-        None if which == "vault-aws" => vec![1_000, 10_000],
+        None if which == "vault-aws" || which == "targeted" => vec![1_000, 10_000],
         None => vec![10_000, 100_000],
     };
+    if which == "targeted" {
+        return targeted::run(&sizes);
+    }
     let vss = build_vss()?;
     if which == "vault-aws" {
         return vault_aws::run(&vss, &sizes);

@@ -105,6 +105,11 @@ serve:
             .collect()
     }
 
+    /// How many of the workers logged a finished job.
+    fn workers_that_ran_jobs(&self) -> usize {
+        (0..2).filter(|i| self.log(&format!("worker-{i}.log")).contains("job finished")).count()
+    }
+
     /// Writes round `round` to every secret, `src/s00` … `src/s49`.
     async fn write_round(&self, round: usize) {
         for i in 0..SECRETS {
@@ -182,13 +187,32 @@ fn after(text: &str, marker: &str) -> Option<String> {
     Some(text[at..].chars().take_while(|c| !c.is_whitespace()).collect())
 }
 
-#[test]
-fn events_a_burst_of_500_writes_ends_exact_in_far_fewer_runs() {
-    let setup = Setup::start();
+/// A setup in-process, or on a fleet of two workers (the NATS server and the workers, kept
+/// for the test's length).
+fn setup(fleet: bool) -> (Setup, Option<(Nats, Vec<Background>)>) {
+    if !fleet {
+        return (Setup::start(), None);
+    }
+    let nats = Nats::start();
+    let setup = Setup::start_with(&format!("execution: {{ nats: {{ url: \"{}\" }} }}\n", nats.url));
+    let workers = setup.workers(&nats, 2);
+    (setup, Some((nats, workers)))
+}
+
+/// 500 writes to 50 secrets (with garbage sent to the audit listener mid-burst): every target
+/// exact, far fewer runs than writes, none failed.
+fn burst(fleet: bool) {
+    let (setup, _fleet) = setup(fleet);
     block_on(async {
         let (_serve, url) = setup.serve("serve.log", "off").await;
         for round in 0..10 {
             setup.write_round(round).await;
+            if round == 5 {
+                let audit = after(&setup.log("serve.log"), "audit_address=").unwrap();
+                let mut garbage = tokio::net::TcpStream::connect(&audit).await.unwrap();
+                let lines = b"not json\n{\"type\": 1}\n\xff\xfe\n";
+                tokio::io::AsyncWriteExt::write_all(&mut garbage, lines).await.unwrap();
+            }
         }
         setup.converged(9, Duration::from_secs(60), "serve.log").await;
         let runs = setup.runs(&url).await;
@@ -201,18 +225,31 @@ fn events_a_burst_of_500_writes_ends_exact_in_far_fewer_runs() {
         eprintln!("500 writes → {} runs", runs.len());
         let failed: Vec<&Value> = runs.iter().filter(|r| r["status"] != "finished").collect();
         assert!(failed.is_empty(), "{failed:?}");
+        if fleet {
+            assert_eq!(setup.workers_that_ran_jobs(), 2, "both workers took jobs");
+        }
     });
 }
 
 #[test]
-fn events_a_target_down_during_writes_gets_every_change_once_back() {
-    let setup = Setup::start();
+fn events_a_burst_of_500_writes_ends_exact_in_far_fewer_runs() {
+    burst(false);
+}
+
+#[test]
+fn events_on_the_fleet_a_burst_of_500_writes_ends_exact_in_far_fewer_runs() {
+    burst(true);
+}
+
+/// AWS down (503 to everything) while two rounds are written, then back: every change lands.
+fn target_down(fleet: bool) {
+    let (setup, _fleet) = setup(fleet);
     block_on(async {
         let (_serve, url) = setup.serve("serve.log", "off").await;
         setup.write_round(0).await;
         setup.converged(0, Duration::from_secs(60), "serve.log").await;
 
-        // AWS answers 503 to everything while two rounds are written; the file target follows.
+        // The file target follows meanwhile.
         setup.proxy.every(1, Fault::unavailable());
         setup.write_round(1).await;
         setup.write_round(2).await;
@@ -231,8 +268,19 @@ fn events_a_target_down_during_writes_gets_every_change_once_back() {
 }
 
 #[test]
-fn events_serve_killed_mid_burst_converges_after_a_restart() {
-    let setup = Setup::start();
+fn events_a_target_down_during_writes_gets_every_change_once_back() {
+    target_down(false);
+}
+
+#[test]
+fn events_on_the_fleet_a_target_down_during_writes_gets_every_change_once_back() {
+    target_down(true);
+}
+
+/// `serve` killed mid-burst; the writes after it reach no listener, so only the restart's
+/// reconcile brings them.
+fn killed(fleet: bool) {
+    let (setup, _fleet) = setup(fleet);
     block_on(async {
         let (mut serve, _) = setup.serve("serve.log", "1h").await;
         for round in 0..4 {
@@ -242,8 +290,6 @@ fn events_serve_killed_mid_burst_converges_after_a_restart() {
         for round in 4..8 {
             setup.write_round(round).await;
         }
-        // Rounds 4 to 7 were audited while nothing listened: only the restart's reconcile
-        // brings them.
         let (_serve, url) = setup.serve("restarted.log", "1h").await;
         setup.converged(7, Duration::from_secs(90), "restarted.log").await;
         let runs = setup.runs(&url).await;
@@ -252,7 +298,17 @@ fn events_serve_killed_mid_burst_converges_after_a_restart() {
 }
 
 #[test]
-fn events_on_the_fleet_a_burst_ends_exact_and_a_restart_runs_what_was_left() {
+fn events_serve_killed_mid_burst_converges_after_a_restart() {
+    killed(false);
+}
+
+#[test]
+fn events_on_the_fleet_serve_killed_mid_burst_converges_after_a_restart() {
+    killed(true);
+}
+
+#[test]
+fn events_on_the_fleet_a_restart_runs_the_events_left_without_a_reconcile() {
     let nats = Nats::start();
     let setup = Setup::start_with(&format!(
         "execution: {{ nats: {{ url: \"{}\", job_timeout_secs: 4 }} }}\n",
@@ -261,15 +317,8 @@ fn events_on_the_fleet_a_burst_ends_exact_and_a_restart_runs_what_was_left() {
     block_on(async {
         let mut workers = setup.workers(&nats, 2);
         let (mut serve, _) = setup.serve("serve.log", "off").await;
-        for round in 0..5 {
-            setup.write_round(round).await;
-        }
+        setup.write_round(4).await;
         setup.converged(4, Duration::from_secs(60), "serve.log").await;
-        let taken = (0..2)
-            .map(|i| std::fs::read_to_string(setup.ws.path().join(format!("worker-{i}.log"))))
-            .filter(|log| log.as_ref().is_ok_and(|l| l.contains("job finished")))
-            .count();
-        assert_eq!(taken, 2, "both workers took jobs");
 
         // No worker: the round's events are recorded, their runs fail (no worker finishes
         // their jobs within 4 s); serve dies. Its successor, with no reconcile, runs them.
