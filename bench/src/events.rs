@@ -27,6 +27,9 @@ const BULK: usize = 10_000;
 /// Runs the benchmark.
 pub fn run(vss: &Path, writes: usize) -> anyhow::Result<()> {
     let root = tempfile::tempdir()?;
+    if std::env::var_os("VSS_BENCH_KEEP").is_some() {
+        println!("logs kept in {}", root.path().display());
+    }
     let relay = Relay::start();
     let hcl = format!(
         "audit \"socket\" \"vss\" {{\n  options {{\n    address = \"{}\"\n    socket_type = \"tcp\"\n  }}\n}}\naudit \"file\" \"local\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
@@ -65,6 +68,9 @@ pub fn run(vss: &Path, writes: usize) -> anyhow::Result<()> {
             let _ = child.wait();
         }
         outcome?;
+    }
+    if std::env::var_os("VSS_BENCH_KEEP").is_some() {
+        let _ = root.keep();
     }
     Ok(())
 }
@@ -111,7 +117,7 @@ fn start_serve(vss: &Path, root: &Path, relay: &Relay) -> anyhow::Result<(Child,
         .current_dir(root)
         .env("VAULT_TOKEN", ROOT_TOKEN)
         .env("VSS_API_TOKEN", TOKEN)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "info,vss_worker=debug")
         .args(["serve", "--config", "vss.yaml", "--listen", "127.0.0.1:0"])
         .args(["--audit-listen", "127.0.0.1:0", "--reconcile-interval", "off"])
         .stdout(Stdio::null())
@@ -205,6 +211,42 @@ async fn measure(address: &str, api: &str, writes: usize, mode: &str) -> anyhow:
             }
         }
     };
+    // Vault had audited the seeding before serve listened: let that backlog pass first.
+    let quiet = {
+        let http = vault.http.clone();
+        async move {
+            let mut last = (u64::MAX, usize::MAX);
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let counts: Value = http
+                    .get(format!("{api}/v1/audit"))
+                    .bearer_auth(TOKEN)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                let runs: Value = http
+                    .get(format!("{api}/v1/runs"))
+                    .bearer_auth(TOKEN)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                let busy = runs["runs"]
+                    .as_array()
+                    .context("runs")?
+                    .iter()
+                    .filter(|r| r["status"] == "queued" || r["status"] == "running")
+                    .count();
+                let now = (counts["received"].as_u64().unwrap_or_default(), busy);
+                if now == last && busy == 0 {
+                    return anyhow::Ok(());
+                }
+                last = now;
+            }
+        }
+    };
+    quiet.await?;
     // The target starts in sync: one full run of the 10,000 secrets.
     let started = Instant::now();
     let tag = mode.split(',').next().unwrap_or(mode).replace(' ', "-");
@@ -261,7 +303,14 @@ async fn latencies(vault: &Vault, tag: &str, writes: usize) -> anyhow::Result<Ve
         let value = json!({"tag": tag, "n": i});
         let since = Instant::now();
         vault.put(&format!("ev/src/{name}"), &value).await?;
-        out.push(vault.landed(&format!("ev/dst/{name}"), &value, since).await?);
+        let took = vault.landed(&format!("ev/dst/{name}"), &value, since).await?;
+        if took > Duration::from_secs(1) {
+            eprintln!(
+                "slow: {tag} write {i} ({name}) took {took:?}, landed at {:?}",
+                std::time::SystemTime::now()
+            );
+        }
+        out.push(took);
     }
     Ok(out)
 }

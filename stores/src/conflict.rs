@@ -3,7 +3,9 @@
 //! A write planned against version `v` fails with [`ErrorKind::Conflict`] when someone else
 //! wrote first. The secret is then re-read: if it already holds the desired content (and no
 //! stamp is missing) the write is done; otherwise it is written again against the version just
-//! seen, so whatever the other writer did was looked at before it is replaced. A delete that
+//! seen, so whatever the other writer did was looked at before it is replaced. Given a
+//! [`Refresh`], the desired value is read again too, so a write planned before another vss run
+//! moved the secret on (an event during a reconcile) never puts an older value back. A delete that
 //! conflicts is dropped unless the secret is already gone: someone rewrote it after it was
 //! planned for deletion, and that write wins.
 
@@ -13,6 +15,12 @@ use crate::{ErrorKind, Precondition, SecretStore, Stamp, StoreError, Version};
 
 /// Re-reads after a conflict at most this many times before giving up.
 const MAX_REREADS: usize = 3;
+
+/// The desired value of a secret as it is now (`None`: no longer desired).
+pub type Fresh = futures_util::future::BoxFuture<'static, Result<Option<SecretValue>, StoreError>>;
+
+/// Reads a secret's desired value again, by its name relative to the job's folder.
+pub type Refresh = dyn Fn(String) -> Fresh + Send + Sync;
 
 /// One write: the desired value, its hash, and the stamp to put beside it (if any).
 pub struct DesiredWrite<'a> {
@@ -26,35 +34,56 @@ pub struct DesiredWrite<'a> {
     pub stamp: Option<&'a Stamp>,
 }
 
-/// Writes `write` under `pre`; on a conflict re-reads and retries as the module describes.
-/// `key` hashes what is re-read, to see whether it already is the desired content.
+/// Writes `write` under `pre`; on a conflict re-reads (the secret, and with `refresh` its
+/// desired value, asked for with `relative`, its name in the job's folder) and retries as the
+/// module describes. `key` hashes what is read. Returns the hash and version written.
 pub async fn write_resolving_conflicts(
     store: &dyn SecretStore,
     write: DesiredWrite<'_>,
     mut pre: Precondition,
     key: &HashKey,
-) -> Result<Version, StoreError> {
+    refresh: Option<(&Refresh, &str)>,
+) -> Result<(ContentHash, Version), StoreError> {
+    let mut fresh: Option<SecretValue> = None;
+    let mut hash = write.hash.clone();
+    let mut stamp = write.stamp.cloned();
     let mut rereads = 0;
     loop {
-        let attempt = match write.stamp {
-            Some(stamp) => store.write_stamped(write.name, write.value, pre.clone(), stamp).await,
-            None => store.write(write.name, write.value, pre.clone()).await,
+        let value = fresh.as_ref().unwrap_or(write.value);
+        let attempt = match &stamp {
+            Some(stamp) => store.write_stamped(write.name, value, pre.clone(), stamp).await,
+            None => store.write(write.name, value, pre.clone()).await,
         };
         let conflict = match attempt {
             Err(e) if e.kind == ErrorKind::Conflict && store.capabilities().read_values => e,
-            other => return other,
+            other => return other.map(|version| (hash, version)),
         };
         if rereads == MAX_REREADS {
             return Err(conflict);
         }
         rereads += 1;
         tracing::debug!(store = %store.describe(), secret = %write.name, "write conflict; re-reading");
+        if let Some((refresh, relative)) = refresh {
+            let Some(now) = refresh(relative.to_string()).await? else {
+                return Err(StoreError::new(
+                    ErrorKind::Conflict,
+                    &store.describe(),
+                    Some(write.name),
+                    "no longer desired since the run planned it; left for the next run",
+                ));
+            };
+            hash = key.hash(&now);
+            if let Some(stamp) = &mut stamp {
+                stamp.hash = hash.clone();
+            }
+            fresh = Some(now);
+        }
         pre = match store.read(write.name).await? {
             None => Precondition::Absent,
             Some(found) => {
-                let needs_stamp = write.stamp.is_some() && store.capabilities().metadata;
-                if !needs_stamp && &key.hash(&found.value) == write.hash {
-                    return Ok(found.version);
+                let needs_stamp = stamp.is_some() && store.capabilities().metadata;
+                if !needs_stamp && key.hash(&found.value) == hash {
+                    return Ok((hash, found.version));
                 }
                 Precondition::Matches(found.version)
             }

@@ -118,7 +118,9 @@ async fn write_over_rival(
     let key = key();
     let hash = key.hash(desired);
     let write = DesiredWrite { name: "s", value: desired, hash: &hash, stamp: None };
-    write_resolving_conflicts(store, write, Precondition::Matches(planned_at), &key).await
+    write_resolving_conflicts(store, write, Precondition::Matches(planned_at), &key, None)
+        .await
+        .map(|(_, version)| version)
 }
 
 #[tokio::test]
@@ -136,6 +138,55 @@ async fn conflict_on_vault_rereads_then_writes_against_the_rivals_version() {
     assert_eq!(bao.get("race/s"), Some((json!({"a": 2}), 3)));
     let calls = inner.api_calls();
     assert_eq!(calls.get("read"), Some(&1), "one re-read: {calls:?}");
+}
+
+/// Another vss run (an event during a reconcile) moved a secret on after this write was
+/// planned: the conflict re-reads the desired value too, and the older plan is never written.
+#[tokio::test]
+async fn conflict_rereads_the_desired_value_and_never_writes_back_an_older_one() {
+    use vss_stores::conflict::{Fresh, Refresh};
+    let bao = OpenBao::start();
+    let token = tempfile::NamedTempFile::new().unwrap();
+    let inner = vault_store(&bao, &token);
+    let v1 = inner.write("s", &value(json!({"a": 1})), Precondition::Absent).await.unwrap();
+    // The rival is the newer run: it wrote {"a": "new"}, which is also the desired value now.
+    let store = Interloper::new(inner.clone(), json!({"a": "new"}), 1);
+    let now_desired = |answer: Option<Value>| -> Box<Refresh> {
+        Box::new(move |name: String| -> Fresh {
+            assert_eq!(name, "s");
+            let answer = answer.clone();
+            Box::pin(async move { Ok(answer.map(value)) })
+        })
+    };
+    let key = key();
+    let stale = value(json!({"a": "planned before"}));
+    let hash = key.hash(&stale);
+    let write = DesiredWrite { name: "s", value: &stale, hash: &hash, stamp: None };
+    let fresh = now_desired(Some(json!({"a": "new"})));
+    let (written_hash, version) = write_resolving_conflicts(
+        &store,
+        write,
+        Precondition::Matches(v1),
+        &key,
+        Some((&*fresh, "s")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bao.get("race/s"), Some((json!({"a": "new"}), 2)), "nothing older written");
+    assert_eq!(
+        (written_hash, version),
+        (key.hash(&value(json!({"a": "new"}))), Version("2".into()))
+    );
+
+    // No longer desired at all: left as the other run left it, reported as a conflict.
+    let store = Interloper::new(inner.clone(), json!({"a": "newer"}), 1);
+    let write = DesiredWrite { name: "s", value: &stale, hash: &hash, stamp: None };
+    let gone = now_desired(None);
+    let refresh = Some((&*gone, "s"));
+    let planned = Precondition::Matches(Version("2".into()));
+    let err = write_resolving_conflicts(&store, write, planned, &key, refresh).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Conflict, "{err}");
+    assert_eq!(bao.get("race/s").unwrap().0, json!({"a": "newer"}));
 }
 
 #[tokio::test]

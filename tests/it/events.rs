@@ -166,6 +166,19 @@ serve:
         std::fs::read_to_string(self.ws.path().join(name)).unwrap_or_default()
     }
 
+    /// The runs `serve` at `url` knows, once none is queued or running.
+    async fn settled_runs(&self, url: &str) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let runs = self.runs(url).await;
+            if runs.iter().all(|r| r["status"] != "queued" && r["status"] != "running") {
+                return runs;
+            }
+            assert!(Instant::now() < deadline, "runs never settled: {runs:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The runs `serve` at `url` knows.
     async fn runs(&self, url: &str) -> Vec<Value> {
         let response =
@@ -215,7 +228,7 @@ fn burst(fleet: bool) {
             }
         }
         setup.converged(9, Duration::from_secs(60), "serve.log").await;
-        let runs = setup.runs(&url).await;
+        let runs = setup.settled_runs(&url).await;
         assert!(runs.iter().all(|r| r["trigger"] == "audit"), "{runs:?}");
         assert!(
             (1..100).contains(&runs.len()),

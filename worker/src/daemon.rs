@@ -3,7 +3,8 @@
 //!
 //! One durable pull consumer shared by every worker, explicit acks. A job that outlives a third
 //! of AckWait sends `Progress` so it is not redelivered while it runs. A retryable failure is
-//! `Nak`ed with backoff until `max_deliver`; a permanent one (or the last attempt) publishes its
+//! `Nak`ed with backoff until `max_deliver` (a targeted job's is final at once: `vss serve`
+//! retries the target itself); a permanent one (or the last attempt) publishes its
 //! failed result and is `Term`inated. A result is published, and JetStream has stored it,
 //! before the job is acked: a crash in between redelivers the job, and the idempotent writes
 //! (and the results' `Nats-Msg-Id`) make running it twice harmless.
@@ -396,7 +397,9 @@ async fn run_and_settle(taker: &Taker, message: &jetstream::Message, job: &Job, 
         }
     };
 
-    let last_attempt = max_deliver > 0 && delivered >= max_deliver;
+    // A targeted job (an event) is not redelivered: its run would wait for the backoff, and
+    // the other targets' events with it; `vss serve` runs the target again itself.
+    let last_attempt = (max_deliver > 0 && delivered >= max_deliver) || job.names.is_some();
     if let Outcome::Failed { retryable: true, error } = &result.outcome
         && !last_attempt
     {

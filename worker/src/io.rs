@@ -7,7 +7,9 @@ use std::sync::Arc;
 use futures_util::{StreamExt, stream};
 use tracing::{Instrument, Span};
 use vss_protocol::{ContentHash, HashKey, SecretValue};
-use vss_stores::conflict::{DesiredWrite, delete_resolving_conflicts, write_resolving_conflicts};
+use vss_stores::conflict::{
+    DesiredWrite, Refresh, delete_resolving_conflicts, write_resolving_conflicts,
+};
 use vss_stores::{
     Entry, ErrorKind, Precondition, SecretStore, Stamp, StoreError, Version, Versioned,
 };
@@ -54,6 +56,23 @@ pub(crate) async fn read_many(
             }
         })
         .collect()
+}
+
+/// A [`Refresh`] reading the desired value of a name from `store` under `prefix`, the name
+/// spelled as `origin` maps it (target name → desired-state name) when it does.
+pub(crate) fn reread_from(
+    store: Arc<dyn SecretStore>,
+    prefix: String,
+    origin: BTreeMap<String, String>,
+) -> Box<Refresh> {
+    let origin = Arc::new(origin);
+    Box::new(move |name: String| {
+        let (store, prefix, origin) = (store.clone(), prefix.clone(), origin.clone());
+        Box::pin(async move {
+            let source = origin.get(&name).cloned().unwrap_or(name);
+            Ok(store.read(&format!("{prefix}{source}")).await?.map(|found| found.value))
+        })
+    })
 }
 
 /// Reads `names` (relative to `prefix`) concurrently, with their versions; a name that does
@@ -135,13 +154,15 @@ pub(crate) type Outcomes = Vec<(String, Result<Option<(ContentHash, Version)>, S
 /// Applies writes and deletes concurrently. Returns, per secret, its new record (`None` for a
 /// delete) or the error; one failure does not stop the others. A conflict (a concurrent writer)
 /// is re-read and retried, never overwritten blindly ([`vss_stores::conflict`]).
-/// With `owner`, writes are stamped (hash and ownership marker) in stores with metadata.
+/// With `owner`, writes are stamped (hash and ownership marker) in stores with metadata. With
+/// `refresh`, a conflict re-reads the desired value too (never writing back an older one).
 pub(crate) async fn apply(
     store: &Arc<dyn SecretStore>,
     prefix: &str,
     writes: Vec<Write>,
     owner: Option<&str>,
     key: &HashKey,
+    refresh: Option<&Refresh>,
 ) -> Outcomes {
     let span = store_span("apply", store, Some(writes.len()));
     stream::iter(writes)
@@ -157,9 +178,10 @@ pub(crate) async fn apply(
                         hash: &hash,
                         stamp: stamp.as_ref(),
                     };
-                    write_resolving_conflicts(store.as_ref(), write, w.pre, key)
+                    let refresh = refresh.map(|r| (r, w.name.as_str()));
+                    write_resolving_conflicts(store.as_ref(), write, w.pre, key, refresh)
                         .await
-                        .map(|v| Some((hash, v)))
+                        .map(Some)
                 }
                 None => {
                     delete_resolving_conflicts(store.as_ref(), &full, w.pre).await.map(|()| None)

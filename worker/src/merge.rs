@@ -14,6 +14,7 @@ use vss_protocol::diff::SecretChange;
 use vss_protocol::job::{Job, JobResult, LayerSpec, MergeSpec};
 use vss_protocol::merge::merge_layer;
 use vss_protocol::{ContentHash, HashKey, SecretValue};
+use vss_stores::conflict::Refresh;
 use vss_stores::{Precondition, SecretStore, Version};
 
 use crate::io::{Write, apply, list_versions, read_many, record_outcomes};
@@ -78,7 +79,8 @@ pub(crate) async fn run(
     let folder = Folder { listed, current, dirty };
     let (writes, inputs_of) = folder.plan(merged, stale, &key, &mut manifest, result);
 
-    let outcomes = apply(&merge_store, &prefix, writes, None, &key).await;
+    let refresh = remerge(spec, ctx, &merge_store)?;
+    let outcomes = apply(&merge_store, &prefix, writes, None, &key, Some(&*refresh)).await;
     let entry = |name: &str, hash, version| ManifestEntry {
         hash,
         version,
@@ -235,6 +237,41 @@ impl Folder {
         }
         (writes, inputs_of)
     }
+}
+
+/// A [`Refresh`] that merges one name again from its layers as they are now (after a
+/// conflict on its merged copy: another run may have merged newer inputs meanwhile).
+pub(crate) fn remerge(
+    spec: &MergeSpec,
+    ctx: &WorkerContext,
+    merge_store: &Arc<dyn SecretStore>,
+) -> Result<Box<Refresh>, JobError> {
+    let mut layers = Vec::with_capacity(spec.layers.len());
+    for layer in &spec.layers {
+        layers.push(match layer {
+            LayerSpec::Source { store, .. } => {
+                (ctx.store(store)?, String::new(), Some(store.clone()))
+            }
+            LayerSpec::Target { name } => (merge_store.clone(), merged_prefix(name), None),
+        });
+    }
+    let (layers, list_merge) = (Arc::new(layers), spec.list_merge);
+    Ok(Box::new(move |name: String| {
+        let layers = layers.clone();
+        Box::pin(async move {
+            let mut merged = BTreeMap::new();
+            for (store, prefix, spec) in layers.iter() {
+                if spec.as_ref().is_some_and(|s| !s.covers(&name)) {
+                    continue;
+                }
+                if let Some(found) = store.read(&format!("{prefix}{name}")).await? {
+                    let layer = BTreeMap::from([(name.clone(), found.value)]);
+                    merge_layer(&mut merged, layer, list_merge);
+                }
+            }
+            Ok(merged.remove(&name))
+        })
+    }))
 }
 
 /// A keyed fingerprint of what one merged secret is made of: the spec (layer order, list rule)

@@ -15,7 +15,9 @@ use vss_protocol::{ContentHash, HashKey, SecretValue};
 use vss_stores::ledger::{Record, StateLedger, TargetLedger};
 use vss_stores::{Entry, ErrorKind, Precondition, SecretStore, Stamp, Version};
 
-use crate::io::{Write, apply, list_traced, list_versions, read_many, record_outcomes};
+use crate::io::{
+    Write, apply, list_traced, list_versions, read_many, record_outcomes, reread_from,
+};
 use crate::manifest::{Manifest, merged_prefix};
 use crate::{JobError, WorkerContext};
 
@@ -32,6 +34,8 @@ struct Desired {
     /// Target names withheld (several secrets map to one, or a name the target refuses):
     /// never written, never deleted.
     held: BTreeSet<String>,
+    /// The run's hash key.
+    key: HashKey,
 }
 
 impl Desired {
@@ -86,6 +90,7 @@ impl Desired {
             whole_target,
             origin: BTreeMap::new(),
             held: BTreeSet::new(),
+            key: key.clone(),
         })
     }
 
@@ -207,7 +212,9 @@ pub(crate) async fn run(
     let owner = Stamp::owner_of(&job.target);
     let deletes: BTreeSet<String> =
         writes.iter().filter(|w| w.value.is_none()).map(|w| w.name.clone()).collect();
-    let outcomes = apply(&target, "", writes, Some(&owner), &key).await;
+    let refresh =
+        reread_from(desired.store.clone(), desired.prefix.clone(), desired.origin.clone());
+    let outcomes = apply(&target, "", writes, Some(&owner), &key, Some(&*refresh)).await;
     // A delete that met a rewrite leaves the rewrite in place, and it is no longer vss's:
     // disowned, so no later run deletes it.
     for (name, done) in &outcomes {
@@ -376,8 +383,10 @@ impl Diff {
         let mut writes = Vec::new();
         for name in &classified.added {
             tracing::debug!(secret = %name, "create");
-            let (value, hash) =
-                (values.remove(name).expect("read above"), desired.hashes[name].clone());
+            // Hashed as read: another run may have moved the desired value on since it was
+            // listed, and the stamp and record must describe what is written.
+            let value = values.remove(name).expect("read above");
+            let hash = desired.key.hash(&value);
             result.changes.push(SecretChange::between(
                 name.clone(),
                 None,
@@ -391,8 +400,8 @@ impl Diff {
         }
         for name in std::mem::take(&mut self.modified) {
             tracing::debug!(secret = %name, "update");
-            let (value, hash) =
-                (values.remove(&name).expect("read above"), desired.hashes[&name].clone());
+            let value = values.remove(&name).expect("read above");
+            let hash = desired.key.hash(&value);
             result.changes.push(self.change(&name, records, Some((&value, hash.clone()))));
             let pre = Precondition::Matches(state.listed[&name].clone());
             writes.push(Write { name, pre, value: Some((value, hash)) });

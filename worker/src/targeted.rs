@@ -19,7 +19,7 @@ use vss_protocol::{HashKey, SecretValue};
 use vss_stores::ledger::Record;
 use vss_stores::{Precondition, Stamp, Versioned};
 
-use crate::io::{Write, apply, read_existing, record_outcomes};
+use crate::io::{Write, apply, read_existing, record_outcomes, reread_from};
 use crate::manifest::merged_prefix;
 use crate::{JobError, WorkerContext};
 
@@ -51,7 +51,8 @@ pub(crate) async fn merge(
     let prefix = merged_prefix(&job.target);
     let current = read_existing(&merge_store, &prefix, names.iter().cloned().collect()).await?;
     let (writes, _) = bring_to(names, merged, current, None, &key, result);
-    let outcomes = apply(&merge_store, &prefix, writes, None, &key).await;
+    let refresh = crate::merge::remerge(spec, ctx, &merge_store)?;
+    let outcomes = apply(&merge_store, &prefix, writes, None, &key, Some(&*refresh)).await;
     record_outcomes(outcomes, &mut BTreeMap::new(), |_, _, _| (), result)
 }
 
@@ -81,6 +82,7 @@ pub(crate) async fn sync(
         }
     };
     let desired = values(read_existing(&source, &prefix, wanted).await?);
+    let refresh = reread_from(source, prefix, BTreeMap::new());
     let current = read_existing(&target, "", names.iter().cloned().collect()).await?;
     let gone: Vec<String> = names
         .iter()
@@ -109,7 +111,7 @@ pub(crate) async fn sync(
         return Ok(());
     }
     let owner = Stamp::owner_of(&job.target);
-    let outcomes = apply(&target, "", writes, Some(&owner), &key).await;
+    let outcomes = apply(&target, "", writes, Some(&owner), &key, Some(&*refresh)).await;
     let mut records: BTreeMap<String, Record> = BTreeMap::new();
     let deleted: Vec<String> =
         outcomes.iter().filter(|(_, o)| matches!(o, Ok(None))).map(|(n, _)| n.clone()).collect();

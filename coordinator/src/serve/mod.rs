@@ -32,8 +32,6 @@ pub(crate) struct Server {
     audit: audit::AuditCounts,
     /// Consecutive failed runs per target (for the retry backoff).
     failures: std::sync::Mutex<std::collections::BTreeMap<String, u32>>,
-    /// One job per target at a time across the lanes.
-    locks: crate::executor::JobLocks,
     /// Accepted events kept until done (`--nats`).
     events: Option<event_log::EventLog>,
 }
@@ -83,7 +81,6 @@ pub async fn serve(
         ready: AtomicBool::new(false),
         audit: audit::AuditCounts::default(),
         failures: Default::default(),
-        locks: Default::default(),
         events,
     });
     if let Some(log) = &server.events {
@@ -119,7 +116,8 @@ pub async fn serve(
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // Events and full runs have lanes of their own, so a change never waits for a long
-    // reconcile to end (the job locks keep one job per target at a time across them).
+    // reconcile: the two may write one target at once, and a conflict re-reads the desired
+    // value, so the later writer never puts an older value back.
     let executors: Vec<_> = [Lane::Events, Lane::Full]
         .into_iter()
         .map(|lane| tokio::spawn(execute_runs(server.clone(), lane, stopped.clone())))
@@ -243,7 +241,7 @@ async fn run_one(
         continue_on_error: cfg.pipeline.continue_on_error,
     };
     let nats = server.nats.as_ref();
-    let results = crate::cli::execute(cfg, &plan, req.dry_run, nats, limits, Some(&server.locks))
+    let results = crate::cli::execute(cfg, &plan, req.dry_run, nats, limits)
         .await
         .map_err(|e| format!("{e:#}"))?;
     let report = Report::build(&plan, results, req.dry_run);

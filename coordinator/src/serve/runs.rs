@@ -54,10 +54,26 @@ impl RunRequest {
             == (other.dry_run, other.merge_only, other.sync_only, other.is_targeted())
     }
 
-    /// Folds `other` (of the [same kind](Self::same_kind)) into this waiting request; past
+    /// Whether this waiting request is a full run of every target `other` (targeted) asks
+    /// for: then it covers `other` already.
+    fn covers(&self, other: &RunRequest) -> bool {
+        let flags = |r: &RunRequest| (r.dry_run, r.merge_only, r.sync_only);
+        let targets = match (&self.targets, &other.targets) {
+            (None, _) => true,
+            (Some(mine), Some(theirs)) => theirs.is_subset(mine),
+            (Some(_), None) => false,
+        };
+        !self.is_targeted() && other.is_targeted() && flags(self) == flags(other) && targets
+    }
+
+    /// Folds `other` (of the [same kind](Self::same_kind), or [covered](Self::covers)) into
+    /// this waiting request; past
     /// [`MAX_PENDING_NAMES`] names the result is a full run of their targets.
     fn absorb(&mut self, other: &RunRequest) {
         self.events.extend(other.events.iter().copied());
+        if self.covers(other) {
+            return;
+        }
         if let (Some(mine), Some(theirs)) = (&mut self.changes, &other.changes) {
             mine.extend(theirs);
             if mine.len() > MAX_PENDING_NAMES {
@@ -169,11 +185,18 @@ impl RunBook {
         if let Some(id) = key.as_ref().and_then(|k| book.keys.get(k)) {
             return Submitted::Replayed(id.clone());
         }
-        let waiting = book
-            .queue
-            .iter()
-            .find(|id| book.runs.get(*id).is_some_and(|r| r.request.same_kind(&request)));
-        let submitted = match waiting.cloned() {
+        // A waiting run of the same kind takes it; else (a targeted request) a waiting full run
+        // of its targets, which covers it: a flood of events that turned into a full run does
+        // not start another.
+        let waiting_like = |like: &dyn Fn(&RunRequest) -> bool| {
+            book.queue
+                .iter()
+                .find(|id| book.runs.get(*id).is_some_and(|r| like(&r.request)))
+                .cloned()
+        };
+        let waiting = waiting_like(&|r| r.same_kind(&request))
+            .or_else(|| waiting_like(&|r| r.covers(&request)));
+        let submitted = match waiting {
             Some(id) => {
                 let run = book.runs.get_mut(&id).expect("queued runs are in the book");
                 run.request.absorb(&request);
@@ -313,7 +336,26 @@ mod tests {
         assert_eq!(all, Submitted::Coalesced(third.id().to_string()));
         assert_eq!(book.get(third.id()).unwrap().request.targets, None, "all absorbs some");
         book.finish(&id, Ok(serde_json::json!({"ok": true})));
+        // A targeted request folds into a waiting targeted run, or else a covering full one.
+        let changed = |target: &str| RunRequest {
+            changes: Some(Changes { source: ["x".to_string()].into(), ..Default::default() }),
+            ..targets(&[target])
+        };
+        assert_eq!(
+            book.submit("audit", changed("A"), None),
+            Submitted::Coalesced(third.id().to_string()),
+            "the waiting full run of every target covers it"
+        );
+        assert_eq!(book.next(Lane::Full).unwrap().0, dry.id(), "in order");
+        assert_eq!(book.next(Lane::Full).unwrap().0, third.id());
+        let event = book.submit("audit", changed("A"), None);
+        assert!(matches!(event, Submitted::New(_)));
+        assert_eq!(
+            book.submit("audit", changed("B"), None),
+            Submitted::Coalesced(event.id().into())
+        );
+        assert_eq!(book.next(Lane::Events).unwrap().1.targets, targets(&["A", "B"]).targets);
         assert_eq!(book.get(&id).unwrap().status, RunStatus::Finished);
-        assert_eq!(book.list().len(), 3);
+        assert_eq!(book.list().len(), 4, "first, dry, third, event");
     }
 }

@@ -3,6 +3,7 @@
 //! that honour `Retry-After`, and generic API calls. The KV v2 store ([`super::VaultStore`])
 //! and `vss migrate` both work through it.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
@@ -91,11 +92,8 @@ impl VaultClient {
                 secret_id: read_credential(secret_id, "AppRole secret id", label)?,
             },
         };
-        let http = reqwest::Client::builder()
-            .timeout(timeouts.request())
-            .connect_timeout(timeouts.connect())
-            .build()
-            .map_err(|e| err(format!("cannot build an HTTP client: {e}")))?;
+        let http =
+            shared_http(timeouts).map_err(|e| err(format!("cannot build an HTTP client: {e}")))?;
         Ok(Self {
             http,
             address,
@@ -347,4 +345,20 @@ impl VaultClient {
         };
         self.err(kind, secret, format!("{operation}: HTTP {status}: {detail}"))
     }
+}
+
+/// One HTTP client (connection pool, TLS setup) per set of timeouts for the whole process:
+/// stores opened run after run (`vss serve`) reuse warm connections instead of building a
+/// client, and its TLS configuration, each time.
+fn shared_http(timeouts: &Timeouts) -> Result<reqwest::Client, reqwest::Error> {
+    type Clients = std::sync::Mutex<HashMap<(Duration, Duration), reqwest::Client>>;
+    static CLIENTS: std::sync::OnceLock<Clients> = std::sync::OnceLock::new();
+    let key = (timeouts.request(), timeouts.connect());
+    let mut clients = CLIENTS.get_or_init(Clients::default).lock().expect("HTTP clients lock");
+    if let Some(client) = clients.get(&key) {
+        return Ok(client.clone());
+    }
+    let client = reqwest::Client::builder().timeout(key.0).connect_timeout(key.1).build()?;
+    clients.insert(key, client.clone());
+    Ok(client)
 }
