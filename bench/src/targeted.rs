@@ -50,7 +50,7 @@ pub fn run(sizes: &[usize]) -> anyhow::Result<()> {
         let mut times = Vec::with_capacity(RUNS);
         let mut calls = 0;
         for run in 0..RUNS {
-            let name = format!("team{}/app{:06}", run % 10, (run * 7919) % n);
+            let name = secret_name(run, n);
             write(root.path(), &format!("src/{name}"), &json!({"n": "changed", "run": run}))?;
             let changes = Changes {
                 sources: BTreeMap::from([("app".to_string(), BTreeSet::from([name]))]),
@@ -83,6 +83,12 @@ pub fn run(sizes: &[usize]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The secret run `run` changes: spread over the source, as it was written.
+fn secret_name(run: usize, n: usize) -> String {
+    let i = (run * 7919) % n;
+    format!("team{}/app{i:06}", i % 10)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -110,7 +116,7 @@ async fn execute(cfg: &Config, req: &PlanRequest) -> anyhow::Result<u64> {
 fn floor(root: &Path, n: usize) -> anyhow::Result<Duration> {
     let mut times = Vec::with_capacity(RUNS);
     for run in 0..RUNS {
-        let name = format!("team{}/app{:06}", run % 10, (run * 7919) % n);
+        let name = secret_name(run, n);
         let started = Instant::now();
         let text = std::fs::read(root.join(format!("src/{name}.json")))?;
         for folder in ["merged/targets/Base", "merged/targets/Child", "out/base", "out/child"] {

@@ -14,7 +14,7 @@ use vss_protocol::job::JobResult;
 use vss_protocol::plan::{Plan, PlanRequest, plan_run};
 use vss_worker::WorkerContext;
 
-use crate::executor::{Executor, InProcess, Limits};
+use crate::executor::{Executor, InProcess, JobLocks, Limits};
 use crate::nats::JetStream;
 use crate::report::{self, Report};
 use vss_worker::daemon::{HealthFile, WorkerOptions};
@@ -460,7 +460,7 @@ async fn pipeline(args: PipelineArgs, log_format: Option<LogFormat>) -> anyhow::
             let parent = record.and_then(|r| r.traceparent);
             run_with_progress(&executor, &plan, parent.as_deref()).await?
         }
-        None => execute(&cfg, &plan, dry_run, nats.as_ref(), limits).await?,
+        None => execute(&cfg, &plan, dry_run, nats.as_ref(), limits, None).await?,
     };
     let report = Report::build(&plan, results, dry_run);
     let mut summary = None;
@@ -523,10 +523,12 @@ pub(crate) async fn execute(
     dry_run: bool,
     nats: Option<&NatsSpec>,
     limits: Limits,
+    locks: Option<&JobLocks>,
 ) -> anyhow::Result<Vec<JobResult>> {
     // A context per run: stores keep per-run state (a source's fetched document, a dry run's
     // would-be writes, a breaker's outage budget).
     let ctx = Arc::new(WorkerContext::new(dry_run, cfg.pipeline.timeouts));
+    let locks = locks.cloned().unwrap_or_default();
     // Resolve the hash key before jobs run in parallel, so only one is ever generated.
     if let Some(job) = plan.jobs.first() {
         ctx.hash_key(&job.options).context("cannot resolve the content-hash key")?;
@@ -538,9 +540,12 @@ pub(crate) async fn execute(
         }
         Some(spec) => {
             let executor = JetStream::connect(spec, limits.continue_on_error).await?;
+            run_with_progress(&executor.with_locks(locks), plan, None).await?
+        }
+        None => {
+            let executor = InProcess::sharing(ctx.clone(), limits, locks);
             run_with_progress(&executor, plan, None).await?
         }
-        None => run_with_progress(&InProcess::new(ctx.clone(), limits), plan, None).await?,
     };
     tracing::debug!(api_calls = ?ctx.stores().api_calls(), "store calls");
     Ok(results)

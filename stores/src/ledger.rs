@@ -140,17 +140,23 @@ impl StateLedger {
         let parent = path.parent().expect("ledger files live in a folder");
         fs::create_dir_all(parent).map_err(|e| self.err(parent, e.to_string()))?;
         let _guard = JOURNAL.lock().expect("journal lock");
+        // A line torn by a crash mid-append is ended first, so it spoils no other line.
         let mut file = fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
             .open(&path)
             .map_err(|e| self.err(&path, e.to_string()))?;
+        if ends_torn(&mut file) {
+            lines.insert(0, b'\n');
+        }
         file.write_all(&lines).map_err(|e| self.err(&path, e.to_string()))?;
         file.sync_data().map_err(|e| self.err(&path, e.to_string()))
     }
 
     /// Replays the journal of `name` from byte `from` over `ledger` (entries of its store
-    /// only; a torn last line, from a crash mid-append, is ignored); the journal's length.
+    /// only; a torn line, from a crash mid-append, is ignored); returns the offset after the
+    /// last whole line. Callers hold [`JOURNAL`].
     fn replay(&self, name: &str, from: u64, ledger: &mut TargetLedger) -> Result<u64, LedgerError> {
         let path = self.journal_path(name)?;
         let bytes = match fs::read(&path) {
@@ -158,8 +164,9 @@ impl StateLedger {
             Err(e) if e.kind() == IoKind::NotFound => return Ok(0),
             Err(e) => return Err(self.err(&path, e.to_string())),
         };
-        let start = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
-        for line in bytes[start..].split(|b| *b == b'\n') {
+        let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |at| at + 1);
+        let start = usize::try_from(from).unwrap_or(usize::MAX).min(whole);
+        for line in bytes[start..whole].split(|b| *b == b'\n') {
             let Ok(entry) = serde_json::from_slice::<JournalLine>(line) else { continue };
             if entry.store != ledger.store {
                 continue;
@@ -169,7 +176,7 @@ impl StateLedger {
                 None => ledger.secrets.remove(&entry.secret),
             };
         }
-        Ok(bytes.len() as u64)
+        Ok(whole as u64)
     }
 
     /// The records of `target` for `store`; empty when none exist or they describe another store.
@@ -181,14 +188,16 @@ impl StateLedger {
         self.with_journal(target, saved)
     }
 
-    /// `ledger` with the journal of `name` replayed over it (remembered for the next save).
+    /// `ledger` with the journal of `name` replayed over it. The first load of a name is
+    /// what a save of it builds on: how much it replayed is remembered for that save.
     fn with_journal(
         &self,
         name: &str,
         mut ledger: TargetLedger,
     ) -> Result<TargetLedger, LedgerError> {
+        let _guard = JOURNAL.lock().expect("journal lock");
         let replayed = self.replay(name, 0, &mut ledger)?;
-        self.replayed.lock().expect("replayed lock").insert(name.to_string(), replayed);
+        self.replayed.lock().expect("replayed lock").entry(name.to_string()).or_insert(replayed);
         Ok(ledger)
     }
 
@@ -371,6 +380,13 @@ impl StateLedger {
     }
 }
 
+/// Whether a journal's last line lacks its newline (a crash mid-append).
+fn ends_torn(file: &mut fs::File) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut last = [0u8; 1];
+    file.seek(SeekFrom::End(-1)).is_ok() && file.read_exact(&mut last).is_ok() && last[0] != b'\n'
+}
+
 /// The name a shard's records are saved under: `<target>#<index>-of-<count>`.
 fn shard_records(target: &str, shard: &Shard) -> String {
     format!("{target}#{}-of-{}", shard.index, shard.count)
@@ -475,9 +491,11 @@ mod tests {
         let journal = dir.path().join("targets/T.journal");
         let mut torn = fs::OpenOptions::new().append(true).open(&journal).unwrap();
         torn.write_all(b"{\"store\":\"x\",\"secret\":\"other\",\"record\":null}\n{\"sto").unwrap();
+        let after_torn = BTreeMap::from([("after".to_string(), Some(record("5")))]);
+        ledger.append("T", None, &store, &after_torn).unwrap();
         let loaded = ledger.load("T", &store).unwrap();
         let names: Vec<&str> = loaded.secrets.keys().map(String::as_str).collect();
-        assert_eq!(names, ["kept", "new"]);
+        assert_eq!(names, ["after", "kept", "new"], "the torn line spoils nothing after it");
         assert!(ledger.load("T", &file("/b")).unwrap().secrets.is_empty(), "bound to the store");
 
         // Appended between a full run's load and its save: folded in, not lost.
@@ -490,7 +508,7 @@ mod tests {
         assert!(!journal.exists(), "the save folded the journal in");
         let saved = ledger.load("T", &store).unwrap();
         let names: Vec<&str> = saved.secrets.keys().map(String::as_str).collect();
-        assert_eq!(names, ["from-full", "kept", "late", "new"]);
+        assert_eq!(names, ["after", "from-full", "kept", "late", "new"]);
 
         // A read-only ledger journals nothing.
         let dry = StateLedger::open(&StateSpec::File { path: dir.path().into() }, true);

@@ -132,6 +132,11 @@ async fn serve_runs_on_tokens_and_signed_webhooks_and_refuses_the_rest() {
     let (status, reason) =
         served.post(&[("authorization", &bearer)], r#"{"targets": ["Nope"]}"#).await;
     assert_eq!((status, reason["error"].as_str()), (400, Some("unknown target `Nope`")));
+    for changes in [r#"{"sources": {"nope": ["x"]}}"#, r#"{"source": ["app/../../etc"]}"#] {
+        let body = format!(r#"{{"changes": {changes}}}"#);
+        let (status, reason) = served.post(&[("authorization", &bearer)], &body).await;
+        assert_eq!(status, 400, "{changes}: {reason}");
+    }
     let oversize = format!(r#"{{"targets": ["{}"]}}"#, "x".repeat(5000));
     assert_eq!(served.post(&[("authorization", &bearer)], &oversize).await.0, 413);
 

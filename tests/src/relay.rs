@@ -43,5 +43,7 @@ fn relay(mut client: TcpStream, destination: &Mutex<Option<String>>) {
         std::thread::sleep(Duration::from_millis(20));
     };
     let Ok(mut upstream) = TcpStream::connect(address) else { return };
+    // As the client would: no Nagle delay on small writes (an audit line is one).
+    let _ = upstream.set_nodelay(true);
     let _ = std::io::copy(&mut client, &mut upstream);
 }

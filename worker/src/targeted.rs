@@ -17,7 +17,7 @@ use vss_protocol::job::{DesiredState, Job, JobResult, LayerSpec, MergeSpec, Sync
 use vss_protocol::merge::merge_layer;
 use vss_protocol::{HashKey, SecretValue};
 use vss_stores::ledger::Record;
-use vss_stores::{Precondition, Stamp, Versioned};
+use vss_stores::{ErrorKind, Precondition, Stamp, Versioned};
 
 use crate::io::{Write, apply, read_existing, record_outcomes, reread_from};
 use crate::manifest::merged_prefix;
@@ -69,7 +69,7 @@ pub(crate) async fn sync(
     let target = ctx.store(&spec.store)?;
     if !takes_names_as_they_are(&spec.store) || !target.capabilities().read_values {
         tracing::debug!("target respells names: the full sync instead");
-        return crate::sync::run(job, spec, ctx, result).await;
+        return full_sync(job, spec, ctx, result).await;
     }
     let key = ctx.hash_key(&job.options)?;
     let (source, prefix, wanted): (_, _, Vec<String>) = match &spec.desired {
@@ -95,7 +95,7 @@ pub(crate) async fn sync(
             if gone.len() as u64 > threshold.count && !job.options.allow_mass_delete =>
         {
             tracing::debug!(gone = gone.len(), "many deletes: the full sync weighs them");
-            return crate::sync::run(job, spec, ctx, result).await;
+            return full_sync(job, spec, ctx, result).await;
         }
         // Only what the ledger says vss wrote is ever deleted.
         Some(_) if gone.is_empty() => BTreeSet::new(),
@@ -113,8 +113,18 @@ pub(crate) async fn sync(
     let owner = Stamp::owner_of(&job.target);
     let outcomes = apply(&target, "", writes, Some(&owner), &key, Some(&*refresh)).await;
     let mut records: BTreeMap<String, Record> = BTreeMap::new();
-    let deleted: Vec<String> =
-        outcomes.iter().filter(|(_, o)| matches!(o, Ok(None))).map(|(n, _)| n.clone()).collect();
+    // Deleted, or rewritten by someone else since it was planned for deletion (that write
+    // wins, and it is no longer vss's): either way no longer owned.
+    let deletes: BTreeSet<&String> = deletable.iter().collect();
+    let deleted: Vec<String> = outcomes
+        .iter()
+        .filter(|(name, done)| match done {
+            Ok(None) => true,
+            Err(e) => deletes.contains(name) && e.kind == ErrorKind::Conflict,
+            Ok(Some(_)) => false,
+        })
+        .map(|(n, _)| n.clone())
+        .collect();
     let applied = record_outcomes(
         outcomes,
         &mut records,
@@ -132,6 +142,21 @@ pub(crate) async fn sync(
         &updates,
     )?;
     applied
+}
+
+/// The full sync, for what a targeted one cannot decide alone. The merge manifest may lag
+/// behind targeted merges, so the merged folder is listed rather than taken from it.
+async fn full_sync(
+    job: &Job,
+    spec: &SyncSpec,
+    ctx: &WorkerContext,
+    result: &mut JobResult,
+) -> Result<(), JobError> {
+    let mut spec = spec.clone();
+    if let DesiredState::Merged { merged_this_run, .. } = &mut spec.desired {
+        *merged_this_run = false;
+    }
+    crate::sync::run(job, &spec, ctx, result).await
 }
 
 /// Whether the store keeps every name as given (its `store_name` is the identity), so a

@@ -1,7 +1,7 @@
 //! The embedded default: jobs run as tasks of this process, with bounded concurrency per phase.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
@@ -15,12 +15,34 @@ use super::{Executor, Limits, Schedule};
 pub struct InProcess {
     ctx: Arc<WorkerContext>,
     limits: Limits,
+    locks: JobLocks,
 }
 
 impl InProcess {
     /// An executor over a worker context.
     pub fn new(ctx: Arc<WorkerContext>, limits: Limits) -> Self {
-        Self { ctx, limits }
+        Self { ctx, limits, locks: JobLocks::default() }
+    }
+
+    /// An executor whose jobs wait for the same job of other runs sharing `locks`.
+    pub fn sharing(ctx: Arc<WorkerContext>, limits: Limits, locks: JobLocks) -> Self {
+        Self { ctx, limits, locks }
+    }
+}
+
+/// What lets runs in one process overlap safely: a job (`merge:<target>`, `sync:<target>`,
+/// a shard's sync) runs in one run at a time; the others' same job waits for it.
+#[derive(Clone, Default)]
+pub struct JobLocks(Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
+
+impl JobLocks {
+    fn of(&self, job: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.0.lock().expect("job locks").entry(job.to_string()).or_default().clone()
+    }
+
+    /// Holds `job`'s lock if no other run holds it now.
+    pub fn try_hold(&self, job: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.of(job).try_lock_owned().ok()
     }
 }
 
@@ -44,7 +66,11 @@ impl Executor for InProcess {
             skipped.iter().for_each(on_result);
             for job in ready {
                 let (job, ctx) = (job.clone(), self.ctx.clone());
-                let work = async move { vss_worker::execute_isolated(&job, &ctx).await };
+                let lock = self.locks.of(&job.id);
+                let work = async move {
+                    let _running = lock.lock().await;
+                    vss_worker::execute_isolated(&job, &ctx).await
+                };
                 tasks.spawn(work.in_current_span());
             }
             let Some(joined) = tasks.join_next().await else {

@@ -10,7 +10,7 @@ mod in_process;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use in_process::InProcess;
+pub use in_process::{InProcess, JobLocks};
 use vss_protocol::job::{Job, JobResult, Outcome, Phase};
 use vss_protocol::plan::Plan;
 

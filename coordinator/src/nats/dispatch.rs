@@ -12,7 +12,7 @@ use vss_protocol::config::NatsSpec;
 use vss_protocol::job::{Job, JobResult, Outcome};
 use vss_protocol::plan::Plan;
 
-use crate::executor::{Executor, Schedule};
+use crate::executor::{Executor, JobLocks, Schedule};
 use vss_protocol::job::WIRE_VERSION;
 use vss_transport::{
     RESULTS_STREAM, RUNS_BUCKET, WORKERS_BUCKET, WorkerEntry, ensure_streams, job_subject,
@@ -29,6 +29,7 @@ pub struct JetStream {
     js: jetstream::Context,
     job_timeout: Duration,
     continue_on_error: bool,
+    locks: Option<JobLocks>,
 }
 
 /// What `vss-runs` keeps per run.
@@ -75,7 +76,12 @@ impl JetStream {
         let js = jetstream::new(client);
         ensure_streams(&js).await?;
         let job_timeout = Duration::from_secs(spec.job_timeout_secs);
-        Ok(Self { js, job_timeout, continue_on_error })
+        Ok(Self { js, job_timeout, continue_on_error, locks: None })
+    }
+
+    /// The executor, whose jobs wait while another run sharing `locks` has the same job out.
+    pub fn with_locks(self, locks: JobLocks) -> Self {
+        Self { locks: Some(locks), ..self }
     }
 
     /// Whether a result is one of this run's jobs.
@@ -294,8 +300,16 @@ impl JetStream {
             }
         }
         let mut last_heard = Instant::now();
+        // A job another run has out waits (it is tried again on the next tick): never block
+        // here, this loop releases what the run holds.
+        let mut held = BTreeMap::new();
         loop {
-            let (ready, skipped) = schedule.next(|_| true);
+            let (ready, skipped) = schedule.next(|job| match &self.locks {
+                None => true,
+                Some(locks) => {
+                    locks.try_hold(&job.id).map(|g| held.insert(job.id.clone(), g)).is_some()
+                }
+            });
             skipped.iter().for_each(on_result);
             if !ready.is_empty() {
                 for job in ready {
@@ -346,6 +360,7 @@ impl JetStream {
                 let id = result.job_id.clone();
                 if schedule.finish(result.clone()) {
                     pending.remove(&id);
+                    held.remove(&id);
                     record.finished_jobs += 1;
                     record.failed_jobs += usize::from(failed);
                     on_result(&result);

@@ -82,6 +82,9 @@ async fn trigger(State(server): State<Arc<Server>>, headers: HeaderMap, body: By
     {
         return error(StatusCode::BAD_REQUEST, &format!("unknown target `{unknown}`"));
     }
+    if let Some(reason) = request.changes.as_ref().and_then(|c| bad_change(&server, c)) {
+        return error(StatusCode::BAD_REQUEST, &reason);
+    }
     let key = header(&headers, "x-github-delivery")
         .or_else(|| header(&headers, "idempotency-key"))
         .map(str::to_string);
@@ -108,6 +111,20 @@ async fn trigger(State(server): State<Arc<Server>>, headers: HeaderMap, body: By
     };
     tracing::info!(run = %submitted.id(), trigger, how, "run requested");
     (status, Json(json!({ "id": submitted.id(), "status": how }))).into_response()
+}
+
+/// Why the changed names of a request cannot be run: an unknown source, or a name that is
+/// empty, absolute or climbs out of its folder.
+fn bad_change(server: &Server, changes: &vss_protocol::plan::Changes) -> Option<String> {
+    if let Some(unknown) = changes.sources.keys().find(|s| !server.cfg.sources.contains_key(*s)) {
+        return Some(format!("unknown source `{unknown}` in changes"));
+    }
+    let names = changes.sources.values().flatten().chain(&changes.source);
+    let bad = |n: &&String| n.is_empty() || n.starts_with('/') || n.split('/').any(|s| s == "..");
+    names
+        .into_iter()
+        .find(bad)
+        .map(|n| format!("`{n}` is not a secret name (empty, absolute or with `..`)"))
 }
 
 /// A GitHub delivery: `push` on a configured ref → its targets; `ping` and other events,

@@ -32,6 +32,8 @@ pub(crate) struct Server {
     audit: audit::AuditCounts,
     /// Consecutive failed runs per target (for the retry backoff).
     failures: std::sync::Mutex<std::collections::BTreeMap<String, u32>>,
+    /// One job per target at a time across the lanes.
+    locks: crate::executor::JobLocks,
     /// Accepted events kept until done (`--nats`).
     events: Option<event_log::EventLog>,
 }
@@ -81,6 +83,7 @@ pub async fn serve(
         ready: AtomicBool::new(false),
         audit: audit::AuditCounts::default(),
         failures: Default::default(),
+        locks: Default::default(),
         events,
     });
     if let Some(log) = &server.events {
@@ -115,9 +118,10 @@ pub async fn serve(
     server.ready.store(true, Ordering::SeqCst);
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    // Events and full runs have lanes of their own, so a change never waits for a long
-    // reconcile: the two may write one target at once, and a conflict re-reads the desired
-    // value, so the later writer never puts an older value back.
+    // Events and full runs have lanes of their own, so a change never waits for a whole
+    // reconcile, only for its job of the same target: the job locks keep one merge and one
+    // sync per target at a time across the lanes (two runs planning one target at once could
+    // undo each other's writes and deletes).
     let executors: Vec<_> = [Lane::Events, Lane::Full]
         .into_iter()
         .map(|lane| tokio::spawn(execute_runs(server.clone(), lane, stopped.clone())))
@@ -163,13 +167,23 @@ async fn execute_runs(
             let outcome = run_one(&server, &id, &request).await;
             match &outcome {
                 Ok(report) => {
+                    server.failures.lock().expect("failures lock").remove("(run start)");
                     let retried = retry_failed(&server, &request, report);
                     if let (false, Some(log)) = (retried, &server.events) {
                         log.done(&request.events).await;
                     }
                 }
-                // Its events stay recorded: the next start runs them.
-                Err(e) => tracing::error!(run = %id, error = %e, "run failed to start"),
+                Err(e) if e.starts_with("cannot plan") => {
+                    tracing::error!(run = %id, error = %e, "run cannot be planned; dropped");
+                    if let Some(log) = &server.events {
+                        log.done(&request.events).await;
+                    }
+                }
+                // NATS or a store unreachable at start: the whole run again, later.
+                Err(e) => {
+                    tracing::error!(run = %id, error = %e, "run failed to start");
+                    retry_later(&server, request.clone(), "(run start)");
+                }
             }
             server.runs.finish(&id, outcome);
             if *stop.borrow() {
@@ -205,10 +219,30 @@ fn retry_failed(server: &Arc<Server>, request: &RunRequest, report: &serde_json:
         return false;
     }
     let attempts = failed.iter().filter_map(|t| failures.get(t)).max().copied().unwrap_or(1);
-    let delay = Duration::from_secs(1 << attempts.min(6)).min(MAX_RETRY_DELAY);
     drop(failures);
-    tracing::warn!(targets = ?failed, retry_in = ?delay, "targets not brought up to date; running them again");
+    tracing::warn!(targets = ?failed, "targets not brought up to date; running them again");
     let retry = RunRequest { targets: Some(failed), ..request.clone() };
+    schedule_retry(server, retry, attempts);
+    true
+}
+
+/// Runs `request` again later (a run that could not start), backing off while it keeps
+/// failing; `key` counts its attempts.
+fn retry_later(server: &Arc<Server>, request: RunRequest, key: &str) {
+    let attempts = {
+        let mut failures = server.failures.lock().expect("failures lock");
+        let attempts = failures.entry(key.to_string()).or_default();
+        *attempts += 1;
+        *attempts
+    };
+    schedule_retry(server, request, attempts);
+}
+
+/// Submits `retry` after 2, 4, 8… s (at most a minute) for the `attempts`-th failure, unless
+/// serve is shutting down by then (its events stay recorded for the next start).
+fn schedule_retry(server: &Arc<Server>, retry: RunRequest, attempts: u32) {
+    let delay = Duration::from_secs(1 << attempts.clamp(1, 6)).min(MAX_RETRY_DELAY);
+    tracing::info!(retry_in = ?delay, "run scheduled again");
     let server = server.clone();
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
@@ -216,7 +250,6 @@ fn retry_failed(server: &Arc<Server>, request: &RunRequest, report: &serde_json:
             server.runs.submit("retry", retry, None);
         }
     });
-    true
 }
 
 /// Plans and executes one run; its report as JSON (the CLI's very format).
@@ -234,14 +267,15 @@ async fn run_one(
         allow_mass_delete: false,
         changes: request.changes.clone(),
     };
-    let plan = plan_run(cfg, id, &req).map_err(|e| format!("{e:#}"))?;
+    // A run the config cannot plan never will be: its events are dropped, not retried.
+    let plan = plan_run(cfg, id, &req).map_err(|e| format!("cannot plan: {e:#}"))?;
     let limits = Limits {
         merge_parallel: cfg.pipeline.merge_parallel,
         sync_parallel: cfg.pipeline.sync_parallel,
         continue_on_error: cfg.pipeline.continue_on_error,
     };
     let nats = server.nats.as_ref();
-    let results = crate::cli::execute(cfg, &plan, req.dry_run, nats, limits)
+    let results = crate::cli::execute(cfg, &plan, req.dry_run, nats, limits, Some(&server.locks))
         .await
         .map_err(|e| format!("{e:#}"))?;
     let report = Report::build(&plan, results, req.dry_run);

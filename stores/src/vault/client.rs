@@ -347,18 +347,20 @@ impl VaultClient {
     }
 }
 
-/// One HTTP client (connection pool, TLS setup) per set of timeouts for the whole process:
-/// stores opened run after run (`vss serve`) reuse warm connections instead of building a
-/// client, and its TLS configuration, each time.
+/// One HTTP client (connection pool, TLS setup) per set of timeouts and thread: stores opened
+/// run after run (`vss serve`) reuse warm connections instead of building a client, and its
+/// TLS configuration, each time. Per thread, because a pooled connection belongs to the
+/// runtime that opened it, and a runtime's threads end with it.
 fn shared_http(timeouts: &Timeouts) -> Result<reqwest::Client, reqwest::Error> {
-    type Clients = std::sync::Mutex<HashMap<(Duration, Duration), reqwest::Client>>;
-    static CLIENTS: std::sync::OnceLock<Clients> = std::sync::OnceLock::new();
+    thread_local! {
+        static CLIENTS: std::cell::RefCell<HashMap<(Duration, Duration), reqwest::Client>> =
+            std::cell::RefCell::default();
+    }
     let key = (timeouts.request(), timeouts.connect());
-    let mut clients = CLIENTS.get_or_init(Clients::default).lock().expect("HTTP clients lock");
-    if let Some(client) = clients.get(&key) {
-        return Ok(client.clone());
+    if let Some(client) = CLIENTS.with_borrow(|clients| clients.get(&key).cloned()) {
+        return Ok(client);
     }
     let client = reqwest::Client::builder().timeout(key.0).connect_timeout(key.1).build()?;
-    clients.insert(key, client.clone());
+    CLIENTS.with_borrow_mut(|clients| clients.insert(key, client.clone()));
     Ok(client)
 }
