@@ -137,8 +137,9 @@ pub enum PlanError {
     Phase(String),
 }
 
-/// Turns a config and a request into a plan.
-pub fn plan_run(cfg: &Config, run_id: &str, req: &PlanRequest) -> Result<Plan, PlanError> {
+/// Which phases the request runs, and where its syncs read the desired state; refuses
+/// unknown targets and phases the config cannot run.
+fn phases(cfg: &Config, req: &PlanRequest) -> Result<(bool, bool, DesiredState), PlanError> {
     if let Some(names) = &req.targets {
         for name in names {
             if !cfg.targets.contains_key(name) {
@@ -171,6 +172,12 @@ pub fn plan_run(cfg: &Config, run_id: &str, req: &PlanRequest) -> Result<Plan, P
             "a sync-only run needs a top-level `source` or an existing `merge_store`".into(),
         ));
     };
+    Ok((run_merge, run_sync, desired))
+}
+
+/// Turns a config and a request into a plan.
+pub fn plan_run(cfg: &Config, run_id: &str, req: &PlanRequest) -> Result<Plan, PlanError> {
+    let (run_merge, run_sync, desired) = phases(cfg, req)?;
 
     // A targeted run touches only the targets whose desired state reads a changed name.
     let focus = req
@@ -185,18 +192,7 @@ pub fn plan_run(cfg: &Config, run_id: &str, req: &PlanRequest) -> Result<Plan, P
         Some(focus) => selected.into_iter().filter(|t| focus.contains_key(t)).collect(),
         None => selected,
     };
-    // Merging a selected target needs its ancestors merged first (in a targeted run, those
-    // whose merged result the changes reach).
-    let mut to_merge = BTreeSet::new();
-    let mut pending: Vec<&str> = selected.iter().copied().collect();
-    while let Some(name) = pending.pop() {
-        if focus.as_ref().is_some_and(|f| !f.contains_key(name)) {
-            continue;
-        }
-        if to_merge.insert(name) {
-            pending.extend(cfg.targets[name].parents());
-        }
-    }
+    let to_merge = to_merge(cfg, &selected, focus.as_ref());
     let names_of = |target: &str| focus.as_ref().map(|f| f[target].clone());
 
     let options = RunOptions {
@@ -277,6 +273,26 @@ pub fn plan_run(cfg: &Config, run_id: &str, req: &PlanRequest) -> Result<Plan, P
         }
     }
     Ok(Plan { run_id: run_id.to_string(), jobs })
+}
+
+/// The targets to merge: the selected ones and their ancestors (in a targeted run, those
+/// whose merged result the changes reach).
+fn to_merge<'c>(
+    cfg: &'c Config,
+    selected: &BTreeSet<&'c str>,
+    focus: Option<&BTreeMap<&'c str, BTreeSet<String>>>,
+) -> BTreeSet<&'c str> {
+    let mut to_merge = BTreeSet::new();
+    let mut pending: Vec<&str> = selected.iter().copied().collect();
+    while let Some(name) = pending.pop() {
+        if focus.is_some_and(|f| !f.contains_key(name)) {
+            continue;
+        }
+        if to_merge.insert(name) {
+            pending.extend(cfg.targets[name].parents());
+        }
+    }
+    to_merge
 }
 
 /// The id of a target's job in a phase.
