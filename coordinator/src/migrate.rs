@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::json;
 use std::sync::Arc;
-use vss_migrations::runner::Runner;
+use vss_migrations::files::Migration;
+use vss_migrations::runner::{Runner, Status};
 use vss_migrations::schema::Schema;
 
 use vss_protocol::config::stores::{display_url, vault::is_http_url};
@@ -171,25 +172,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
         MigrateCommand::Plan => {
             let pending = runner.plan().await?;
             changes = !pending.is_empty();
-            if json {
-                let pending: Vec<_> = pending
-                    .iter()
-                    .map(|m| {
-                        let up: Vec<String> = m.up.iter().map(|t| t.describe()).collect();
-                        json!({"version": m.version, "name": m.name, "up": up})
-                    })
-                    .collect();
-                writeln!(out, "{}", json!({ "pending": pending }))?;
-            } else if pending.is_empty() {
-                writeln!(out, "Nothing to apply")?;
-            } else {
-                for m in &pending {
-                    writeln!(out, "V{:04} {}:", m.version, m.name)?;
-                    for task in &m.up {
-                        writeln!(out, "  {}", task.describe())?;
-                    }
-                }
-            }
+            write_plan(&mut out, &pending, json)?;
         }
         MigrateCommand::Apply => {
             let applied = runner.apply().await?;
@@ -206,23 +189,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
         MigrateCommand::Status => {
             let status = runner.status().await?;
             changes = !status.pending.is_empty();
-            if json {
-                writeln!(out, "{}", serde_json::to_string(&status)?)?;
-            } else {
-                for a in &status.applied {
-                    writeln!(out, "applied  V{:04} {}", a.version, a.name)?;
-                }
-                for (v, name) in &status.pending {
-                    writeln!(out, "pending  V{v:04} {name}")?;
-                }
-                if let Some(d) = &status.dirty {
-                    writeln!(
-                        out,
-                        "DIRTY    V{:04} {} task {}: {}",
-                        d.version, d.direction, d.task, d.error
-                    )?;
-                }
-            }
+            write_status(&mut out, &status, json)?;
         }
         MigrateCommand::Rollback { to, allow_destructive } => {
             let rolled = runner.rollback(to, allow_destructive).await?;
@@ -253,4 +220,46 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(if common.exit_code && changes { 1 } else { 0 })
+}
+
+/// `vss migrate plan`'s output: the pending migrations and their tasks.
+fn write_plan(out: &mut impl Write, pending: &[Migration], json: bool) -> anyhow::Result<()> {
+    if json {
+        let pending: Vec<_> = pending
+            .iter()
+            .map(|m| {
+                let up: Vec<String> = m.up.iter().map(|t| t.describe()).collect();
+                json!({"version": m.version, "name": m.name, "up": up})
+            })
+            .collect();
+        writeln!(out, "{}", json!({ "pending": pending }))?;
+    } else if pending.is_empty() {
+        writeln!(out, "Nothing to apply")?;
+    } else {
+        for m in pending {
+            writeln!(out, "V{:04} {}:", m.version, m.name)?;
+            for task in &m.up {
+                writeln!(out, "  {}", task.describe())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `vss migrate status`'s output: applied, pending, and a dirty migration if any.
+fn write_status(out: &mut impl Write, status: &Status, json: bool) -> anyhow::Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string(status)?)?;
+        return Ok(());
+    }
+    for a in &status.applied {
+        writeln!(out, "applied  V{:04} {}", a.version, a.name)?;
+    }
+    for (v, name) in &status.pending {
+        writeln!(out, "pending  V{v:04} {name}")?;
+    }
+    if let Some(d) = &status.dirty {
+        writeln!(out, "DIRTY    V{:04} {} task {}: {}", d.version, d.direction, d.task, d.error)?;
+    }
+    Ok(())
 }

@@ -247,14 +247,12 @@ impl JetStream {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// Publishes ready jobs and collects results until every job of the plan has one.
-    async fn drive(
+    /// Subscribes to the run's results, from the start of its subject (before anything is
+    /// published), and reads those already there: a resumed run's, one per job.
+    async fn results_of(
         &self,
         plan: &Plan,
-        on_result: &(dyn for<'r> Fn(&'r JobResult) + Sync),
-        record: &mut RunRecord,
-    ) -> anyhow::Result<Vec<JobResult>> {
-        // Subscribe before publishing anything, from the start of the run's subject.
+    ) -> anyhow::Result<(consumer::pull::Ordered, Vec<JobResult>)> {
         let results = self
             .js
             .get_stream(RESULTS_STREAM)
@@ -266,10 +264,8 @@ impl JetStream {
             })
             .await
             .context("cannot subscribe to the run's results")?;
-        // Results already there belong to a resumed run: replay them before anything starts.
         let backlog = results.cached_info().num_pending;
         let mut results = results.messages().await.context("cannot read the run's results")?;
-        let mut schedule = Schedule::new(plan, self.continue_on_error);
         let mut earlier: Vec<JobResult> = Vec::new();
         for _ in 0..backlog {
             let message = tokio::time::timeout(Duration::from_secs(10), results.next())
@@ -286,6 +282,18 @@ impl JetStream {
                 Err(e) => tracing::warn!(error = %e, "undecodable result ignored"),
             }
         }
+        Ok((results, earlier))
+    }
+
+    /// Publishes ready jobs and collects results until every job of the plan has one.
+    async fn drive(
+        &self,
+        plan: &Plan,
+        on_result: &(dyn for<'r> Fn(&'r JobResult) + Sync),
+        record: &mut RunRecord,
+    ) -> anyhow::Result<Vec<JobResult>> {
+        let (mut results, earlier) = self.results_of(plan).await?;
+        let mut schedule = Schedule::new(plan, self.continue_on_error);
         let mut pending: BTreeMap<String, (Instant, &Job)> = BTreeMap::new();
         if !earlier.is_empty() || !record.published.is_empty() {
             tracing::info!(results = earlier.len(), "resuming: earlier results replayed");
