@@ -180,7 +180,10 @@ impl Submitted {
 
 impl RunBook {
     /// Queues a run (or folds it into one waiting, or answers a replayed key).
-    pub fn submit(&self, trigger: &str, request: RunRequest, key: Option<String>) -> Submitted {
+    pub fn submit(&self, trigger: &str, mut request: RunRequest, key: Option<String>) -> Submitted {
+        if request.changes.as_ref().is_some_and(|c| c.len() > MAX_PENDING_NAMES) {
+            request.changes = None;
+        }
         let mut book = self.book.lock().expect("run book lock");
         if let Some(id) = key.as_ref().and_then(|k| book.keys.get(k)) {
             return Submitted::Replayed(id.clone());
@@ -357,5 +360,12 @@ mod tests {
         assert_eq!(book.next(Lane::Events).unwrap().1.targets, targets(&["A", "B"]).targets);
         assert_eq!(book.get(&id).unwrap().status, RunStatus::Finished);
         assert_eq!(book.list().len(), 4, "first, dry, third, event");
+        let many = Changes {
+            source: (0..=MAX_PENDING_NAMES).map(|i| format!("s{i}")).collect(),
+            ..Default::default()
+        };
+        let flood = RunRequest { changes: Some(many), ..targets(&["A"]) };
+        let flood = book.submit("api", flood, None);
+        assert_eq!(book.get(flood.id()).unwrap().request.changes, None, "too many: a full run");
     }
 }
