@@ -75,6 +75,21 @@ impl Job {
         }
     }
 
+    /// Whether the job must not overlap the same job of another run (the executors hold a
+    /// lock per job id). A targeted job whose store keeps names and refuses stale writes may:
+    /// every write and delete is made against the version it read, so whichever job writes
+    /// second sees the other's write and reads the desired value again, and no job undoes the
+    /// other. Full jobs, and targeted ones elsewhere, run one at a time per target.
+    pub fn runs_alone(&self) -> bool {
+        match (&self.names, &self.spec) {
+            (None, _) => true,
+            (Some(_), JobSpec::Merge(spec)) => !spec.merge_store.refuses_stale_writes(),
+            (Some(_), JobSpec::Sync(spec)) => {
+                !(spec.store.keeps_names() && spec.store.refuses_stale_writes())
+            }
+        }
+    }
+
     /// The job's phase.
     pub fn phase(&self) -> Phase {
         match self.spec {

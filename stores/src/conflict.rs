@@ -7,7 +7,8 @@
 //! [`Refresh`], the desired value is read again too, so a write planned before another vss run
 //! moved the secret on (an event during a reconcile) never puts an older value back. A delete that
 //! conflicts is dropped unless the secret is already gone: someone rewrote it after it was
-//! planned for deletion, and that write wins.
+//! planned for deletion, and that write wins. Either way the newer state stands and the call
+//! ends [`Settled::Superseded`]: not an error, and not vss's write any more.
 
 use vss_protocol::{ContentHash, HashKey, SecretValue};
 
@@ -21,6 +22,18 @@ pub type Fresh = futures_util::future::BoxFuture<'static, Result<Option<SecretVa
 
 /// Reads a secret's desired value again, by its name relative to the job's folder.
 pub type Refresh = dyn Fn(String) -> Fresh + Send + Sync;
+
+/// How a conditional write or delete ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// The secret holds the desired content, with this hash, at this version.
+    Written(ContentHash, Version),
+    /// The secret is gone.
+    Deleted,
+    /// Someone moved the secret on since the change was planned, and the change no longer
+    /// applies (a delete met a rewrite; a write's desired value is gone): left as it is.
+    Superseded,
+}
 
 /// One write: the desired value, its hash, and the stamp to put beside it (if any).
 pub struct DesiredWrite<'a> {
@@ -36,14 +49,15 @@ pub struct DesiredWrite<'a> {
 
 /// Writes `write` under `pre`; on a conflict re-reads (the secret, and with `refresh` its
 /// desired value, asked for with `relative`, its name in the job's folder) and retries as the
-/// module describes. `key` hashes what is read. Returns the hash and version written.
+/// module describes. `key` hashes what is read. Returns the hash and version written, or
+/// [`Settled::Superseded`] when the desired value went away meanwhile.
 pub async fn write_resolving_conflicts(
     store: &dyn SecretStore,
     write: DesiredWrite<'_>,
     mut pre: Precondition,
     key: &HashKey,
     refresh: Option<(&Refresh, &str)>,
-) -> Result<(ContentHash, Version), StoreError> {
+) -> Result<Settled, StoreError> {
     let mut fresh: Option<SecretValue> = None;
     let mut hash = write.hash.clone();
     let mut stamp = write.stamp.cloned();
@@ -56,7 +70,7 @@ pub async fn write_resolving_conflicts(
         };
         let conflict = match attempt {
             Err(e) if e.kind == ErrorKind::Conflict && store.capabilities().read_values => e,
-            other => return other.map(|version| (hash, version)),
+            other => return other.map(|version| Settled::Written(hash, version)),
         };
         if rereads == MAX_REREADS {
             return Err(conflict);
@@ -65,12 +79,8 @@ pub async fn write_resolving_conflicts(
         tracing::debug!(store = %store.describe(), secret = %write.name, "write conflict; re-reading");
         if let Some((refresh, relative)) = refresh {
             let Some(now) = refresh(relative.to_string()).await? else {
-                return Err(StoreError::new(
-                    ErrorKind::Conflict,
-                    &store.describe(),
-                    Some(write.name),
-                    "no longer desired since the run planned it; left for the next run",
-                ));
+                tracing::debug!(secret = %write.name, "no longer desired since it was planned");
+                return Ok(Settled::Superseded);
             };
             hash = key.hash(&now);
             if let Some(stamp) = &mut stamp {
@@ -83,7 +93,7 @@ pub async fn write_resolving_conflicts(
             Some(found) => {
                 let needs_stamp = stamp.is_some() && store.capabilities().metadata;
                 if !needs_stamp && key.hash(&found.value) == hash {
-                    return Ok((hash, found.version));
+                    return Ok(Settled::Written(hash, found.version));
                 }
                 Precondition::Matches(found.version)
             }
@@ -91,26 +101,24 @@ pub async fn write_resolving_conflicts(
     }
 }
 
-/// Deletes `name` under `pre`. On a conflict the secret is re-read: gone is success; still
-/// there means someone rewrote it since it was planned for deletion, and it is left in place
-/// (the conflict is returned).
+/// Deletes `name` under `pre`. On a conflict the secret is re-read: gone is
+/// [`Settled::Deleted`]; still there means someone rewrote it since it was planned for
+/// deletion, and it is left in place ([`Settled::Superseded`]).
 pub async fn delete_resolving_conflicts(
     store: &dyn SecretStore,
     name: &str,
     pre: Precondition,
-) -> Result<(), StoreError> {
+) -> Result<Settled, StoreError> {
     match store.delete(name, pre).await {
         Err(e) if e.kind == ErrorKind::Conflict && store.capabilities().read_values => {
             match store.read(name).await? {
-                None => Ok(()),
-                Some(_) => Err(StoreError::new(
-                    ErrorKind::Conflict,
-                    &store.describe(),
-                    Some(name),
-                    "rewritten by someone else after it was planned for deletion; left in place",
-                )),
+                None => Ok(Settled::Deleted),
+                Some(_) => {
+                    tracing::debug!(secret = %name, "rewritten since it was planned for deletion");
+                    Ok(Settled::Superseded)
+                }
             }
         }
-        other => other,
+        other => other.map(|()| Settled::Deleted),
     }
 }

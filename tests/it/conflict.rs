@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde_json::{Value, json};
 use vss_protocol::config::{S3Spec, SecretRef, Timeouts, VaultAuth, VaultConnection, VaultSpec};
 use vss_protocol::{HashKey, SecretValue};
-use vss_stores::conflict::{DesiredWrite, delete_resolving_conflicts, write_resolving_conflicts};
+use vss_stores::conflict::{
+    DesiredWrite, Settled, delete_resolving_conflicts, write_resolving_conflicts,
+};
 use vss_stores::s3::S3Store;
 use vss_stores::vault::VaultStore;
 use vss_stores::{
@@ -118,9 +120,12 @@ async fn write_over_rival(
     let key = key();
     let hash = key.hash(desired);
     let write = DesiredWrite { name: "s", value: desired, hash: &hash, stamp: None };
-    write_resolving_conflicts(store, write, Precondition::Matches(planned_at), &key, None)
-        .await
-        .map(|(_, version)| version)
+    match write_resolving_conflicts(store, write, Precondition::Matches(planned_at), &key, None)
+        .await?
+    {
+        Settled::Written(_, version) => Ok(version),
+        other => panic!("a write with no refresh is written or fails: {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -163,7 +168,7 @@ async fn conflict_rereads_the_desired_value_and_never_writes_back_an_older_one()
     let hash = key.hash(&stale);
     let write = DesiredWrite { name: "s", value: &stale, hash: &hash, stamp: None };
     let fresh = now_desired(Some(json!({"a": "new"})));
-    let (written_hash, version) = write_resolving_conflicts(
+    let written = write_resolving_conflicts(
         &store,
         write,
         Precondition::Matches(v1),
@@ -174,18 +179,18 @@ async fn conflict_rereads_the_desired_value_and_never_writes_back_an_older_one()
     .unwrap();
     assert_eq!(bao.get("race/s"), Some((json!({"a": "new"}), 2)), "nothing older written");
     assert_eq!(
-        (written_hash, version),
-        (key.hash(&value(json!({"a": "new"}))), Version("2".into()))
+        written,
+        Settled::Written(key.hash(&value(json!({"a": "new"}))), Version("2".into()))
     );
 
-    // No longer desired at all: left as the other run left it, reported as a conflict.
+    // No longer desired at all: left as the other run left it; superseded, not a failure.
     let store = Interloper::new(inner.clone(), json!({"a": "newer"}), 1);
     let write = DesiredWrite { name: "s", value: &stale, hash: &hash, stamp: None };
     let gone = now_desired(None);
     let refresh = Some((&*gone, "s"));
     let planned = Precondition::Matches(Version("2".into()));
-    let err = write_resolving_conflicts(&store, write, planned, &key, refresh).await.unwrap_err();
-    assert_eq!(err.kind, ErrorKind::Conflict, "{err}");
+    let settled = write_resolving_conflicts(&store, write, planned, &key, refresh).await.unwrap();
+    assert_eq!(settled, Settled::Superseded);
     assert_eq!(bao.get("race/s").unwrap().0, json!({"a": "newer"}));
 }
 
@@ -225,14 +230,14 @@ async fn conflict_on_a_planned_delete_leaves_the_rewritten_secret_in_place() {
     let v1 = inner.write("s", &value(json!({"a": 1})), Precondition::Absent).await.unwrap();
     let store = Interloper::new(inner.clone(), json!({"a": "rival"}), 1);
 
-    let err = delete_resolving_conflicts(&store, "s", Precondition::Matches(v1)).await.unwrap_err();
-    assert_eq!(err.kind, ErrorKind::Conflict, "{err}");
-    assert!(err.message.contains("left in place"), "{err}");
+    let settled = delete_resolving_conflicts(&store, "s", Precondition::Matches(v1)).await;
+    assert_eq!(settled.unwrap(), Settled::Superseded, "left in place");
     assert_eq!(bao.get("race/s"), Some((json!({"a": "rival"}), 2)));
 
     // Planned against the version now current, the delete goes through.
     let current = inner.read("s").await.unwrap().unwrap().version;
-    delete_resolving_conflicts(&store, "s", Precondition::Matches(current)).await.unwrap();
+    let settled = delete_resolving_conflicts(&store, "s", Precondition::Matches(current)).await;
+    assert_eq!(settled.unwrap(), Settled::Deleted);
     assert_eq!(inner.read("s").await.unwrap().map(|v| v.version), None);
 }
 
@@ -268,8 +273,8 @@ async fn conflict_on_s3_rereads_then_writes_against_the_rivals_etag() {
 
     // A delete planned before a rival's rewrite is refused by S3 (If-Match) and left alone.
     let store = Interloper::new(inner.clone(), json!({"a": "rival"}), 1);
-    let err = delete_resolving_conflicts(&store, "s", Precondition::Matches(written)).await;
-    assert_eq!(err.unwrap_err().kind, ErrorKind::Conflict);
+    let settled = delete_resolving_conflicts(&store, "s", Precondition::Matches(written)).await;
+    assert_eq!(settled.unwrap(), Settled::Superseded);
     assert_eq!(inner.read("s").await.unwrap().unwrap().value.expose()["a"], "rival");
     assert_ne!(etag1, now.version);
 }

@@ -32,6 +32,26 @@ impl Setup {
 
     /// [`Setup::start`] with more config (an `execution:` block).
     fn start_with(more: &str) -> Self {
+        Self::start_config(|bao, proxy| {
+            format!(
+                "vault: {{ address: \"{bao}\", auth: {{ token: {{ env: VSS_TEST_VAULT_TOKEN }} }} }}
+aws: {{ region: us-east-1, endpoint: \"{proxy}\" }}
+merge_store: {{ file: {{ dir: merged }} }}
+pipeline: {{ timeouts: {{ connect_secs: 1, request_secs: 2, outage_secs: 2 }} }}
+sources:
+  app: {{ vault: {{ path: secret/src }} }}
+targets:
+  F: {{ imports: [app], store: {{ file: {{ dir: out }} }} }}
+  A: {{ imports: [app], store: {{ aws: {{ prefix: app/ }} }} }}
+serve:
+  tokens: [\"${{VSS_API_TOKEN}}\"]
+{more}"
+            )
+        })
+    }
+
+    /// The servers, with the config `config(OpenBao's address, the moto proxy's URL)`.
+    fn start_config(config: impl Fn(&str, &str) -> String) -> Self {
         let ws = Workspace::new();
         let relay = Relay::start();
         let hcl = format!(
@@ -42,21 +62,7 @@ impl Setup {
         let bao = OpenBao::start_with_config(Some(&hcl));
         let moto = Moto::start();
         let proxy = FaultProxy::start(&moto.endpoint);
-        ws.config(&format!(
-            "vault: {{ address: \"{}\", auth: {{ token: {{ env: VSS_TEST_VAULT_TOKEN }} }} }}
-aws: {{ region: us-east-1, endpoint: \"{}\" }}
-merge_store: {{ file: {{ dir: merged }} }}
-pipeline: {{ timeouts: {{ connect_secs: 1, request_secs: 2, outage_secs: 2 }} }}
-sources:
-  app: {{ vault: {{ path: secret/src }} }}
-targets:
-  F: {{ imports: [app], store: {{ file: {{ dir: out }} }} }}
-  A: {{ imports: [app], store: {{ aws: {{ prefix: app/ }} }} }}
-serve:
-  tokens: [\"${{VSS_API_TOKEN}}\"]
-{more}",
-            bao.address, proxy.url
-        ));
+        ws.config(&config(&bao.address, &proxy.url));
         Self { relay, bao, moto, proxy, ws, http: reqwest::Client::new() }
     }
 
@@ -350,4 +356,181 @@ fn events_on_the_fleet_a_restart_runs_the_events_left_without_a_reconcile() {
         assert!(runs.iter().all(|r| r["trigger"] != "reconcile"), "{runs:?}");
         assert!(setup.log("restarted.log").contains("had not finished"));
     });
+}
+
+/// Secrets in the overlap tests' source.
+const BULK: usize = 500;
+
+/// A Vault folder (one level): name → data, read over HTTP.
+async fn vault_folder(setup: &Setup, folder: &str) -> std::collections::BTreeMap<String, Value> {
+    use futures_util::StreamExt as _;
+    let address = &setup.bao.address;
+    let url = format!("{address}/v1/secret/metadata/{folder}?list=true");
+    let listed = setup.http.get(url).header("X-Vault-Token", ROOT_TOKEN).send().await.unwrap();
+    if listed.status() == reqwest::StatusCode::NOT_FOUND {
+        return Default::default();
+    }
+    let keys: Value = listed.json().await.unwrap();
+    let names: Vec<String> = keys["data"]["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    futures_util::stream::iter(names)
+        .map(|name| async move {
+            let url = format!("{address}/v1/secret/data/{folder}/{name}");
+            let read = setup.http.get(url).header("X-Vault-Token", ROOT_TOKEN).send().await;
+            let body: Value = read.unwrap().json().await.unwrap();
+            (name, body["data"]["data"].clone())
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await
+}
+
+/// Writes `data` to `secret/<path>`, or deletes it with all its versions (`None`).
+async fn vault_set(setup: &Setup, path: String, data: Option<Value>) {
+    let address = &setup.bao.address;
+    let response = match data {
+        Some(data) => {
+            let url = format!("{address}/v1/secret/data/{path}");
+            setup.http.post(url).json(&json!({ "data": data }))
+        }
+        None => setup.http.delete(format!("{address}/v1/secret/metadata/{path}")),
+    }
+    .header("X-Vault-Token", ROOT_TOKEN)
+    .send()
+    .await
+    .unwrap();
+    assert!(response.status().is_success(), "{path}: {}", response.status());
+}
+
+/// The merged copies of target `V` in the S3 merge store: name → content.
+fn merged_copies(setup: &Setup) -> std::collections::BTreeMap<String, Value> {
+    let all = setup.moto.secretsmanager(
+        "s3 = boto3.client('s3', endpoint_url=sm.meta.endpoint_url, region_name='us-east-1')\nkeys = [o['Key'] for p in s3.get_paginator('list_objects_v2').paginate(Bucket='merge', Prefix='merged/targets/V/') for o in p.get('Contents', [])]\nout({k: json.loads(s3.get_object(Bucket='merge', Key=k)['Body'].read()) for k in keys})",
+    );
+    all.as_object()
+        .unwrap()
+        .iter()
+        .map(|(key, value)| {
+            let name = key.trim_start_matches("merged/targets/V/").trim_end_matches(".json");
+            (name.to_string(), value.clone())
+        })
+        .collect()
+}
+
+/// Events while a long full run of their own target goes on (its S3 merge store made slow,
+/// its merged copies and target wiped so it rewrites 500 secrets): updates, creates and
+/// deletes land while the run still runs (the events' jobs do not wait for its jobs), and
+/// once both are done the merge store and the target are exact: neither run undid the
+/// other's writes, creates or deletes, and no run failed.
+fn overlap(fleet: bool) {
+    let nats = fleet.then(Nats::start);
+    let execution = match &nats {
+        Some(nats) => format!("execution: {{ nats: {{ url: \"{}\" }} }}\n", nats.url),
+        None => String::new(),
+    };
+    let setup = Setup::start_config(|bao, proxy| {
+        format!(
+            "vault: {{ address: \"{bao}\", auth: {{ token: {{ env: VSS_TEST_VAULT_TOKEN }} }} }}
+aws: {{ region: us-east-1, endpoint: \"{proxy}\" }}
+merge_store: {{ s3: {{ bucket: merge, prefix: merged/ }} }}
+sources:
+  app: {{ vault: {{ path: secret/src }} }}
+targets:
+  V: {{ imports: [app], store: {{ vault: {{ path: secret/dst }} }}, delete: true }}
+serve:
+  tokens: [\"${{VSS_API_TOKEN}}\"]
+{execution}"
+        )
+    });
+    setup.moto.secretsmanager("boto3.client('s3', endpoint_url=sm.meta.endpoint_url, region_name='us-east-1').create_bucket(Bucket='merge')");
+    let _workers = nats.as_ref().map(|nats| setup.workers(nats, 2));
+    block_on(async {
+        use futures_util::StreamExt as _;
+        let (_serve, url) = setup.serve("serve.log", "off").await;
+        futures_util::stream::iter(0..BULK)
+            .for_each_concurrent(16, |i| {
+                vault_set(&setup, format!("src/b{i:04}"), Some(json!({"round": 0, "i": i})))
+            })
+            .await;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while vault_folder(&setup, "dst").await.len() < BULK {
+            assert!(Instant::now() < deadline, "seeding: {}", setup.log("serve.log"));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        setup.settled_runs(&url).await;
+
+        // Wiped behind vss's back (the audit entries of `dst` name no source: no run), so
+        // the full run rewrites everything, through an S3 that answers 30 ms late.
+        setup.moto.secretsmanager("s3 = boto3.client('s3', endpoint_url=sm.meta.endpoint_url, region_name='us-east-1')\nfor p in s3.get_paginator('list_objects_v2').paginate(Bucket='merge', Prefix='merged/targets/V/'):\n    for o in p.get('Contents', []): s3.delete_object(Bucket='merge', Key=o['Key'])\nout(None)");
+        futures_util::stream::iter(0..BULK)
+            .for_each_concurrent(16, |i| vault_set(&setup, format!("dst/b{i:04}"), None))
+            .await;
+        setup.proxy.every(1, Fault::Delay(Duration::from_millis(30)));
+        let response = setup
+            .http
+            .post(format!("{url}/v1/runs"))
+            .bearer_auth(TOKEN)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        let full: Value = response.json().await.unwrap();
+        let full_url = format!("{url}/v1/runs/{}", full["id"].as_str().unwrap());
+        let status = async || -> String {
+            let run = setup.http.get(&full_url).bearer_auth(TOKEN).send().await.unwrap();
+            run.json::<Value>().await.unwrap()["status"].as_str().unwrap().to_string()
+        };
+        // Each round's created secret is looked for two rounds later, while the run still runs.
+        let (mut running, mut landed) = (0, 0);
+        for k in 0..20 {
+            vault_set(&setup, format!("src/b{:04}", k * 3), Some(json!({"round": 1}))).await;
+            vault_set(&setup, format!("src/n{k:02}"), Some(json!({"round": 1, "new": k}))).await;
+            vault_set(&setup, format!("src/b{:04}", BULK - 1 - k), None).await;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            if k > 1 && status().await == "running" {
+                running += 1;
+                landed += usize::from(setup.bao.get(&format!("dst/n{:02}", k - 2)).is_some());
+            }
+        }
+        let runs = setup.settled_runs(&url).await;
+        setup.proxy.clear();
+        let failed: Vec<&Value> = runs.iter().filter(|r| r["status"] != "finished").collect();
+        assert!(failed.is_empty(), "{failed:?}\n{}", setup.log("serve.log"));
+        eprintln!("{landed} of {running} rounds landed while the full run ran");
+        assert!(running >= 5, "the full run is long enough to overlap: {running} rounds");
+        assert!(landed + 2 >= running, "events wait for the full run: {landed} of {running}");
+
+        let source = vault_folder(&setup, "src").await;
+        assert_eq!(source.len(), BULK, "20 created, 20 deleted");
+        let target = vault_folder(&setup, "dst").await;
+        let differ: Vec<&String> = source
+            .keys()
+            .chain(target.keys())
+            .filter(|n| source.get(*n) != target.get(*n))
+            .collect();
+        let differ: Vec<(&String, Option<&Value>, Option<&Value>)> =
+            differ.into_iter().map(|n| (n, source.get(n), target.get(n))).collect();
+        assert!(differ.is_empty(), "target differs at {differ:?}\n{}", setup.log("serve.log"));
+        let merged = merged_copies(&setup);
+        let differ: Vec<&String> = source
+            .keys()
+            .chain(merged.keys())
+            .filter(|n| source.get(*n) != merged.get(*n))
+            .collect();
+        assert!(differ.is_empty(), "merge store differs at {differ:?}");
+    });
+}
+
+#[test]
+fn events_land_during_a_full_run_of_their_target_and_neither_undoes_the_other() {
+    overlap(false);
+}
+
+#[test]
+fn events_on_the_fleet_land_during_a_full_run_of_their_target_and_neither_undoes_the_other() {
+    overlap(true);
 }

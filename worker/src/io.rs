@@ -8,11 +8,9 @@ use futures_util::{StreamExt, stream};
 use tracing::{Instrument, Span};
 use vss_protocol::{ContentHash, HashKey, SecretValue};
 use vss_stores::conflict::{
-    DesiredWrite, Refresh, delete_resolving_conflicts, write_resolving_conflicts,
+    DesiredWrite, Refresh, Settled, delete_resolving_conflicts, write_resolving_conflicts,
 };
-use vss_stores::{
-    Entry, ErrorKind, Precondition, SecretStore, Stamp, StoreError, Version, Versioned,
-};
+use vss_stores::{Entry, Precondition, SecretStore, Stamp, StoreError, Version, Versioned};
 
 use vss_protocol::job::JobResult;
 
@@ -22,40 +20,17 @@ use crate::JobError;
 const CONCURRENT_CALLS: usize = 16;
 
 /// Reads `names` (relative to `prefix`) concurrently. A failed read fails the whole read (a
-/// partial source must never look like a smaller one), and a secret that disappeared since it
-/// was listed is a conflict, not an absence.
+/// partial source must never look like a smaller one). A secret deleted since it was listed
+/// is left out: the store answered, and it is gone (another run, or a person, deleted it);
+/// callers treat it as absent from that store now, never as a reason to delete elsewhere
+/// in this run.
 pub(crate) async fn read_many(
     store: &Arc<dyn SecretStore>,
     prefix: &str,
     names: Vec<String>,
 ) -> Result<BTreeMap<String, SecretValue>, StoreError> {
-    if names.is_empty() {
-        return Ok(BTreeMap::new());
-    }
-    let full: Vec<String> = names.iter().map(|n| format!("{prefix}{n}")).collect();
-    let span = store_span("read", store, Some(full.len()));
-    let mut found: BTreeMap<String, SecretValue> = store
-        .read_batch(full)
-        .instrument(span)
-        .await?
-        .into_iter()
-        .filter_map(|(name, value)| value.map(|v| (name, v.value)))
-        .collect();
-    names
-        .into_iter()
-        .map(|name| {
-            let full = format!("{prefix}{name}");
-            match found.remove(&full) {
-                Some(value) => Ok((name, value)),
-                None => Err(StoreError::new(
-                    ErrorKind::Conflict,
-                    &store.describe(),
-                    Some(&full),
-                    "disappeared while the run was reading it",
-                )),
-            }
-        })
-        .collect()
+    let found = read_existing(store, prefix, names).await?;
+    Ok(found.into_iter().map(|(name, found)| (name, found.value)).collect())
 }
 
 /// A [`Refresh`] reading the desired value of a name from `store` under `prefix`, the name
@@ -147,12 +122,11 @@ pub(crate) struct Write {
     pub value: Option<(SecretValue, ContentHash)>,
 }
 
-/// What [`apply`] did to each secret: its new hash and version, `None` when deleted, or the
-/// error.
-pub(crate) type Outcomes = Vec<(String, Result<Option<(ContentHash, Version)>, StoreError>)>;
+/// What [`apply`] did to each secret, or the error.
+pub(crate) type Outcomes = Vec<(String, Result<Settled, StoreError>)>;
 
-/// Applies writes and deletes concurrently. Returns, per secret, its new record (`None` for a
-/// delete) or the error; one failure does not stop the others. A conflict (a concurrent writer)
+/// Applies writes and deletes concurrently. Returns, per secret, how it settled or the error;
+/// one failure does not stop the others. A conflict (a concurrent writer)
 /// is re-read and retried, never overwritten blindly ([`vss_stores::conflict`]).
 /// With `owner`, writes are stamped (hash and ownership marker) in stores with metadata. With
 /// `refresh`, a conflict re-reads the desired value too (never writing back an older one).
@@ -179,13 +153,9 @@ pub(crate) async fn apply(
                         stamp: stamp.as_ref(),
                     };
                     let refresh = refresh.map(|r| (r, w.name.as_str()));
-                    write_resolving_conflicts(store.as_ref(), write, w.pre, key, refresh)
-                        .await
-                        .map(Some)
+                    write_resolving_conflicts(store.as_ref(), write, w.pre, key, refresh).await
                 }
-                None => {
-                    delete_resolving_conflicts(store.as_ref(), &full, w.pre).await.map(|()| None)
-                }
+                None => delete_resolving_conflicts(store.as_ref(), &full, w.pre).await,
             };
             (w.name, done)
         })
@@ -195,8 +165,9 @@ pub(crate) async fn apply(
         .await
 }
 
-/// Folds the outcomes of [`apply`] into `records` (name → hash and version), and moves the
-/// changes that failed out of the result's changes (a report counts only what was done);
+/// Folds the outcomes of [`apply`] into `records` (name → hash and version; a deleted or
+/// superseded secret loses its record: it is not vss's any more), and moves the changes that
+/// failed or were superseded out of the result's changes (a report counts only what was done);
 /// returns the first error, counting the rest.
 pub(crate) fn record_outcomes<R>(
     outcomes: Outcomes,
@@ -208,12 +179,16 @@ pub(crate) fn record_outcomes<R>(
     let mut failed = 0;
     for (name, done) in outcomes {
         match done {
-            Ok(Some((hash, version))) => {
+            Ok(Settled::Written(hash, version)) => {
                 let value = record(&name, hash, version);
                 records.insert(name, value);
             }
-            Ok(None) => {
+            Ok(Settled::Deleted) => {
                 records.remove(&name);
+            }
+            Ok(Settled::Superseded) => {
+                records.remove(&name);
+                result.changes.retain(|c| c.path != name);
             }
             Err(e) => {
                 failed += 1;

@@ -39,9 +39,13 @@ pub(crate) async fn run(
     let key = ctx.hash_key(&job.options)?;
     let merge_store = ctx.store(&spec.merge_store)?;
     let prefix = merged_prefix(&job.target);
-    let layers = list_layers(spec, ctx, &merge_store).await?;
+    // The merged folder is listed before the layers, and every write and delete is made
+    // against the version listed: what another run (an event) merges after this listing
+    // conflicts and is merged again, and what it merged before is older than the layers read
+    // here. So a merge that overlaps another never deletes or rolls back what it did.
     let listed = list_versions(&merge_store, &prefix).await?;
     let old = Manifest::read(&merge_store, &job.target).await?;
+    let layers = list_layers(spec, ctx, &merge_store).await?;
     let manifest_exists = old.is_some();
     let old = old.unwrap_or_default();
 
@@ -229,7 +233,10 @@ impl Folder {
             writes.push(Write { name, pre, value: Some((value, hash)) });
         }
         for name in stale {
-            let value = self.current.remove(&name).expect("stale secrets were read");
+            // Gone since it was listed: nothing to delete.
+            let Some(value) = self.current.remove(&name) else {
+                continue;
+            };
             let hash = key.hash(&value);
             let pre = Precondition::Matches(self.listed[&name].clone());
             result.changes.push(SecretChange::between(name.clone(), Some((&value, hash)), None));

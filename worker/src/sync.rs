@@ -8,12 +8,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use futures_util::{StreamExt, TryStreamExt, stream};
 use vss_protocol::diff::SecretChange;
 use vss_protocol::job::{DesiredState, Job, JobResult, SyncSpec};
 use vss_protocol::reconcile::{self, Classified, Deletions, Known, TargetCounts};
 use vss_protocol::{ContentHash, HashKey, SecretValue};
+use vss_stores::conflict::Refresh;
 use vss_stores::ledger::{Record, StateLedger, TargetLedger};
-use vss_stores::{Entry, ErrorKind, Precondition, SecretStore, Stamp, Version};
+use vss_stores::{Entry, Precondition, SecretStore, Stamp, Version};
 
 use crate::io::{
     Write, apply, list_traced, list_versions, read_many, record_outcomes, reread_from,
@@ -36,6 +38,8 @@ struct Desired {
     held: BTreeSet<String>,
     /// The run's hash key.
     key: HashKey,
+    /// Taken from the merge manifest, without listing the merged folder.
+    from_manifest: bool,
 }
 
 impl Desired {
@@ -91,6 +95,7 @@ impl Desired {
             origin: BTreeMap::new(),
             held: BTreeSet::new(),
             key: key.clone(),
+            from_manifest: manifest.is_some() && trusted,
         })
     }
 
@@ -164,14 +169,29 @@ pub(crate) async fn run(
 ) -> Result<(), JobError> {
     let key = ctx.hash_key(&job.options)?;
     let ledger = WorkerContext::ledger(&job.options);
-    let mut desired = Desired::load(job, spec, ctx, &key).await?;
     let target = ctx.store(&spec.store)?;
+    // The target is listed before the desired state is read, and every write is made against
+    // the version listed: whatever another run (an event) writes after this listing conflicts
+    // and is looked at again, and whatever it wrote before is older than the desired state read
+    // here. So a run that overlaps another never puts an older value back.
+    let listing = list_traced(&target, "").await?;
+    let mut desired = Desired::load(job, spec, ctx, &key).await?;
     desired.rename_for(target.as_ref(), job, result);
     let (records_name, mut records) =
         ledger.load_for_job(&job.target, spec.shard.as_ref(), &spec.store)?;
-    let state = TargetState::list(job, spec, &target, &desired, &mut records, &ledger).await?;
+    let mut state = TargetState::of(listing, job, spec, &target, &desired, &mut records, &ledger)?;
 
-    let classified = reconcile::classify(&desired.hashes, &desired.held, &state.known);
+    let mut classified = reconcile::classify(&desired.hashes, &desired.held, &state.known);
+    let refresh =
+        reread_from(desired.store.clone(), desired.prefix.clone(), desired.origin.clone());
+    if spec.delete.is_some() && desired.from_manifest && !classified.orphans.is_empty() {
+        let again = desired_again(&classified.orphans, &*refresh).await?;
+        for name in &again {
+            tracing::debug!(secret = %name, "merged since the merge this sync follows; kept");
+        }
+        classified.orphans.retain(|name| !again.contains(name));
+        state.counts.owned_orphans = state.counts.owned_orphans.saturating_sub(again.len());
+    }
     for name in &classified.unchanged {
         tracing::trace!(secret = %name, "unchanged");
     }
@@ -210,18 +230,7 @@ pub(crate) async fn run(
         return Ok(());
     }
     let owner = Stamp::owner_of(&job.target);
-    let deletes: BTreeSet<String> =
-        writes.iter().filter(|w| w.value.is_none()).map(|w| w.name.clone()).collect();
-    let refresh =
-        reread_from(desired.store.clone(), desired.prefix.clone(), desired.origin.clone());
     let outcomes = apply(&target, "", writes, Some(&owner), &key, Some(&*refresh)).await;
-    // A delete that met a rewrite leaves the rewrite in place, and it is no longer vss's:
-    // disowned, so no later run deletes it.
-    for (name, done) in &outcomes {
-        if deletes.contains(name) && done.as_ref().is_err_and(|e| e.kind == ErrorKind::Conflict) {
-            records.secrets.remove(name);
-        }
-    }
     let record = |_: &str, hash, version| Record { hash, version };
     let applied = record_outcomes(outcomes, &mut records.secrets, record, result);
     // Whatever succeeded is recorded, even when something else failed.
@@ -239,7 +248,9 @@ struct TargetState {
 }
 
 impl TargetState {
-    async fn list(
+    /// The state of the job's part of `listing`, the target's listing.
+    fn of(
+        listing: Vec<Entry>,
         job: &Job,
         spec: &SyncSpec,
         target: &Arc<dyn SecretStore>,
@@ -248,7 +259,6 @@ impl TargetState {
         ledger: &StateLedger,
     ) -> Result<Self, JobError> {
         let owner = Stamp::owner_of(&job.target);
-        let listing = list_traced(target, "").await?;
         // A shard's secrets are the names that hash to it, as the desired state spells them; a
         // listed secret nothing desires belongs to the shard its own name hashes to.
         let whole_target: Option<BTreeMap<String, String>> =
@@ -310,6 +320,22 @@ impl TargetState {
     }
 }
 
+/// Which of `orphans` (target names) the desired store holds now. A desired state taken
+/// from the merge manifest is as old as its merge's listing of the layers; another run (an
+/// event) may have created a secret since, and written it to the target before this one
+/// listed it. One read per orphan, and only then: there are none in a steady state.
+async fn desired_again(
+    orphans: &[String],
+    refresh: &Refresh,
+) -> Result<BTreeSet<String>, JobError> {
+    Ok(stream::iter(orphans.iter().cloned())
+        .map(|name| async move { refresh(name.clone()).await.map(|now| (name, now.is_some())) })
+        .buffer_unordered(16)
+        .try_filter_map(|(name, desired)| async move { Ok(desired.then_some(name)) })
+        .try_collect()
+        .await?)
+}
+
 /// Whether the store's stamp on `entry` names `owner`.
 fn stamped_by(entry: &Entry, owner: &str) -> bool {
     entry.stamp.as_ref().is_some_and(|s| s.owner == owner)
@@ -321,6 +347,7 @@ struct Diff {
     current: BTreeMap<String, SecretValue>,
     current_hashes: BTreeMap<String, ContentHash>,
     modified: Vec<String>,
+    recreate: Vec<String>,
 }
 
 impl Diff {
@@ -351,6 +378,18 @@ impl Diff {
         };
         let current_hashes: BTreeMap<String, ContentHash> =
             current.iter().map(|(n, v)| (n.clone(), key.hash(v))).collect();
+        // Listed, then deleted before it was read (by another run, or a person): created
+        // again if it is still desired when its value is read.
+        let recreate = if target.capabilities().read_values {
+            classified
+                .to_read
+                .iter()
+                .filter(|n| !current.contains_key(*n) && desired.hashes.contains_key(*n))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
         for (name, current_hash) in &current_hashes {
             let Some(hash) = desired.hashes.get(name) else {
                 continue;
@@ -364,7 +403,7 @@ impl Diff {
                 modified.push(name.clone());
             }
         }
-        Ok(Self { current, current_hashes, modified })
+        Ok(Self { current, current_hashes, modified, recreate })
     }
 
     /// The writes and deletes to make, each reported as a change (key names and hashes).
@@ -379,13 +418,19 @@ impl Diff {
     ) -> Result<Vec<Write>, JobError> {
         let mut wanted = classified.added.clone();
         wanted.extend(self.modified.iter().cloned());
+        wanted.extend(self.recreate.iter().cloned());
         let mut values = desired.take(&wanted).await?;
         let mut writes = Vec::new();
-        for name in &classified.added {
-            tracing::debug!(secret = %name, "create");
+        // A desired secret deleted since it was listed is no longer desired: not written.
+        let gone = |name: &str| tracing::debug!(secret = %name, "no longer desired; not written");
+        for name in classified.added.iter().chain(&self.recreate) {
             // Hashed as read: another run may have moved the desired value on since it was
             // listed, and the stamp and record must describe what is written.
-            let value = values.remove(name).expect("read above");
+            let Some(value) = values.remove(name) else {
+                gone(name);
+                continue;
+            };
+            tracing::debug!(secret = %name, "create");
             let hash = desired.key.hash(&value);
             result.changes.push(SecretChange::between(
                 name.clone(),
@@ -399,9 +444,18 @@ impl Diff {
             });
         }
         for name in std::mem::take(&mut self.modified) {
-            tracing::debug!(secret = %name, "update");
-            let value = values.remove(&name).expect("read above");
+            let Some(value) = values.remove(&name) else {
+                gone(&name);
+                continue;
+            };
             let hash = desired.key.hash(&value);
+            // Another run may have moved both sides on since the desired hash was taken.
+            if self.current_hashes.get(&name) == Some(&hash) {
+                tracing::trace!(secret = %name, "unchanged after reading the desired value");
+                result.unchanged += 1;
+                continue;
+            }
+            tracing::debug!(secret = %name, "update");
             result.changes.push(self.change(&name, records, Some((&value, hash.clone()))));
             let pre = Precondition::Matches(state.listed[&name].clone());
             writes.push(Write { name, pre, value: Some((value, hash)) });

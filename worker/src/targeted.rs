@@ -11,13 +11,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use vss_protocol::config::StoreSpec;
 use vss_protocol::diff::SecretChange;
 use vss_protocol::job::{DesiredState, Job, JobResult, LayerSpec, MergeSpec, SyncSpec};
 use vss_protocol::merge::merge_layer;
 use vss_protocol::{HashKey, SecretValue};
+use vss_stores::conflict::Settled;
 use vss_stores::ledger::Record;
-use vss_stores::{ErrorKind, Precondition, Stamp, Versioned};
+use vss_stores::{Precondition, Stamp, Versioned};
 
 use crate::io::{Write, apply, read_existing, record_outcomes, reread_from};
 use crate::manifest::merged_prefix;
@@ -67,7 +67,7 @@ pub(crate) async fn sync(
     result: &mut JobResult,
 ) -> Result<(), JobError> {
     let target = ctx.store(&spec.store)?;
-    if !takes_names_as_they_are(&spec.store) || !target.capabilities().read_values {
+    if !spec.store.keeps_names() || !target.capabilities().read_values {
         tracing::debug!("target respells names: the full sync instead");
         return full_sync(job, spec, ctx, result).await;
     }
@@ -113,16 +113,11 @@ pub(crate) async fn sync(
     let owner = Stamp::owner_of(&job.target);
     let outcomes = apply(&target, "", writes, Some(&owner), &key, Some(&*refresh)).await;
     let mut records: BTreeMap<String, Record> = BTreeMap::new();
-    // Deleted, or rewritten by someone else since it was planned for deletion (that write
-    // wins, and it is no longer vss's): either way no longer owned.
-    let deletes: BTreeSet<&String> = deletable.iter().collect();
+    // Deleted, or moved on by someone else since it was planned (that change wins, and the
+    // secret is no longer vss's): either way no longer owned.
     let deleted: Vec<String> = outcomes
         .iter()
-        .filter(|(name, done)| match done {
-            Ok(None) => true,
-            Err(e) => deletes.contains(name) && e.kind == ErrorKind::Conflict,
-            Ok(Some(_)) => false,
-        })
+        .filter(|(_, done)| matches!(done, Ok(Settled::Deleted | Settled::Superseded)))
         .map(|(n, _)| n.clone())
         .collect();
     let applied = record_outcomes(
@@ -157,12 +152,6 @@ async fn full_sync(
         *merged_this_run = false;
     }
     crate::sync::run(job, &spec, ctx, result).await
-}
-
-/// Whether the store keeps every name as given (its `store_name` is the identity), so a
-/// targeted sync cannot collide with a name it did not look at.
-fn takes_names_as_they_are(spec: &StoreSpec) -> bool {
-    !matches!(spec, StoreSpec::Github(_) | StoreSpec::Kubernetes(_) | StoreSpec::Gcp(_))
 }
 
 /// The values of what was found.

@@ -31,7 +31,8 @@ impl InProcess {
 }
 
 /// What lets runs in one process overlap safely: a job (`merge:<target>`, `sync:<target>`,
-/// a shard's sync) runs in one run at a time; the others' same job waits for it.
+/// a shard's sync) that [runs alone](vss_protocol::job::Job::runs_alone) runs in one run at a
+/// time; the others' same job waits for it.
 #[derive(Clone, Default)]
 pub struct JobLocks(Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
 
@@ -66,9 +67,12 @@ impl Executor for InProcess {
             skipped.iter().for_each(on_result);
             for job in ready {
                 let (job, ctx) = (job.clone(), self.ctx.clone());
-                let lock = self.locks.of(&job.id);
+                let lock = job.runs_alone().then(|| self.locks.of(&job.id));
                 let work = async move {
-                    let _running = lock.lock().await;
+                    let _running = match lock {
+                        Some(lock) => Some(lock.lock_owned().await),
+                        None => None,
+                    };
                     vss_worker::execute_isolated(&job, &ctx).await
                 };
                 tasks.spawn(work.in_current_span());

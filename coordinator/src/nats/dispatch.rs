@@ -313,10 +313,10 @@ impl JetStream {
         let mut held = BTreeMap::new();
         loop {
             let (ready, skipped) = schedule.next(|job| match &self.locks {
-                None => true,
-                Some(locks) => {
+                Some(locks) if job.runs_alone() => {
                     locks.try_hold(&job.id).map(|g| held.insert(job.id.clone(), g)).is_some()
                 }
+                _ => true,
             });
             skipped.iter().for_each(on_result);
             if !ready.is_empty() {

@@ -32,10 +32,41 @@ pub(crate) struct Server {
     audit: audit::AuditCounts,
     /// Consecutive failed runs per target (for the retry backoff).
     failures: std::sync::Mutex<std::collections::BTreeMap<String, u32>>,
-    /// One job per target at a time across the lanes.
+    /// One job per target at a time across the lanes, for the jobs that run alone.
     locks: crate::executor::JobLocks,
     /// Accepted events kept until done (`--nats`).
     events: Option<event_log::EventLog>,
+    /// Event-driven runs that overlapped a full run, run again once it is over.
+    overlaps: std::sync::Mutex<Overlaps>,
+}
+
+/// What the event lane needs to know of the full lane. An event's jobs do not wait for a
+/// full run's jobs of the same target, and both write against the versions they read, so
+/// neither rolls the other back; but a full run that read a secret before an event deleted it
+/// can create it again after the event's run found nothing to delete (an absence has no
+/// version to conflict with). So the changes of an event-driven run that overlapped a full
+/// run are run again, targeted, once that full run is over: a few single reads that settle
+/// whatever order the two runs' writes landed in.
+#[derive(Default)]
+struct Overlaps {
+    /// Full runs (that write) started so far.
+    full_started: u64,
+    /// Whether one runs now.
+    full_running: bool,
+    /// Changes to run again when the running full run is over.
+    waiting: Vec<RunRequest>,
+}
+
+impl Overlaps {
+    /// Where the full lane stands: runs started, and whether one runs.
+    fn mark(&self) -> (u64, bool) {
+        (self.full_started, self.full_running)
+    }
+
+    /// Whether a full run ran at any time since [`mark`](Self::mark) returned `since`.
+    fn overlapped(&self, since: (u64, bool)) -> bool {
+        since.1 || self.full_running || self.full_started != since.0
+    }
 }
 
 /// How `vss serve` runs.
@@ -85,6 +116,7 @@ pub async fn serve(
         failures: Default::default(),
         locks: Default::default(),
         events,
+        overlaps: Default::default(),
     });
     if let Some(log) = &server.events {
         let pending = log.pending().await.context("cannot read the recorded events")?;
@@ -119,9 +151,11 @@ pub async fn serve(
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // Events and full runs have lanes of their own, so a change never waits for a whole
-    // reconcile, only for its job of the same target: the job locks keep one merge and one
-    // sync per target at a time across the lanes (two runs planning one target at once could
-    // undo each other's writes and deletes).
+    // reconcile. An event's job does not wait for the reconcile's job of the same target
+    // either, where the target's store refuses stale writes (Vault, S3): both write against
+    // the versions they read, so neither undoes the other. Elsewhere (AWS, GitHub, Kubernetes,
+    // GCP, files) the job locks keep one merge and one sync per target at a time across the
+    // lanes (`Job::runs_alone`).
     let executors: Vec<_> = [Lane::Events, Lane::Full]
         .into_iter()
         .map(|lane| tokio::spawn(execute_runs(server.clone(), lane, stopped.clone())))
@@ -164,7 +198,9 @@ async fn execute_runs(
     let mut submitted = server.runs.submissions();
     loop {
         while let Some((id, request)) = server.runs.next(lane) {
+            let since = full_run_starts(&server, lane, &request);
             let outcome = run_one(&server, &id, &request).await;
+            full_run_ends(&server, lane, &request, since);
             match &outcome {
                 Ok(report) => {
                     server.failures.lock().expect("failures lock").remove("(run start)");
@@ -194,6 +230,47 @@ async fn execute_runs(
             _ = submitted.changed() => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// Before a run of `lane`: a full run that writes is marked as running. Returns where the
+/// full lane stood.
+fn full_run_starts(server: &Server, lane: Lane, request: &RunRequest) -> (u64, bool) {
+    let mut overlaps = server.overlaps.lock().expect("overlaps lock");
+    let since = overlaps.mark();
+    if lane == Lane::Full && !request.dry_run {
+        overlaps.full_started += 1;
+        overlaps.full_running = true;
+    }
+    since
+}
+
+/// After a run of `lane`: a full run's end releases the event-driven changes that overlapped
+/// it; an event-driven run that overlapped a full run has its changes run again once no full
+/// run runs (see [`Overlaps`]).
+fn full_run_ends(server: &Server, lane: Lane, request: &RunRequest, since: (u64, bool)) {
+    let mut overlaps = server.overlaps.lock().expect("overlaps lock");
+    let again = match lane {
+        Lane::Full if !request.dry_run => {
+            overlaps.full_running = false;
+            std::mem::take(&mut overlaps.waiting)
+        }
+        Lane::Events if request.is_targeted() && !request.dry_run => {
+            if !overlaps.overlapped(since) {
+                return;
+            }
+            let follow_up = RunRequest { events: Default::default(), ..request.clone() };
+            if overlaps.full_running {
+                overlaps.waiting.push(follow_up);
+                return;
+            }
+            vec![follow_up]
+        }
+        _ => return,
+    };
+    drop(overlaps);
+    for follow_up in again {
+        server.runs.submit("follow-up", follow_up, None);
     }
 }
 

@@ -233,6 +233,19 @@ impl StoreSpec {
         }
     }
 
+    /// Whether the store keeps every secret name as given (GitHub, Kubernetes and GCP
+    /// respell names, so two names can collide there).
+    pub fn keeps_names(&self) -> bool {
+        !matches!(self, StoreSpec::Github(_) | StoreSpec::Kubernetes(_) | StoreSpec::Gcp(_))
+    }
+
+    /// Whether the server itself refuses a write or delete made against a version it no
+    /// longer holds (Vault's check-and-set, S3's `If-Match`), whoever else writes, from any
+    /// process: the stores with atomic conditional writes.
+    pub fn refuses_stale_writes(&self) -> bool {
+        matches!(self, StoreSpec::Vault(_) | StoreSpec::S3(_))
+    }
+
     /// The store's canonical identity (see [`StoreIdentity`]).
     pub fn identity(&self) -> StoreIdentity {
         match self {
