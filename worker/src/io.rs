@@ -189,6 +189,11 @@ pub(crate) fn record_outcomes<R>(
             Ok(Settled::Superseded) => {
                 records.remove(&name);
                 result.changes.retain(|c| c.path != name);
+                result.warnings.push(format!(
+                    "target `{}`: `{name}` was changed by someone else after this run planned \
+                     its change; left in place as they left it",
+                    result.target
+                ));
             }
             Err(e) => {
                 failed += 1;
