@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tracing::Instrument as _;
-use vss_protocol::config::{Config, ConfigError, LogFormat, NatsSpec, SecretRef};
+use vss_protocol::config::{Config, ConfigError, LogFormat, NatsSpec, SecretRef, StateSpec};
 use vss_protocol::job::JobResult;
 use vss_protocol::plan::{Plan, PlanRequest, plan_run};
 use vss_worker::WorkerContext;
@@ -72,6 +72,12 @@ enum Command {
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+    /// The state ledger: `vss state migrate --from file:PATH --nats URL` copies a ledger
+    /// folder into NATS, so a fleet takes over what one machine owned.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
     },
     /// Distributed runs kept in NATS (`vss-runs`).
     Runs {
@@ -147,6 +153,24 @@ struct WorkerArgs {
     /// store.
     #[arg(long = "allow-store", value_name = "PATTERN", value_parser = parse_glob)]
     allowed_stores: Vec<glob::Pattern>,
+}
+
+/// `vss state`.
+#[derive(Debug, Subcommand)]
+enum StateCommand {
+    /// Copies a ledger folder (every target's records, journals included, and its hash key)
+    /// into a NATS bucket. Safe to run again; refuses when the bucket already holds another
+    /// hash key (its records' hashes would not match).
+    Migrate {
+        /// The ledger folder: `file:PATH` (a config's default is `.vss/state` beside it).
+        #[arg(long)]
+        from: String,
+        /// The bucket.
+        #[arg(long, default_value = StateSpec::DEFAULT_BUCKET)]
+        bucket: String,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
 }
 
 /// How a worker reaches NATS (a coordinator reads the same from `execution.nats`).
@@ -267,6 +291,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 Ok(cfg) => cfg,
                 Err(e) => return Ok(config_error(e)),
             };
+            for warning in cfg.warnings() {
+                eprintln!("warning: {}: {warning}", config.display());
+            }
             print_or_closed(&format!(
                 "{}: ok ({} sources, {} targets; merge {}, sync {})\n",
                 config.display(),
@@ -308,6 +335,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             crate::logging::init(None, log_format, "vss");
             crate::migrate::run(args).await
         }
+        Command::State { command: StateCommand::Migrate { from, bucket, nats } } => {
+            crate::logging::init(None, log_format, "vss");
+            crate::state::migrate(&from, &bucket, &nats.spec()).await
+        }
         Command::Runs { command, nats } => {
             crate::logging::init(None, log_format, "vss");
             runs(command, &nats.spec()).await
@@ -318,16 +349,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
 
 /// `vss serve`.
 async fn serve(args: ServeArgs, log_format: Option<LogFormat>) -> anyhow::Result<u8> {
-    let cfg = match load_config(&args.config) {
+    let mut cfg = match load_config(&args.config) {
         Ok(cfg) => cfg,
         Err(e) => return Ok(config_error(e)),
     };
     let level = Some(cfg.log.level.as_deref().unwrap_or("info"));
     crate::logging::init(level, log_format.or(cfg.log.format), "vss");
+    let nats = nats_spec(args.nats_url, cfg.nats.clone());
+    if let Some(spec) = &nats {
+        cfg.distribute(spec.clone());
+    }
     let options = crate::serve::ServeOptions {
         listen: args.listen,
         reconcile_every: args.reconcile_interval.0,
-        nats: nats_spec(args.nats_url, cfg.nats.clone()),
+        nats,
         audit_listen: args.audit_listen,
     };
     crate::serve::serve(cfg, options, shutdown_signal()).await?;
@@ -412,7 +447,7 @@ fn config_error(e: ConfigError) -> u8 {
 }
 
 async fn pipeline(args: PipelineArgs, log_format: Option<LogFormat>) -> anyhow::Result<u8> {
-    let cfg = match load_config(&args.config) {
+    let mut cfg = match load_config(&args.config) {
         Ok(cfg) => cfg,
         Err(e) => {
             crate::logging::init(None, log_format, "vss");
@@ -432,6 +467,9 @@ async fn pipeline(args: PipelineArgs, log_format: Option<LogFormat>) -> anyhow::
         changes: None,
     };
     let nats = nats_spec(args.nats_url, cfg.nats.clone());
+    if let Some(spec) = &nats {
+        cfg.distribute(spec.clone());
+    }
     let continue_on_error = args.continue_on_error || cfg.pipeline.continue_on_error;
     let resumed = match (&args.resume, &nats) {
         (None, _) => None,
@@ -527,11 +565,21 @@ pub(crate) async fn execute(
 ) -> anyhow::Result<Vec<JobResult>> {
     // A context per run: stores keep per-run state (a source's fetched document, a dry run's
     // would-be writes, a breaker's outage budget).
-    let ctx = Arc::new(WorkerContext::new(dry_run, cfg.pipeline.timeouts));
+    let mut ctx = WorkerContext::new(dry_run, cfg.pipeline.timeouts);
+    if let StateSpec::Nats { bucket } = &cfg.state {
+        let spec = nats.or(cfg.nats.as_ref()).with_context(|| {
+            format!(
+                "the state ledger is in NATS (bucket `{bucket}`): give --nats URL or execution.nats"
+            )
+        })?;
+        let client = vss_transport::connect(spec, "vss").await?;
+        ctx = ctx.with_jetstream(async_nats::jetstream::new(client));
+    }
+    let ctx = Arc::new(ctx);
     let locks = locks.cloned().unwrap_or_default();
     // Resolve the hash key before jobs run in parallel, so only one is ever generated.
     if let Some(job) = plan.jobs.first() {
-        ctx.hash_key(&job.options).context("cannot resolve the content-hash key")?;
+        ctx.hash_key(&job.options).await.context("cannot resolve the content-hash key")?;
     }
     let results = match nats {
         Some(_) if dry_run => {

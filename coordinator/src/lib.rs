@@ -6,6 +6,7 @@
 //! - [`migrate`]: `vss migrate`, the command line of `vss-migrations`.
 //! - [`nats`]: distributed runs: the JetStream executor and the `vss worker` loop.
 //! - [`report`]: aggregates job results into one report and renders it (human, JSON, GitHub).
+//! - [`state`]: `vss state migrate`, a ledger folder into NATS.
 //! - [`logging`]: tracing to stderr.
 
 pub mod cli;
@@ -15,4 +16,5 @@ pub mod migrate;
 pub mod nats;
 pub mod report;
 pub mod serve;
+pub mod state;
 pub mod telemetry;

@@ -72,8 +72,12 @@ impl HealthFile {
 type RunContext = (String, bool, Arc<WorkerContext>);
 
 /// Run contexts kept so one run's jobs share open stores; a handful, oldest dropped first.
-#[derive(Clone, Default)]
-struct RunContexts(Arc<Mutex<VecDeque<RunContext>>>);
+/// Each reaches a ledger in NATS through the worker's own connection.
+#[derive(Clone)]
+struct RunContexts {
+    kept: Arc<Mutex<VecDeque<RunContext>>>,
+    jetstream: jetstream::Context,
+}
 
 impl RunContexts {
     const KEPT: usize = 8;
@@ -81,7 +85,7 @@ impl RunContexts {
     /// The run's context; a redelivered job gets a fresh one (fresh store handles, so a
     /// store's open circuit breaker from the failed delivery does not fail it at once).
     fn for_job(&self, job: &Job, delivered: i64) -> Arc<WorkerContext> {
-        let mut kept = self.0.lock().expect("run contexts lock");
+        let mut kept = self.kept.lock().expect("run contexts lock");
         let dry_run = job.options.dry_run;
         let same = |(run, dry, _): &RunContext| run == &job.run_id && *dry == dry_run;
         if delivered > 1 {
@@ -89,7 +93,8 @@ impl RunContexts {
         } else if let Some((_, _, ctx)) = kept.iter().find(|c| same(c)) {
             return ctx.clone();
         }
-        let ctx = Arc::new(WorkerContext::new(dry_run, job.options.timeouts));
+        let ctx = WorkerContext::new(dry_run, job.options.timeouts);
+        let ctx = Arc::new(ctx.with_jetstream(self.jetstream.clone()));
         kept.push_back((job.run_id.clone(), dry_run, ctx.clone()));
         if kept.len() > Self::KEPT {
             kept.pop_front();
@@ -118,7 +123,7 @@ pub async fn run(
 
     let taker = Arc::new(Taker {
         js: js.clone(),
-        contexts: RunContexts::default(),
+        contexts: RunContexts { kept: Arc::default(), jetstream: js.clone() },
         ack_wait,
         max_deliver,
         allowed: options.allowed_stores.clone(),
@@ -354,11 +359,12 @@ fn refusal(job: &Job, allowed: &[glob::Pattern]) -> Option<String> {
     if allowed.is_empty() {
         return None;
     }
-    let StateSpec::File { path } = &job.options.state;
-    let state =
-        StoreSpec::File { dir: path.clone() }.location().map(|l| format!("state:{}", &l[5..]));
     let mut used: Vec<Option<String>> = job.stores().iter().map(|s| s.location()).collect();
-    used.push(state);
+    // A ledger in NATS is reached through this worker's own connection: nothing to allow.
+    if let StateSpec::File { path } = &job.options.state {
+        let dir = StoreSpec::File { dir: path.clone() };
+        used.push(dir.location().map(|l| format!("state:{}", &l[5..])));
+    }
     let outside = used
         .into_iter()
         .find(|location| location.as_ref().is_none_or(|l| !allowed.iter().any(|p| p.matches(l))))?;

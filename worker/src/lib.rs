@@ -55,17 +55,32 @@ impl JobError {
     }
 }
 
-/// What a worker keeps while it runs jobs: open stores and the hash key.
+/// What a worker keeps while it runs jobs: open stores, the hash key, and the NATS
+/// connection a ledger in NATS is reached through.
 pub struct WorkerContext {
     stores: StoreCache,
     hash_key: Mutex<Option<HashKey>>,
+    /// Held while the hash key is first resolved, so one process creates at most one.
+    resolving: tokio::sync::Mutex<()>,
+    jetstream: Option<async_nats::jetstream::Context>,
 }
 
 impl WorkerContext {
     /// A context for jobs of one kind of run; `dry_run` keeps every write in memory; stores
     /// are opened with `timeouts`.
     pub fn new(dry_run: bool, timeouts: Timeouts) -> Self {
-        Self { stores: StoreCache::new(dry_run, timeouts), hash_key: Mutex::new(None) }
+        Self {
+            stores: StoreCache::new(dry_run, timeouts),
+            hash_key: Mutex::new(None),
+            resolving: tokio::sync::Mutex::new(()),
+            jetstream: None,
+        }
+    }
+
+    /// The context, reaching a ledger in NATS (`state: {nats: …}`) through `jetstream`.
+    pub fn with_jetstream(mut self, jetstream: async_nats::jetstream::Context) -> Self {
+        self.jetstream = Some(jetstream);
+        self
     }
 
     /// The stores opened so far.
@@ -82,19 +97,23 @@ impl WorkerContext {
     }
 
     /// The content-hash key of the run's ledger, resolved once.
-    pub fn hash_key(&self, options: &RunOptions) -> Result<HashKey, JobError> {
-        let mut slot = self.hash_key.lock().expect("hash key lock");
-        if let Some(key) = slot.as_ref() {
-            return Ok(key.clone());
+    pub async fn hash_key(&self, options: &RunOptions) -> Result<HashKey, JobError> {
+        let known = || self.hash_key.lock().expect("hash key lock").clone();
+        if let Some(key) = known() {
+            return Ok(key);
         }
-        let key = Self::ledger(options).hash_key(options.hash_key.as_ref())?;
-        *slot = Some(key.clone());
+        let _resolving = self.resolving.lock().await;
+        if let Some(key) = known() {
+            return Ok(key);
+        }
+        let key = self.ledger(options).await?.hash_key(options.hash_key.as_ref()).await?;
+        *self.hash_key.lock().expect("hash key lock") = Some(key.clone());
         Ok(key)
     }
 
     /// The run's state ledger (read-only in a dry run).
-    fn ledger(options: &RunOptions) -> StateLedger {
-        StateLedger::open(&options.state, options.dry_run)
+    async fn ledger(&self, options: &RunOptions) -> Result<StateLedger, JobError> {
+        Ok(StateLedger::open(&options.state, options.dry_run, self.jetstream.as_ref()).await?)
     }
 }
 

@@ -36,7 +36,7 @@ pub(crate) async fn run(
     ctx: &WorkerContext,
     result: &mut JobResult,
 ) -> Result<(), JobError> {
-    let key = ctx.hash_key(&job.options)?;
+    let key = ctx.hash_key(&job.options).await?;
     let merge_store = ctx.store(&spec.merge_store)?;
     let prefix = merged_prefix(&job.target);
     // The merged folder is listed before the layers, and every write and delete is made

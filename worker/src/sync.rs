@@ -167,8 +167,8 @@ pub(crate) async fn run(
     ctx: &WorkerContext,
     result: &mut JobResult,
 ) -> Result<(), JobError> {
-    let key = ctx.hash_key(&job.options)?;
-    let ledger = WorkerContext::ledger(&job.options);
+    let key = ctx.hash_key(&job.options).await?;
+    let ledger = ctx.ledger(&job.options).await?;
     let target = ctx.store(&spec.store)?;
     // The target is listed before the desired state is read, and every write is made against
     // the version listed: whatever another run (an event) writes after this listing conflicts
@@ -178,8 +178,9 @@ pub(crate) async fn run(
     let mut desired = Desired::load(job, spec, ctx, &key).await?;
     desired.rename_for(target.as_ref(), job, result);
     let (records_name, mut records) =
-        ledger.load_for_job(&job.target, spec.shard.as_ref(), &spec.store)?;
-    let mut state = TargetState::of(listing, job, spec, &target, &desired, &mut records, &ledger)?;
+        ledger.load_for_job(&job.target, spec.shard.as_ref(), &spec.store).await?;
+    let mut state =
+        TargetState::of(listing, job, spec, &target, &desired, &mut records, &ledger).await?;
 
     let mut classified = reconcile::classify(&desired.hashes, &desired.held, &state.known);
     let refresh =
@@ -234,7 +235,7 @@ pub(crate) async fn run(
     let record = |_: &str, hash, version| Record { hash, version };
     let applied = record_outcomes(outcomes, &mut records.secrets, record, result);
     // Whatever succeeded is recorded, even when something else failed.
-    ledger.save(&records_name, &records)?;
+    ledger.save(&records_name, &records).await?;
     applied
 }
 
@@ -249,7 +250,7 @@ struct TargetState {
 
 impl TargetState {
     /// The state of the job's part of `listing`, the target's listing.
-    fn of(
+    async fn of(
         listing: Vec<Entry>,
         job: &Job,
         spec: &SyncSpec,
@@ -270,7 +271,7 @@ impl TargetState {
         let whole_counts = match (&spec.shard, &whole_target, &desired.whole_target) {
             (Some(shard), Some(spelled), Some(all)) => {
                 let recorded =
-                    ledger.recorded_in_any_shard(&job.target, shard.count, &spec.store)?;
+                    ledger.recorded_in_any_shard(&job.target, shard.count, &spec.store).await?;
                 let owned_orphans = listing
                     .iter()
                     .filter(|e| !spelled.contains_key(&e.name))

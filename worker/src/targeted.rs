@@ -32,7 +32,7 @@ pub(crate) async fn merge(
     ctx: &WorkerContext,
     result: &mut JobResult,
 ) -> Result<(), JobError> {
-    let key = ctx.hash_key(&job.options)?;
+    let key = ctx.hash_key(&job.options).await?;
     let merge_store = ctx.store(&spec.merge_store)?;
     let mut merged = BTreeMap::new();
     for layer in &spec.layers {
@@ -71,7 +71,7 @@ pub(crate) async fn sync(
         tracing::debug!("target respells names: the full sync instead");
         return full_sync(job, spec, ctx, result).await;
     }
-    let key = ctx.hash_key(&job.options)?;
+    let key = ctx.hash_key(&job.options).await?;
     let (source, prefix, wanted): (_, _, Vec<String>) = match &spec.desired {
         DesiredState::Source { store } => {
             let wanted = names.iter().filter(|n| store.covers(n)).cloned().collect();
@@ -100,9 +100,9 @@ pub(crate) async fn sync(
         // Only what the ledger says vss wrote is ever deleted.
         Some(_) if gone.is_empty() => BTreeSet::new(),
         Some(_) => {
-            let ledger = WorkerContext::ledger(&job.options);
+            let ledger = ctx.ledger(&job.options).await?;
             let (_, records) =
-                ledger.load_for_job(&job.target, spec.shard.as_ref(), &spec.store)?;
+                ledger.load_for_job(&job.target, spec.shard.as_ref(), &spec.store).await?;
             gone.into_iter().filter(|n| records.secrets.contains_key(n)).collect()
         }
     };
@@ -130,12 +130,8 @@ pub(crate) async fn sync(
         unchanged.into_iter().chain(records).map(|(n, r)| (n, Some(r))).collect();
     updates.extend(deleted.into_iter().map(|n| (n, None)));
     // Whatever succeeded is recorded, even when something else failed.
-    WorkerContext::ledger(&job.options).append(
-        &job.target,
-        spec.shard.as_ref(),
-        &spec.store,
-        &updates,
-    )?;
+    let ledger = ctx.ledger(&job.options).await?;
+    ledger.append(&job.target, spec.shard.as_ref(), &spec.store, &updates).await?;
     applied
 }
 

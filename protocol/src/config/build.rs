@@ -71,6 +71,7 @@ pub(super) fn build(
     let targets = targets(&mut ck, &raw, &pipeline, &ctx);
     check_cycles(&mut ck, &raw.targets);
     let serve = serve_settings(&mut ck, &raw, base);
+    let state_is_default = raw.state.is_none();
     let (state, hash_key, nats) = execution(raw.state, raw.hash_key, raw.execution, base);
     if let Some(level) = raw.log.as_ref().and_then(|l| l.level.as_deref())
         && let Err(message) = check_log_filter(level)
@@ -86,6 +87,7 @@ pub(super) fn build(
         pipeline,
         merge_store,
         state,
+        state_is_default,
         source,
         sources,
         targets,
@@ -294,10 +296,6 @@ fn execution(
     execution: Option<RawExecution>,
     base: &Path,
 ) -> (StateSpec, Option<SecretRef>, Option<NatsSpec>) {
-    let state = match state {
-        Some(RawState::File { path }) => StateSpec::File { path: base.join(path) },
-        None => StateSpec::File { path: base.join(".vss/state") },
-    };
     let hash_key = hash_key.map(|r| r.resolve(base));
     let nats = execution.and_then(|e| e.nats).map(|n| NatsSpec {
         url: n.url,
@@ -307,6 +305,15 @@ fn execution(
         tls_ca: n.tls_ca.map(|p| base.join(p)),
         job_timeout_secs: n.job_timeout_secs.unwrap_or(NatsSpec::DEFAULT_JOB_TIMEOUT_SECS),
     });
+    // A distributed run keeps its ledger where every worker reaches it.
+    let state = match state {
+        Some(RawState::File { path }) => StateSpec::File { path: base.join(path) },
+        Some(RawState::Nats { bucket }) => {
+            StateSpec::Nats { bucket: bucket.unwrap_or_else(|| StateSpec::DEFAULT_BUCKET.into()) }
+        }
+        None if nats.is_some() => StateSpec::Nats { bucket: StateSpec::DEFAULT_BUCKET.into() },
+        None => StateSpec::File { path: base.join(".vss/state") },
+    };
     (state, hash_key, nats)
 }
 

@@ -96,6 +96,9 @@ pub struct Config {
     pub merge_store: Option<StoreSpec>,
     /// The state ledger: ownership records, hashes, the hash key.
     pub state: StateSpec,
+    /// Whether `state` is the default (not in the config): then a run made distributed by
+    /// `--nats` keeps it in NATS too ([`Config::distribute`]).
+    pub state_is_default: bool,
     /// The source of every target when the merge phase does not run.
     pub source: Option<StoreSpec>,
     /// Named sources that targets import.
@@ -314,6 +317,17 @@ pub enum StateSpec {
         /// The folder (absolute once loaded).
         path: PathBuf,
     },
+    /// A NATS JetStream key-value bucket, reached through each process's own NATS
+    /// connection (a worker's, or the coordinator's).
+    Nats {
+        /// The bucket.
+        bucket: String,
+    },
+}
+
+impl StateSpec {
+    /// The bucket of a ledger in NATS unless the config names another.
+    pub const DEFAULT_BUCKET: &str = "vss-state";
 }
 
 /// Logging defaults from the config.
@@ -336,6 +350,33 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// Runs on the fleet at `nats` from now on: a default ledger moves to NATS with it (a
+    /// folder is not shared by workers on other machines).
+    pub fn distribute(&mut self, nats: NatsSpec) {
+        if self.state_is_default {
+            self.state = StateSpec::Nats { bucket: StateSpec::DEFAULT_BUCKET.into() };
+        }
+        self.nats = Some(nats);
+    }
+
+    /// What is valid but likely a mistake, for `vss validate` to print.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let (Some(_), StateSpec::File { path }) = (&self.nats, &self.state)
+            && self.hash_key.is_none()
+        {
+            warnings.push(format!(
+                "state: the run is distributed (execution.nats) but the ledger is the folder {}: \
+                 workers on other machines each keep their own records and hash key, so hashes \
+                 never match across them and every run rewrites everything. Keep the ledger in \
+                 NATS (`state: {{ nats: {{}} }}`, the default when `state` is left out), or share \
+                 the folder and give `hash_key` as a reference",
+                path.display()
+            ));
+        }
+        warnings
+    }
+
     /// Parses and validates config text. Pure: the environment is passed in as `env`.
     pub fn from_yaml(
         text: &str,

@@ -145,10 +145,17 @@ pub(crate) struct RawSync {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub(crate) enum RawState {
-    /// A folder on disk.
+    /// A folder on disk (the default of a run on this machine).
     File {
         /// The folder, relative to the config's folder. Example: `.vss/state`.
         path: String,
+    },
+    /// A NATS JetStream key-value bucket, shared by every worker without a shared disk (the
+    /// default of a distributed run: `execution.nats` or `--nats`).
+    Nats {
+        /// The bucket. Default: `vss-state`.
+        #[serde(default)]
+        bucket: Option<String>,
     },
 }
 

@@ -776,3 +776,37 @@ fn unknown_names_and_kinds_from_the_environment_are_not_quoted() {
         "{err}"
     );
 }
+
+#[test]
+fn a_distributed_run_keeps_its_ledger_in_nats_unless_told_otherwise() {
+    let nats = NatsSpec {
+        url: "nats://n:4222".into(),
+        credentials: None,
+        token: None,
+        nkey: None,
+        tls_ca: None,
+        job_timeout_secs: NatsSpec::DEFAULT_JOB_TIMEOUT_SECS,
+    };
+    let vss_state = StateSpec::Nats { bucket: "vss-state".into() };
+    let execution = format!("{GOOD}execution: {{ nats: {{ url: \"nats://n:4222\" }} }}\n");
+    assert_eq!(load(&execution).unwrap().state, vss_state);
+    assert!(load(&execution).unwrap().warnings().is_empty());
+
+    // `--nats` makes a run distributed too: a default ledger follows, a chosen one stays.
+    let mut cfg = load(GOOD).unwrap();
+    cfg.distribute(nats.clone());
+    assert_eq!(cfg.state, vss_state);
+    let named = format!("{GOOD}state: {{ nats: {{ bucket: team-a }} }}\n");
+    assert_eq!(load(&named).unwrap().state, StateSpec::Nats { bucket: "team-a".into() });
+    let folder = format!("{GOOD}state: {{ file: {{ path: shared }} }}\n");
+    let mut cfg = load(&folder).unwrap();
+    cfg.distribute(nats);
+    assert_eq!(cfg.state, StateSpec::File { path: "/base/shared".into() });
+
+    // A folder on a fleet without a shared hash key is valid, and warned about.
+    let warnings = cfg.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("hashes never match"), "{warnings:?}");
+    cfg.hash_key = Some(SecretRef::Env("K".into()));
+    assert!(cfg.warnings().is_empty());
+}

@@ -1,18 +1,11 @@
-//! The state ledger: what vss wrote where, and the key of its content hashes.
-//!
-//! Per target it records, for each secret vss manages there, the content hash it wrote and the
-//! store's version right after the write. A listing whose version still matches needs no read
-//! (the speed core), and only recorded secrets may ever be deleted (ownership). The records are
-//! bound to the target's store by its [`StoreIdentity`]: pointing a target at another store
-//! starts a fresh ledger, so nothing there counts as owned, while respelling the same store
-//! (a trailing slash, another role into the same account) keeps them. Records bound by the
-//! store's label (before identities) are taken over and rebound on their next save.
+//! The state ledger in a folder: `<path>/targets/<target>.json` (with its journal,
+//! `<target>.journal`) and `<path>/hash-key`.
 //!
 //! A targeted run (a few changed names) does not rewrite a target's records, whose size grows
-//! with the target: it appends its names' records to the target's journal
-//! (`targets/<target>.journal`, one JSON object per line). Loads replay the journal over the
-//! records; a full save folds it in and removes it. Records are a cache of what vss wrote and
-//! a proof of ownership: a stale one costs a read, never a wrong write.
+//! with the target: it appends its names' records to the target's journal (one JSON object
+//! per line). Loads replay the journal over the records; a full save folds it in and removes
+//! it. The journal is guarded within a process only: several processes sharing the folder
+//! (a fleet on a shared volume) should keep the ledger in NATS instead (`state: {nats: …}`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -20,47 +13,16 @@ use std::io::{ErrorKind as IoKind, Write};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use crate::credentials::ReadSecretRef;
 use serde::{Deserialize, Serialize};
-use vss_protocol::config::{SecretRef, StateSpec, StoreSpec};
+use vss_protocol::HashKey;
+use vss_protocol::config::StoreSpec;
 use vss_protocol::job::Shard;
-use vss_protocol::{ContentHash, HashKey};
 use zeroize::Zeroize;
 
-use crate::Version;
+use super::{LedgerError, Record, TargetLedger, shard_records};
 
-/// The ledger could not be read or written.
-#[derive(Debug, thiserror::Error)]
-#[error("state ledger {path}: {message}")]
-pub struct LedgerError {
-    /// The file concerned.
-    pub path: String,
-    /// What happened.
-    pub message: String,
-}
-
-/// What vss knows about one secret it wrote.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    /// The content hash written.
-    pub hash: ContentHash,
-    /// The store's version right after the write.
-    pub version: Version,
-}
-
-/// The records of one target.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TargetLedger {
-    /// The identity of the store these records describe (its label, in ledgers written
-    /// before identities).
-    pub store: String,
-    /// Secret name → record.
-    pub secrets: BTreeMap<String, Record>,
-}
-
-/// The ledger on disk: `<path>/targets/<target>.json` (with its journal,
-/// `<target>.journal`) and `<path>/hash-key`.
-pub struct StateLedger {
+/// The ledger in a folder.
+pub struct FileLedger {
     dir: PathBuf,
     read_only: bool,
     /// Per records name, how many journal bytes its last load replayed (a save folds in
@@ -79,14 +41,10 @@ struct JournalLine {
     record: Option<Record>,
 }
 
-impl StateLedger {
-    /// The ledger at `spec`; `read_only` (dry runs) never writes.
-    pub fn open(spec: &StateSpec, read_only: bool) -> Self {
-        match spec {
-            StateSpec::File { path } => {
-                Self { dir: path.clone(), read_only, replayed: Mutex::default() }
-            }
-        }
+impl FileLedger {
+    /// The ledger in `dir`; `read_only` (dry runs) never writes.
+    pub fn new(dir: PathBuf, read_only: bool) -> Self {
+        Self { dir, read_only, replayed: Mutex::default() }
     }
 
     fn err(&self, path: &std::path::Path, message: impl Into<String>) -> LedgerError {
@@ -279,6 +237,68 @@ impl StateLedger {
         Ok(recorded)
     }
 
+    /// Every records name here (`<target>`, or a shard's `<target>#<i>-of-<n>`) with its
+    /// records as kept: bound to the store they were saved for, the journal replayed.
+    pub fn all(&self) -> Result<Vec<(String, TargetLedger)>, LedgerError> {
+        let dir = self.dir.join("targets");
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == IoKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.err(&dir, e.to_string())),
+        };
+        let mut names = BTreeSet::new();
+        for entry in entries {
+            let file = entry.map_err(|e| self.err(&dir, e.to_string()))?.file_name();
+            let file = file.to_string_lossy();
+            if let Some(name) = file.strip_suffix(".json").or_else(|| file.strip_suffix(".journal"))
+            {
+                names.insert(name.to_string());
+            }
+        }
+        let mut all = Vec::new();
+        for name in names {
+            let path = self.target_path(&name)?;
+            let mut ledger = match fs::read(&path) {
+                Ok(bytes) => serde_json::from_slice(&bytes)
+                    .map_err(|e| self.err(&path, format!("corrupt: {e}")))?,
+                Err(e) if e.kind() == IoKind::NotFound => {
+                    // Only journaled so far: its lines name the store.
+                    let Some(store) = self.journal_store(&name)? else { continue };
+                    TargetLedger { store, ..Default::default() }
+                }
+                Err(e) => return Err(self.err(&path, e.to_string())),
+            };
+            let _guard = JOURNAL.lock().expect("journal lock");
+            self.replay(&name, 0, &mut ledger)?;
+            all.push((name, ledger));
+        }
+        Ok(all)
+    }
+
+    /// The store the first whole line of `name`'s journal names.
+    fn journal_store(&self, name: &str) -> Result<Option<String>, LedgerError> {
+        let path = self.journal_path(name)?;
+        let bytes = fs::read(&path).map_err(|e| self.err(&path, e.to_string()))?;
+        Ok(bytes
+            .split(|b| *b == b'\n')
+            .find_map(|line| serde_json::from_slice::<JournalLine>(line).ok())
+            .map(|line| line.store))
+    }
+
+    /// The ledger's own hash key, if one was generated yet.
+    pub fn stored_hash_key(&self) -> Result<Option<HashKey>, LedgerError> {
+        let path = self.dir.join("hash-key");
+        match fs::read_to_string(&path) {
+            Ok(mut text) => {
+                let key = HashKey::from_hex(&text);
+                text.zeroize();
+                key.map(Some).ok_or_else(|| self.err(&path, "not a 64-hex-digit key"))
+            }
+            Err(e) if e.kind() == IoKind::NotFound => Ok(None),
+            Err(e) => Err(self.err(&path, e.to_string())),
+        }
+    }
+
     /// The names under which records were saved that start with `prefix`.
     fn names_with_prefix(&self, prefix: &str) -> Result<Vec<String>, LedgerError> {
         let dir = self.dir.join("targets");
@@ -342,21 +362,9 @@ impl StateLedger {
         Ok(())
     }
 
-    /// The content-hash key: from `reference` when given, else the ledger's own, generated
-    /// once (in a dry run a missing key is generated for this run only).
-    pub fn hash_key(&self, reference: Option<&SecretRef>) -> Result<HashKey, LedgerError> {
-        match reference {
-            Some(reference) => {
-                let text = reference
-                    .read()
-                    .map_err(|message| LedgerError { path: "hash_key".into(), message })?;
-                Ok(key_from_text(&text))
-            }
-            None => self.ledger_key(),
-        }
-    }
-
-    fn ledger_key(&self) -> Result<HashKey, LedgerError> {
+    /// The ledger's own hash key, generated once (in a dry run a missing key is generated
+    /// for this run only).
+    pub fn hash_key(&self) -> Result<HashKey, LedgerError> {
         let path = self.dir.join("hash-key");
         match fs::read_to_string(&path) {
             Ok(text) => {
@@ -387,21 +395,10 @@ fn ends_torn(file: &mut fs::File) -> bool {
     file.seek(SeekFrom::End(-1)).is_ok() && file.read_exact(&mut last).is_ok() && last[0] != b'\n'
 }
 
-/// The name a shard's records are saved under: `<target>#<index>-of-<count>`.
-fn shard_records(target: &str, shard: &Shard) -> String {
-    format!("{target}#{}-of-{}", shard.index, shard.count)
-}
-
-/// A key given as 64 hex digits is used as is; any other text is stretched into one.
-fn key_from_text(text: &str) -> HashKey {
-    HashKey::from_hex(text).unwrap_or_else(|| {
-        HashKey::from_bytes(blake3::derive_key("vss content hash key v1", text.trim().as_bytes()))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Version;
 
     fn file(dir: &str) -> StoreSpec {
         StoreSpec::File { dir: dir.into() }
@@ -410,24 +407,24 @@ mod tests {
     #[test]
     fn records_round_trip_and_are_bound_to_their_store() {
         let dir = tempfile::tempdir().unwrap();
-        let ledger = StateLedger::open(&StateSpec::File { path: dir.path().into() }, false);
+        let ledger = FileLedger::new(dir.path().into(), false);
         let mut records = ledger.load("Prod", &file("/a")).unwrap();
-        let key = ledger.hash_key(None).unwrap();
+        let key = ledger.hash_key().unwrap();
         let hash = key.hash(&vss_protocol::SecretValue::default());
         records.secrets.insert("s".into(), Record { hash, version: Version("1".into()) });
         ledger.save("Prod", &records).unwrap();
         assert_eq!(ledger.load("Prod", &file("/a")).unwrap(), records);
         assert_eq!(ledger.load("Prod", &file("/a/")).unwrap(), records, "same store, respelled");
         assert!(ledger.load("Prod", &file("/b")).unwrap().secrets.is_empty());
-        assert_eq!(ledger.hash_key(None).unwrap().to_hex(), key.to_hex(), "the key is kept");
+        assert_eq!(ledger.hash_key().unwrap().to_hex(), key.to_hex(), "the key is kept");
     }
 
     #[test]
     fn records_bound_by_label_are_rebound_to_the_identity() {
         let dir = tempfile::tempdir().unwrap();
-        let ledger = StateLedger::open(&StateSpec::File { path: dir.path().into() }, false);
+        let ledger = FileLedger::new(dir.path().into(), false);
         let store = file("/a");
-        let key = ledger.hash_key(None).unwrap();
+        let key = ledger.hash_key().unwrap();
         let hash = key.hash(&vss_protocol::SecretValue::default());
         let legacy = TargetLedger {
             store: "file:/a".into(),
@@ -446,7 +443,7 @@ mod tests {
     fn a_label_that_leaves_fields_out_takes_nothing_over() {
         use vss_protocol::config::{SecretRef, VaultAuth, VaultConnection, VaultSpec};
         let dir = tempfile::tempdir().unwrap();
-        let ledger = StateLedger::open(&StateSpec::File { path: dir.path().into() }, false);
+        let ledger = FileLedger::new(dir.path().into(), false);
         let vault = StoreSpec::Vault(Box::new(VaultSpec {
             connection: VaultConnection {
                 address: "https://v:8200".into(),
@@ -457,7 +454,7 @@ mod tests {
             prefix: "app".into(),
             paths: Vec::new(),
         }));
-        let hash = ledger.hash_key(None).unwrap().hash(&vss_protocol::SecretValue::default());
+        let hash = ledger.hash_key().unwrap().hash(&vss_protocol::SecretValue::default());
         let legacy = TargetLedger {
             store: vault.to_string(),
             secrets: BTreeMap::from([("s".into(), Record { hash, version: Version("1".into()) })]),
@@ -476,9 +473,9 @@ mod tests {
     #[test]
     fn journaled_records_are_replayed_then_folded_into_a_save() {
         let dir = tempfile::tempdir().unwrap();
-        let ledger = StateLedger::open(&StateSpec::File { path: dir.path().into() }, false);
+        let ledger = FileLedger::new(dir.path().into(), false);
         let store = file("/a");
-        let hash = ledger.hash_key(None).unwrap().hash(&vss_protocol::SecretValue::default());
+        let hash = ledger.hash_key().unwrap().hash(&vss_protocol::SecretValue::default());
         let record = |v: &str| Record { hash: hash.clone(), version: Version(v.into()) };
         let mut base = ledger.load("T", &store).unwrap();
         base.secrets.insert("kept".into(), record("1"));
@@ -499,7 +496,7 @@ mod tests {
         assert!(ledger.load("T", &file("/b")).unwrap().secrets.is_empty(), "bound to the store");
 
         // Appended between a full run's load and its save: folded in, not lost.
-        let full = StateLedger::open(&StateSpec::File { path: dir.path().into() }, false);
+        let full = FileLedger::new(dir.path().into(), false);
         let mut records = full.load("T", &store).unwrap();
         records.secrets.insert("from-full".into(), record("3"));
         let late = BTreeMap::from([("late".to_string(), Some(record("4")))]);
@@ -511,7 +508,7 @@ mod tests {
         assert_eq!(names, ["after", "from-full", "kept", "late", "new"]);
 
         // A read-only ledger journals nothing.
-        let dry = StateLedger::open(&StateSpec::File { path: dir.path().into() }, true);
+        let dry = FileLedger::new(dir.path().into(), true);
         dry.append("T", None, &store, &late).unwrap();
         assert!(!journal.exists());
     }
@@ -519,8 +516,8 @@ mod tests {
     #[test]
     fn read_only_ledgers_write_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let ledger = StateLedger::open(&StateSpec::File { path: dir.path().join("s") }, true);
-        ledger.hash_key(None).unwrap();
+        let ledger = FileLedger::new(dir.path().join("s"), true);
+        ledger.hash_key().unwrap();
         ledger.save("T", &TargetLedger::default()).unwrap();
         assert!(!dir.path().join("s").exists());
     }

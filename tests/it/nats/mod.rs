@@ -5,6 +5,7 @@ mod auth;
 mod dispatch;
 mod faults;
 mod shards;
+mod state;
 mod trust;
 mod worker;
 
