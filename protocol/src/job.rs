@@ -76,18 +76,29 @@ impl Job {
     }
 
     /// Whether the job must not overlap the same job of another run (the executors hold a
-    /// lock per job id). A targeted job whose store keeps names and refuses stale writes may:
-    /// every write and delete is made against the version it read, so whichever job writes
-    /// second sees the other's write and reads the desired value again, and no job undoes the
-    /// other. Full jobs, and targeted ones elsewhere, run one at a time per target.
+    /// lock per job id): full jobs, and a targeted sync whose store respells names (it runs
+    /// the full sync). Other targeted jobs run beside the full job of their target: every
+    /// write and delete is made against the version read, so where the store refuses stale
+    /// writes whichever job writes second sees the other's write and reads the desired value
+    /// again; where it does not, the targeted job [announces](Self::announces) its names and
+    /// the full job leaves them to it.
     pub fn runs_alone(&self) -> bool {
         match (&self.names, &self.spec) {
             (None, _) => true,
-            (Some(_), JobSpec::Merge(spec)) => !spec.merge_store.refuses_stale_writes(),
-            (Some(_), JobSpec::Sync(spec)) => {
-                !(spec.store.keeps_names() && spec.store.refuses_stale_writes())
-            }
+            (Some(_), JobSpec::Merge(_)) => false,
+            (Some(_), JobSpec::Sync(spec)) => !spec.store.keeps_names(),
         }
+    }
+
+    /// Whether the job announces the names it changes (a targeted job) or leaves announced
+    /// names alone (a full one): where the store it writes has no check of versions of its
+    /// own (AWS Secrets Manager, files).
+    pub fn announces(&self) -> bool {
+        let writes_to = match &self.spec {
+            JobSpec::Merge(spec) => &spec.merge_store,
+            JobSpec::Sync(spec) => &spec.store,
+        };
+        !writes_to.refuses_stale_writes()
     }
 
     /// The job's phase.

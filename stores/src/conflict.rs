@@ -33,6 +33,9 @@ pub enum Settled {
     /// Someone moved the secret on since the change was planned, and the change no longer
     /// applies (a delete met a rewrite; a write's desired value is gone): left as it is.
     Superseded,
+    /// Not attempted: another run (an event's) is changing the secret now, from a newer
+    /// view of it.
+    Deferred,
 }
 
 /// One write: the desired value, its hash, and the stamp to put beside it (if any).

@@ -94,7 +94,8 @@ impl RunContexts {
             return ctx.clone();
         }
         let ctx = WorkerContext::new(dry_run, job.options.timeouts);
-        let ctx = Arc::new(ctx.with_jetstream(self.jetstream.clone()));
+        let ctx = ctx.with_jetstream(self.jetstream.clone()).on_fleet(self.jetstream.client());
+        let ctx = Arc::new(ctx);
         kept.push_back((job.run_id.clone(), dry_run, ctx.clone()));
         if kept.len() > Self::KEPT {
             kept.pop_front();

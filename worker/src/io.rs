@@ -15,6 +15,7 @@ use vss_stores::{Entry, Precondition, SecretStore, Stamp, StoreError, Version, V
 use vss_protocol::job::JobResult;
 
 use crate::JobError;
+use crate::announce::Watch;
 
 /// Store calls a job keeps in flight at once.
 const CONCURRENT_CALLS: usize = 16;
@@ -130,6 +131,7 @@ pub(crate) type Outcomes = Vec<(String, Result<Settled, StoreError>)>;
 /// is re-read and retried, never overwritten blindly ([`vss_stores::conflict`]).
 /// With `owner`, writes are stamped (hash and ownership marker) in stores with metadata. With
 /// `refresh`, a conflict re-reads the desired value too (never writing back an older one).
+/// With `watch`, a secret an event's run announced is left to that run.
 pub(crate) async fn apply(
     store: &Arc<dyn SecretStore>,
     prefix: &str,
@@ -137,10 +139,16 @@ pub(crate) async fn apply(
     owner: Option<&str>,
     key: &HashKey,
     refresh: Option<&Refresh>,
+    watch: Option<&Watch>,
 ) -> Outcomes {
     let span = store_span("apply", store, Some(writes.len()));
     stream::iter(writes)
         .map(|w| async move {
+            // An event's job announced it: left to that job (checked right before each call).
+            if watch.is_some_and(|watch| watch.contains(&w.name)) {
+                tracing::debug!(secret = %w.name, "changed by an event's run now; left to it");
+                return (w.name, Ok(Settled::Deferred));
+            }
             let full = format!("{prefix}{}", w.name);
             let done = match w.value {
                 Some((value, hash)) => {
@@ -185,6 +193,9 @@ pub(crate) fn record_outcomes<R>(
             }
             Ok(Settled::Deleted) => {
                 records.remove(&name);
+            }
+            Ok(Settled::Deferred) => {
+                result.changes.retain(|c| c.path != name);
             }
             Ok(Settled::Superseded) => {
                 records.remove(&name);

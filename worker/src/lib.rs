@@ -4,9 +4,10 @@
 //! between jobs except open store handles and the hash key; the in-process executor and the
 //! JetStream worker ([`daemon`], `vss worker`) both call it. `io` holds the store I/O a job does (listings, concurrent
 //! reads, conflict-safe writes, each in a `store` span), `manifest` the merge store's
-//! per-target manifest format, and `targeted` the jobs of a run limited to a few changed
-//! secrets.
+//! per-target manifest format, `targeted` the jobs of a run limited to a few changed
+//! secrets, and `announce` how those run beside a full job of their target.
 
+mod announce;
 pub mod daemon;
 mod io;
 mod manifest;
@@ -63,6 +64,7 @@ pub struct WorkerContext {
     /// Held while the hash key is first resolved, so one process creates at most one.
     resolving: tokio::sync::Mutex<()>,
     jetstream: Option<async_nats::jetstream::Context>,
+    announcements: announce::Announcements,
 }
 
 impl WorkerContext {
@@ -74,12 +76,19 @@ impl WorkerContext {
             hash_key: Mutex::new(None),
             resolving: tokio::sync::Mutex::new(()),
             jetstream: None,
+            announcements: announce::Announcements::InProcess,
         }
     }
 
     /// The context, reaching a ledger in NATS (`state: {nats: …}`) through `jetstream`.
     pub fn with_jetstream(mut self, jetstream: async_nats::jetstream::Context) -> Self {
         self.jetstream = Some(jetstream);
+        self
+    }
+
+    /// The context of a worker of a fleet: announcements go through NATS, to every worker.
+    pub fn on_fleet(mut self, client: async_nats::Client) -> Self {
+        self.announcements = announce::Announcements::Nats(client);
         self
     }
 
@@ -94,6 +103,22 @@ impl WorkerContext {
     ) -> Result<Arc<dyn SecretStore>, JobError> {
         let key = self.hash_key.lock().expect("hash key lock").clone();
         Ok(self.stores.get(spec, key.as_ref())?)
+    }
+
+    /// For a full job on a store without version checks of its own: what targeted jobs of
+    /// the same target announce from now on (see [`announce`]).
+    async fn watch_announcements(&self, job: &Job) -> Option<announce::Watch> {
+        match job.announces() && !job.options.dry_run {
+            true => Some(self.announcements.watch(&job.id).await),
+            false => None,
+        }
+    }
+
+    /// For a targeted job on such a store: announces the names it is about to change.
+    async fn announce(&self, job: &Job, names: &std::collections::BTreeSet<String>) {
+        if job.announces() && !job.options.dry_run {
+            self.announcements.announce(&job.id, names).await;
+        }
     }
 
     /// The content-hash key of the run's ledger, resolved once.

@@ -39,6 +39,7 @@ pub(crate) async fn run(
     let key = ctx.hash_key(&job.options).await?;
     let merge_store = ctx.store(&spec.merge_store)?;
     let prefix = merged_prefix(&job.target);
+    let watch = ctx.watch_announcements(job).await;
     // The merged folder is listed before the layers, and every write and delete is made
     // against the version listed: what another run (an event) merges after this listing
     // conflicts and is merged again, and what it merged before is older than the layers read
@@ -84,7 +85,8 @@ pub(crate) async fn run(
     let (writes, inputs_of) = folder.plan(merged, stale, &key, &mut manifest, result);
 
     let refresh = remerge(spec, ctx, &merge_store)?;
-    let outcomes = apply(&merge_store, &prefix, writes, None, &key, Some(&*refresh)).await;
+    let outcomes =
+        apply(&merge_store, &prefix, writes, None, &key, Some(&*refresh), watch.as_ref()).await;
     let entry = |name: &str, hash, version| ManifestEntry {
         hash,
         version,

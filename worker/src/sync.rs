@@ -170,6 +170,7 @@ pub(crate) async fn run(
     let key = ctx.hash_key(&job.options).await?;
     let ledger = ctx.ledger(&job.options).await?;
     let target = ctx.store(&spec.store)?;
+    let watch = ctx.watch_announcements(job).await;
     // The target is listed before the desired state is read, and every write is made against
     // the version listed: whatever another run (an event) writes after this listing conflicts
     // and is looked at again, and whatever it wrote before is older than the desired state read
@@ -231,7 +232,8 @@ pub(crate) async fn run(
         return Ok(());
     }
     let owner = Stamp::owner_of(&job.target);
-    let outcomes = apply(&target, "", writes, Some(&owner), &key, Some(&*refresh)).await;
+    let outcomes =
+        apply(&target, "", writes, Some(&owner), &key, Some(&*refresh), watch.as_ref()).await;
     let record = |_: &str, hash, version| Record { hash, version };
     let applied = record_outcomes(outcomes, &mut records.secrets, record, result);
     // Whatever succeeded is recorded, even when something else failed.

@@ -34,6 +34,7 @@ pub(crate) async fn merge(
 ) -> Result<(), JobError> {
     let key = ctx.hash_key(&job.options).await?;
     let merge_store = ctx.store(&spec.merge_store)?;
+    ctx.announce(job, names).await;
     let mut merged = BTreeMap::new();
     for layer in &spec.layers {
         let (store, prefix, wanted): (_, _, Vec<String>) = match layer {
@@ -52,7 +53,7 @@ pub(crate) async fn merge(
     let current = read_existing(&merge_store, &prefix, names.iter().cloned().collect()).await?;
     let (writes, _) = bring_to(names, merged, current, None, &key, result);
     let refresh = crate::merge::remerge(spec, ctx, &merge_store)?;
-    let outcomes = apply(&merge_store, &prefix, writes, None, &key, Some(&*refresh)).await;
+    let outcomes = apply(&merge_store, &prefix, writes, None, &key, Some(&*refresh), None).await;
     record_outcomes(outcomes, &mut BTreeMap::new(), |_, _, _| (), result)
 }
 
@@ -67,6 +68,7 @@ pub(crate) async fn sync(
     result: &mut JobResult,
 ) -> Result<(), JobError> {
     let target = ctx.store(&spec.store)?;
+    ctx.announce(job, names).await;
     if !spec.store.keeps_names() || !target.capabilities().read_values {
         tracing::debug!("target respells names: the full sync instead");
         return full_sync(job, spec, ctx, result).await;
@@ -111,7 +113,7 @@ pub(crate) async fn sync(
         return Ok(());
     }
     let owner = Stamp::owner_of(&job.target);
-    let outcomes = apply(&target, "", writes, Some(&owner), &key, Some(&*refresh)).await;
+    let outcomes = apply(&target, "", writes, Some(&owner), &key, Some(&*refresh), None).await;
     let mut records: BTreeMap<String, Record> = BTreeMap::new();
     // Deleted, or moved on by someone else since it was planned (that change wins, and the
     // secret is no longer vss's): either way no longer owned.

@@ -41,12 +41,12 @@ pub(crate) struct Server {
 }
 
 /// What the event lane needs to know of the full lane. An event's jobs do not wait for a
-/// full run's jobs of the same target, and both write against the versions they read, so
-/// neither rolls the other back; but a full run that read a secret before an event deleted it
-/// can create it again after the event's run found nothing to delete (an absence has no
-/// version to conflict with). So the changes of an event-driven run that overlapped a full
-/// run are run again, targeted, once that full run is over: a few single reads that settle
-/// whatever order the two runs' writes landed in.
+/// full run's jobs of the same target, and neither rolls the other back; but a full run that
+/// read a secret before an event deleted it can create it again after the event's run found
+/// nothing to delete (an absence has no version to conflict with), and an announcement can
+/// reach a full job just after it looked. So the changes of an event-driven run that
+/// overlapped a full run are run again, targeted, once that full run is over: a few single
+/// reads that settle whatever order the two runs' writes landed in.
 #[derive(Default)]
 struct Overlaps {
     /// Full runs (that write) started so far.
@@ -150,12 +150,12 @@ pub async fn serve(
     server.ready.store(true, Ordering::SeqCst);
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    // Events and full runs have lanes of their own, so a change never waits for a whole
-    // reconcile. An event's job does not wait for the reconcile's job of the same target
-    // either, where the target's store refuses stale writes (Vault, S3): both write against
-    // the versions they read, so neither undoes the other. Elsewhere (AWS, GitHub, Kubernetes,
-    // GCP, files) the job locks keep one merge and one sync per target at a time across the
-    // lanes (`Job::runs_alone`).
+    // Events and full runs have lanes of their own, so a change never waits for a
+    // reconcile: an event's jobs run beside the reconcile's jobs of the same target, and
+    // neither undoes the other (conditional writes against the versions listed first,
+    // announcements where a store has no version check, and `Overlaps`). Only targeted
+    // syncs of targets that respell names run the full sync, one per target at a time across
+    // the lanes (`Job::runs_alone`).
     let executors: Vec<_> = [Lane::Events, Lane::Full]
         .into_iter()
         .map(|lane| tokio::spawn(execute_runs(server.clone(), lane, stopped.clone())))
